@@ -1,0 +1,32 @@
+//! Single node: publications go straight into the local hub.
+
+use std::sync::Arc;
+
+use super::{Backplane, PublishFuture};
+use crate::hub::Hub;
+use crate::hub::message::Publication;
+
+pub struct MemoryBackplane {
+    hub: Arc<Hub>,
+}
+
+impl MemoryBackplane {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+impl Backplane for MemoryBackplane {
+    fn publish(&self, batch: Vec<Publication>) -> PublishFuture<'_> {
+        let receipts = self.hub.publish(&batch);
+        Box::pin(std::future::ready(Ok(receipts)))
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}

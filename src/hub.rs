@@ -1,0 +1,357 @@
+//! The hub: channels, history, fan-out into per-subscriber queues.
+//!
+//! * [`Hub::publish`] appends to a channel's stream and offers the message to
+//!   every subscriber queue; it never waits on a subscriber.
+//! * [`Hub::subscribe`] registers a queue, replaying what a resuming
+//!   subscriber missed (or a gap) before any live message.
+//!
+//! The hub does no IO and knows no HTTP or wire format. Locks are short,
+//! synchronous and never held across an `.await`.
+
+pub mod channel;
+pub mod history;
+pub mod message;
+pub mod queue;
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use self::channel::{Channel, Fanout};
+use self::history::HistoryLimits;
+use self::message::{ChannelName, Position, Publication, Receipt};
+use self::queue::{LagPolicy, Queue};
+
+/// Picks the history limits of a channel when it is created.
+pub type HistoryPolicy = Box<dyn Fn(&ChannelName) -> HistoryLimits + Send + Sync>;
+
+/// How long an idle channel (no subscribers, empty history) is kept before
+/// it is dropped, so a subscriber that reconnects at once keeps its epoch.
+pub const IDLE_CHANNEL_GRACE: Duration = Duration::from_secs(30);
+
+pub struct Hub {
+    channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
+    history_policy: HistoryPolicy,
+    next_queue_id: AtomicU64,
+    epoch_seed: std::collections::hash_map::RandomState,
+    epoch_counter: AtomicU64,
+    metrics: HubMetrics,
+}
+
+/// The hub's own metrics, registered by `metrics::Metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct HubMetrics {
+    pub published: Counter,
+    pub queued: Counter,
+    pub dropped: Counter,
+    pub lag_disconnects: Counter,
+    pub channels: Gauge,
+}
+
+impl HubMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "pushgate_messages_published",
+            "Messages appended to a channel stream on this node",
+            self.published.clone(),
+        );
+        registry.register(
+            "pushgate_messages_queued",
+            "Messages queued for subscribers (one per subscriber reached)",
+            self.queued.clone(),
+        );
+        registry.register(
+            "pushgate_messages_dropped",
+            "Messages dropped from full subscriber queues (drop_oldest, keep_latest)",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "pushgate_lag_disconnects",
+            "Subscribers closed because their queue overflowed (on_lag: disconnect)",
+            self.lag_disconnects.clone(),
+        );
+        registry.register(
+            "pushgate_channels",
+            "Channels held by the hub",
+            self.channels.clone(),
+        );
+    }
+}
+
+impl Hub {
+    pub fn new(history_policy: HistoryPolicy) -> Self {
+        Self {
+            channels: DashMap::new(),
+            history_policy,
+            next_queue_id: AtomicU64::new(1),
+            epoch_seed: std::collections::hash_map::RandomState::new(),
+            epoch_counter: AtomicU64::new(0),
+            metrics: HubMetrics::default(),
+        }
+    }
+
+    /// A hub whose channels all use `limits`.
+    pub fn with_limits(limits: HistoryLimits) -> Self {
+        Self::new(Box::new(move |_| limits))
+    }
+
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.metrics
+    }
+
+    /// A new queue for one subscriber (a session).
+    pub fn queue(&self, capacity: usize, policy: LagPolicy) -> Arc<Queue> {
+        Queue::new(
+            self.next_queue_id.fetch_add(1, Ordering::Relaxed),
+            capacity,
+            policy,
+        )
+    }
+
+    /// Publishes each publication in order; one receipt each.
+    pub fn publish(&self, publications: &[Publication]) -> Vec<Receipt> {
+        let mut fanout = Fanout::default();
+        let receipts = publications
+            .iter()
+            .map(|p| {
+                self.with_channel(&p.channel, p.accepted_at, |channel| {
+                    channel.publish(p, &mut fanout)
+                })
+            })
+            .collect();
+        self.metrics.published.inc_by(publications.len() as u64);
+        self.metrics.queued.inc_by(fanout.queued as u64);
+        self.metrics.dropped.inc_by(fanout.dropped as u64);
+        self.metrics.lag_disconnects.inc_by(fanout.lagged as u64);
+        receipts
+    }
+
+    /// Subscribes `queue` to `channel`, resuming after `since` if given. The
+    /// queue receives `Subscribed`, an optional gap, the backlog, then live
+    /// messages. Returns the subscriber's position in the channel's stream
+    /// (see `Channel::subscribe`).
+    pub fn subscribe(&self, queue: &Arc<Queue>, channel: &ChannelName, since: Option<Position>) -> Position {
+        let now = Instant::now();
+        self.with_channel(channel, now, |c| c.subscribe(queue, since, now))
+    }
+
+    pub fn unsubscribe(&self, queue: &Queue, channel: &ChannelName) {
+        if let Some(entry) = self.channels.get(channel) {
+            let channel = entry.value().clone();
+            drop(entry);
+            lock(&channel).unsubscribe(queue.id(), Instant::now());
+        }
+    }
+
+    /// The current head of `channel`, if the hub holds it.
+    pub fn head(&self, channel: &ChannelName) -> Option<Position> {
+        let entry = self.channels.get(channel)?;
+        let channel = entry.value().clone();
+        drop(entry);
+        let head = lock(&channel).head();
+        Some(head)
+    }
+
+    /// Subscribers of `channel` on this node.
+    pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
+        self.channels
+            .get(channel)
+            .map(|entry| lock(entry.value()).subscriber_count())
+            .unwrap_or(0)
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Prunes history by age and drops channels idle for longer than
+    /// [`IDLE_CHANNEL_GRACE`] at `now`. Called periodically by the app.
+    pub fn sweep(&self, now: Instant) {
+        self.channels.retain(|_, channel| {
+            let mut channel = lock(channel);
+            let idle = channel
+                .sweep(now)
+                .is_some_and(|since| now.saturating_duration_since(since) >= IDLE_CHANNEL_GRACE);
+            if idle {
+                channel.removed = true;
+            }
+            !idle
+        });
+        self.metrics.channels.set(self.channels.len() as i64);
+    }
+
+    /// Runs `f` on `name`'s channel, creating it on first use.
+    fn with_channel<T>(&self, name: &ChannelName, now: Instant, f: impl FnOnce(&mut Channel) -> T) -> T {
+        let mut f = Some(f);
+        loop {
+            let channel = self
+                .channels
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    let limits = (self.history_policy)(name);
+                    Arc::new(Mutex::new(Channel::new(name.clone(), self.new_epoch(), limits, now)))
+                })
+                .value()
+                .clone();
+            // The map guard is released above; only the channel lock is held.
+            let mut guard = lock(&channel);
+            if guard.removed {
+                // Swept between the lookup and the lock: look it up again.
+                continue;
+            }
+            let f = f.take().expect("the loop runs f at most once");
+            return f(&mut guard);
+        }
+    }
+
+    /// A fresh random stream epoch (48 bits, so ids stay short).
+    fn new_epoch(&self) -> u64 {
+        let mut hasher = self.epoch_seed.build_hasher();
+        hasher.write_u64(self.epoch_counter.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        (hasher.finish() & 0xffff_ffff_ffff).max(1)
+    }
+}
+
+fn lock(channel: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
+    // Channel state stays consistent even if a holder panicked.
+    channel.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message::Payload;
+    use super::queue::Item;
+    use super::*;
+
+    fn publication(channel: &str, data: serde_json::Value) -> Publication {
+        Publication {
+            channel: ChannelName::parse(channel).unwrap(),
+            event: None,
+            payload: Payload::from_json(&data),
+            idempotency_key: None,
+            accepted_at: Instant::now(),
+        }
+    }
+
+    fn drain(queue: &Queue) -> Vec<Item> {
+        let mut out = Vec::new();
+        let _ = queue.drain(&mut out);
+        out
+    }
+
+    fn data(items: &[Item]) -> Vec<String> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Message(m) => Some(String::from_utf8_lossy(m.payload.text()).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fan_out_reaches_every_subscriber() {
+        let hub = Hub::with_limits(HistoryLimits::default());
+        let ch = ChannelName::parse("news").unwrap();
+        let queues: Vec<_> = (0..3).map(|_| hub.queue(8, LagPolicy::Disconnect)).collect();
+        for q in &queues {
+            hub.subscribe(q, &ch, None);
+        }
+        let receipts = hub.publish(&[publication("news", serde_json::json!("hi"))]);
+        assert_eq!(receipts[0].subscribers, 3);
+        assert_eq!(receipts[0].position.seq, 1);
+        for q in &queues {
+            let items = drain(q);
+            assert!(matches!(items[0], Item::Subscribed { .. }));
+            assert_eq!(data(&items), ["hi"]);
+        }
+    }
+
+    #[test]
+    fn resume_replays_missed_messages_before_live_ones() {
+        let hub = Hub::with_limits(HistoryLimits::default());
+        let ch = ChannelName::parse("c").unwrap();
+        let first = hub.queue(8, LagPolicy::Disconnect);
+        hub.subscribe(&first, &ch, None);
+        let receipts = hub.publish(&[
+            publication("c", serde_json::json!(1)),
+            publication("c", serde_json::json!(2)),
+            publication("c", serde_json::json!(3)),
+        ]);
+        hub.unsubscribe(&first, &ch);
+        let again = hub.queue(8, LagPolicy::Disconnect);
+        hub.subscribe(&again, &ch, Some(receipts[0].position));
+        hub.publish(&[publication("c", serde_json::json!(4))]);
+        let items = drain(&again);
+        assert!(!items.iter().any(|i| matches!(i, Item::Gap(_))));
+        assert_eq!(data(&items), ["2", "3", "4"]);
+    }
+
+    #[test]
+    fn resume_from_another_epoch_is_a_gap() {
+        let hub = Hub::with_limits(HistoryLimits::default());
+        let ch = ChannelName::parse("c").unwrap();
+        hub.publish(&[publication("c", serde_json::json!(1))]);
+        let q = hub.queue(8, LagPolicy::Disconnect);
+        hub.subscribe(&q, &ch, Some(Position { epoch: 12345, seq: 9 }));
+        let items = drain(&q);
+        assert!(matches!(items[1], Item::Gap(_)), "gap before history: {items:?}");
+        assert_eq!(data(&items), ["1"]);
+    }
+
+    #[test]
+    fn idempotency_key_publishes_once() {
+        let hub = Hub::with_limits(HistoryLimits::default());
+        let mut p = publication("c", serde_json::json!(1));
+        p.idempotency_key = Some(Arc::from("k1"));
+        let a = hub.publish(std::slice::from_ref(&p));
+        let b = hub.publish(std::slice::from_ref(&p));
+        assert_eq!(a, b);
+        let ch = ChannelName::parse("c").unwrap();
+        assert_eq!(hub.head(&ch).unwrap().seq, 1);
+    }
+
+    #[test]
+    fn idle_channels_are_dropped_after_the_grace() {
+        let hub = Hub::with_limits(HistoryLimits {
+            messages: 10,
+            max_age: Duration::from_secs(5),
+        });
+        let ch = ChannelName::parse("c").unwrap();
+        let start = Instant::now();
+        hub.publish(&[publication("c", serde_json::json!(1))]);
+        hub.sweep(start + Duration::from_secs(1));
+        assert_eq!(hub.channel_count(), 1, "history still holds a message");
+        hub.sweep(start + Duration::from_secs(6));
+        assert_eq!(hub.channel_count(), 1, "idle, but within the grace");
+        hub.sweep(start + Duration::from_secs(7) + IDLE_CHANNEL_GRACE);
+        assert_eq!(hub.channel_count(), 0);
+        assert!(hub.head(&ch).is_none());
+    }
+
+    #[test]
+    fn a_slow_subscriber_never_blocks_the_others() {
+        let hub = Hub::with_limits(HistoryLimits::default());
+        let ch = ChannelName::parse("c").unwrap();
+        let slow = hub.queue(4, LagPolicy::Disconnect);
+        let fast = hub.queue(10_000, LagPolicy::Disconnect);
+        hub.subscribe(&slow, &ch, None);
+        hub.subscribe(&fast, &ch, None);
+        for i in 0..5_000 {
+            hub.publish(&[publication("c", serde_json::json!(i))]);
+        }
+        assert_eq!(hub.metrics().lag_disconnects.get(), 1);
+        assert_eq!(data(&drain(&fast)).len(), 5_000);
+    }
+}

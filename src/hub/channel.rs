@@ -1,0 +1,179 @@
+//! One channel: its stream (epoch and sequence), history, subscribers and
+//! idempotency keys. Always used under the hub's per-channel lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::history::{History, HistoryLimits};
+use super::message::{ChannelName, Message, Position, Publication, Receipt};
+use super::queue::{Item, Offer, Queue};
+
+/// Counts from one fan-out, for the hub's metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fanout {
+    pub queued: usize,
+    pub dropped: usize,
+    pub lagged: usize,
+}
+
+#[derive(Debug)]
+pub struct Channel {
+    name: ChannelName,
+    epoch: u64,
+    /// Sequence of the last published message (0 = none yet).
+    seq: u64,
+    history: History,
+    subscribers: Vec<Arc<Queue>>,
+    /// Receipts by idempotency key, kept while their message is in history.
+    idempotency: HashMap<Arc<str>, Receipt>,
+    /// Set when the hub removed this channel from its map: a caller that
+    /// still holds it must look the channel up again.
+    pub(super) removed: bool,
+    /// When the channel last had a subscriber or a held message.
+    idle_since: Option<Instant>,
+}
+
+impl Channel {
+    pub fn new(name: ChannelName, epoch: u64, limits: HistoryLimits, now: Instant) -> Self {
+        Self {
+            name,
+            epoch,
+            seq: 0,
+            history: History::new(limits),
+            subscribers: Vec::new(),
+            idempotency: HashMap::new(),
+            removed: false,
+            idle_since: Some(now),
+        }
+    }
+
+    pub fn head(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            seq: self.seq,
+        }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// Appends a message to the stream and offers it to every subscriber.
+    pub fn publish(&mut self, publication: &Publication, fanout: &mut Fanout) -> Receipt {
+        self.history.prune(publication.accepted_at);
+        if let Some(key) = &publication.idempotency_key
+            && let Some(receipt) = self.idempotency.get(key)
+        {
+            return receipt.clone();
+        }
+        self.seq += 1;
+        let message = Arc::new(Message::new(
+            self.name.clone(),
+            self.head(),
+            publication.event.clone(),
+            publication.payload.clone(),
+            publication.accepted_at,
+        ));
+        let mut reached = 0;
+        for queue in &self.subscribers {
+            match queue.offer(&message) {
+                Offer::Queued => reached += 1,
+                Offer::QueuedDroppingOlder => {
+                    reached += 1;
+                    fanout.dropped += 1;
+                }
+                Offer::Lagged => fanout.lagged += 1,
+                Offer::Closed => {}
+            }
+        }
+        fanout.queued += reached;
+        self.history.push(message);
+        let receipt = Receipt {
+            channel: self.name.clone(),
+            position: self.head(),
+            subscribers: reached,
+        };
+        if let Some(key) = &publication.idempotency_key {
+            self.forget_expired_keys();
+            if self.history.limits().messages > 0 {
+                self.idempotency.insert(key.clone(), receipt.clone());
+            }
+        }
+        self.idle_since = None;
+        receipt
+    }
+
+    /// Registers `queue` and queues, in order: `Subscribed`, then a gap if
+    /// `since` is not covered, then the backlog after `since`. Live messages
+    /// published later follow, since this runs under the channel lock.
+    ///
+    /// Returns the position the subscriber is at once `Subscribed` is
+    /// taken: `since` when covered, just before the backlog after a gap,
+    /// the head for a new subscriber.
+    pub fn subscribe(&mut self, queue: &Arc<Queue>, since: Option<Position>, now: Instant) -> Position {
+        self.history.prune(now);
+        let head = self.head();
+        let (from, gap, backlog) = match since {
+            None => (head, false, Vec::new()),
+            Some(since) => {
+                let resume = self.history.resume(since, head);
+                let from = if resume.gap {
+                    resume.backlog.first().map_or(head, |m| Position {
+                        epoch: head.epoch,
+                        seq: m.position.seq - 1,
+                    })
+                } else {
+                    since
+                };
+                (from, resume.gap, resume.backlog)
+            }
+        };
+        queue.push(Item::Subscribed {
+            channel: self.name.clone(),
+            position: from,
+        });
+        if gap {
+            queue.push(Item::Gap(self.name.clone()));
+        }
+        for message in backlog {
+            queue.push(Item::Message(message));
+        }
+        if !self.subscribers.iter().any(|q| q.id() == queue.id()) {
+            self.subscribers.push(queue.clone());
+        }
+        self.idle_since = None;
+        from
+    }
+
+    pub fn unsubscribe(&mut self, queue_id: u64, now: Instant) {
+        if let Some(index) = self.subscribers.iter().position(|q| q.id() == queue_id) {
+            self.subscribers.swap_remove(index);
+        }
+        self.mark_idle(now);
+    }
+
+    /// Prunes history by age; returns when the channel became idle (no
+    /// subscribers, nothing held), if it is.
+    pub fn sweep(&mut self, now: Instant) -> Option<Instant> {
+        self.history.prune(now);
+        self.forget_expired_keys();
+        self.mark_idle(now);
+        self.idle_since
+    }
+
+    fn mark_idle(&mut self, now: Instant) {
+        if self.subscribers.is_empty() && self.history.is_empty() {
+            self.idle_since.get_or_insert(now);
+        } else {
+            self.idle_since = None;
+        }
+    }
+
+    fn forget_expired_keys(&mut self) {
+        let history = &self.history;
+        let epoch = self.epoch;
+        self.idempotency
+            .retain(|_, r| r.position.epoch == epoch && history.holds(r.position.seq));
+    }
+}

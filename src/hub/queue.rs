@@ -1,0 +1,319 @@
+//! The bounded per-subscriber queue and its overflow policy ([`LagPolicy`]).
+//!
+//! The hub pushes, one session task drains. A push never waits: when the
+//! queue is full the policy decides what is lost, and the loss is always
+//! signalled (a gap item or a lagged close), never silent.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::message::{ChannelName, Message, Position};
+
+/// What a full queue does with the next message (SPEC §3.6 `on_lag`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LagPolicy {
+    /// Close the subscriber with the lag signal; it resumes from its id.
+    #[default]
+    Disconnect,
+    /// Drop the oldest queued message and signal a gap for its channel.
+    DropOldest,
+    /// Per channel only the newest message waits; older ones are replaced
+    /// (with a gap signal). Falls back to `DropOldest` across channels.
+    KeepLatest,
+}
+
+/// One entry in a subscriber's queue, delivered in order.
+#[derive(Clone, Debug)]
+pub enum Item {
+    /// The subscription to `channel` is live from `position` on; any
+    /// backlog follows this item.
+    Subscribed {
+        channel: ChannelName,
+        position: Position,
+    },
+    /// A message to deliver.
+    Message(Arc<Message>),
+    /// Messages of `channel` were lost before the next one.
+    Gap(ChannelName),
+    /// Transport-owned bytes (a reply frame), kept in order with messages.
+    Reply(Bytes),
+}
+
+/// Why a queue was closed by the hub side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The subscriber fell `capacity` messages behind under `Disconnect`.
+    Lagged,
+}
+
+/// What happened to one offered message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Queued, but an older message was dropped to make room.
+    QueuedDroppingOlder,
+    /// The queue overflowed under `Disconnect` and is now closed.
+    Lagged,
+    /// The queue was already closed; nothing was queued.
+    Closed,
+}
+
+/// A subscriber's bounded queue. Shared by the hub (producer) and one
+/// session task (consumer).
+#[derive(Debug)]
+pub struct Queue {
+    id: u64,
+    capacity: usize,
+    policy: LagPolicy,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    // Allocated on first push, so an idle subscriber holds no buffer.
+    items: VecDeque<Item>,
+    /// Message items in `items`; only these count against `capacity`.
+    messages: usize,
+    closed: Option<Closed>,
+}
+
+impl Queue {
+    /// A queue holding at most `capacity` (≥ 1) messages.
+    pub fn new(id: u64, capacity: usize, policy: LagPolicy) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            capacity: capacity.max(1),
+            policy,
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in this module; the
+        // state is still consistent, so keep serving rather than poisoning.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers a live message. Never blocks beyond a short critical section.
+    pub fn offer(&self, message: &Arc<Message>) -> Offer {
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return Offer::Closed;
+        }
+        let mut outcome = Offer::Queued;
+        if state.messages >= self.capacity {
+            match self.policy {
+                LagPolicy::Disconnect => {
+                    state.closed = Some(Closed::Lagged);
+                    // Queued messages stay readable; the close follows them.
+                    drop(state);
+                    self.notify.notify_one();
+                    return Offer::Lagged;
+                }
+                LagPolicy::DropOldest => state.drop_oldest(),
+                LagPolicy::KeepLatest => {
+                    if !state.replace_channel(&message.channel) {
+                        state.drop_oldest();
+                    }
+                }
+            }
+            outcome = Offer::QueuedDroppingOlder;
+        }
+        let was_empty = state.items.is_empty();
+        state.items.push_back(Item::Message(message.clone()));
+        state.messages += 1;
+        drop(state);
+        if was_empty {
+            // The consumer drains everything it finds, so it only needs a
+            // wake-up when the queue goes from empty to non-empty.
+            self.notify.notify_one();
+        }
+        outcome
+    }
+
+    /// Pushes an item that does not count against capacity: subscription
+    /// confirmations, resume backlog (bounded by history), gaps and replies.
+    pub fn push(&self, item: Item) {
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return;
+        }
+        if matches!(item, Item::Message(_)) {
+            state.messages += 1;
+        }
+        let was_empty = state.items.is_empty();
+        state.items.push_back(item);
+        drop(state);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Moves every queued item into `out`, in order. Returns the close
+    /// reason once the queue is closed and all items before it are taken.
+    pub fn drain(&self, out: &mut Vec<Item>) -> Result<(), Closed> {
+        let mut state = self.lock();
+        out.extend(state.items.drain(..));
+        state.messages = 0;
+        if state.items.capacity() > 64 {
+            // Give back a burst's buffer instead of keeping it per subscriber.
+            state.items = VecDeque::new();
+        }
+        match state.closed {
+            Some(reason) if out.is_empty() => Err(reason),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether anything is waiting (or the queue is closed).
+    pub fn is_ready(&self) -> bool {
+        let state = self.lock();
+        !state.items.is_empty() || state.closed.is_some()
+    }
+
+    /// Waits until an item is pushed or the queue closes. Cancel-safe.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl State {
+    /// Drops the oldest queued message, leaving one gap marker per run of
+    /// dropped messages of a channel.
+    fn drop_oldest(&mut self) {
+        let Some(index) = self.items.iter().position(|i| matches!(i, Item::Message(_))) else {
+            return;
+        };
+        let Some(Item::Message(dropped)) = self.items.get(index) else {
+            return;
+        };
+        let channel = dropped.channel.clone();
+        self.messages -= 1;
+        let marked = index > 0
+            && matches!(self.items.get(index - 1), Some(Item::Gap(c)) if *c == channel);
+        if marked {
+            self.items.remove(index);
+        } else {
+            self.items[index] = Item::Gap(channel);
+        }
+    }
+
+    /// Removes every queued message (and gap marker) of `channel` and
+    /// appends one gap marker, so the channel's next message follows it.
+    /// Returns whether any message was queued.
+    fn replace_channel(&mut self, channel: &ChannelName) -> bool {
+        let (mut removed, mut gaps) = (0, 0);
+        self.items.retain(|item| match item {
+            Item::Message(m) if m.channel == *channel => {
+                removed += 1;
+                false
+            }
+            Item::Gap(c) if c == channel => {
+                gaps += 1;
+                false
+            }
+            _ => true,
+        });
+        self.messages -= removed;
+        if removed + gaps > 0 {
+            self.items.push_back(Item::Gap(channel.clone()));
+        }
+        removed > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::message::Payload;
+    use std::time::Instant;
+
+    fn message(channel: &str, seq: u64) -> Arc<Message> {
+        Arc::new(Message::new(
+            ChannelName::parse(channel).unwrap(),
+            Position { epoch: 1, seq },
+            None,
+            Payload::from_json(&serde_json::json!(seq)),
+            Instant::now(),
+        ))
+    }
+
+    fn summary(items: &[Item]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Message(m) => format!("{}{}", m.channel, m.position.seq),
+                Item::Gap(c) => format!("gap:{c}"),
+                Item::Subscribed { channel, .. } => format!("sub:{channel}"),
+                Item::Reply(_) => "reply".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn disconnect_closes_after_queued_messages() {
+        let q = Queue::new(1, 2, LagPolicy::Disconnect);
+        assert_eq!(q.offer(&message("a", 1)), Offer::Queued);
+        assert_eq!(q.offer(&message("a", 2)), Offer::Queued);
+        assert_eq!(q.offer(&message("a", 3)), Offer::Lagged);
+        assert_eq!(q.offer(&message("a", 4)), Offer::Closed);
+        let mut out = Vec::new();
+        assert_eq!(q.drain(&mut out), Ok(()), "queued messages come first");
+        assert_eq!(summary(&out), ["a1", "a2"]);
+        out.clear();
+        assert_eq!(q.drain(&mut out), Err(Closed::Lagged));
+    }
+
+    #[test]
+    fn drop_oldest_leaves_one_gap_marker() {
+        let q = Queue::new(1, 2, LagPolicy::DropOldest);
+        for seq in 1..=5 {
+            q.offer(&message("a", seq));
+        }
+        let mut out = Vec::new();
+        q.drain(&mut out).unwrap();
+        assert_eq!(summary(&out), ["gap:a", "a4", "a5"]);
+    }
+
+    #[test]
+    fn keep_latest_keeps_newest_per_channel() {
+        let q = Queue::new(1, 2, LagPolicy::KeepLatest);
+        q.offer(&message("a", 1));
+        q.offer(&message("b", 1));
+        q.offer(&message("a", 2));
+        q.offer(&message("a", 3));
+        let mut out = Vec::new();
+        q.drain(&mut out).unwrap();
+        assert_eq!(summary(&out), ["b1", "gap:a", "a3"]);
+    }
+
+    #[test]
+    fn control_items_do_not_count_against_capacity() {
+        let q = Queue::new(1, 1, LagPolicy::Disconnect);
+        q.push(Item::Reply(Bytes::from_static(b"x")));
+        q.push(Item::Gap(ChannelName::parse("a").unwrap()));
+        assert_eq!(q.offer(&message("a", 1)), Offer::Queued);
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_on_first_push() {
+        let q = Queue::new(1, 4, LagPolicy::Disconnect);
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.ready().await })
+        };
+        tokio::task::yield_now().await;
+        q.offer(&message("a", 1));
+        waiter.await.unwrap();
+        assert!(q.is_ready());
+    }
+}

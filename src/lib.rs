@@ -1,0 +1,21 @@
+//! pushgate: a reverse proxy that adds real-time push (WebSocket, SSE,
+//! long polling) to existing HTTP APIs.
+//!
+//! See `ARCHITECTURE.md` for the map of modules and the life of a request
+//! and of a message. [`app`] wires everything; the binary is `main.rs`.
+
+pub mod admin;
+pub mod app;
+pub mod backplane;
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod hub;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod publish;
+pub mod realtime;
+pub mod router;
+pub mod service;
+pub mod shutdown;

@@ -1,0 +1,239 @@
+//! The pushgate binary: argv, logging, config loading, run until a signal,
+//! exit codes. Everything else lives in the library.
+//!
+//! Exit codes: 0 clean stop, 1 runtime failure (bind, TLS, publish
+//! refused), 2 bad command line, 64 bad config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use pushgate::{app, config, listener::tls};
+
+const USAGE: &str = "\
+pushgate — real-time push (WebSocket, SSE, long polling) in front of HTTP APIs
+
+Usage:
+  pushgate [--config FILE] [--log-format text|json]      run (FILE also from PUSHGATE_CONFIG)
+  pushgate check --config FILE                           validate a config and exit
+  pushgate publish [--url URL] [--token T] [--event E] [--json] CHANNEL DATA|-
+                                                         publish one message (DATA `-` = stdin)
+  pushgate --version | --help
+";
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Default)]
+struct Args {
+    command: Option<String>,
+    config: Option<PathBuf>,
+    json_logs: bool,
+    url: Option<String>,
+    token: Option<String>,
+    event: Option<String>,
+    json_data: bool,
+    positional: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--version" | "-V" => {
+                println!("pushgate {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "--config" | "-c" => args.config = Some(value("--config")?.into()),
+            "--log-format" => match value("--log-format")?.as_str() {
+                "text" => args.json_logs = false,
+                "json" => args.json_logs = true,
+                other => return Err(format!("--log-format must be text or json, not {other:?}")),
+            },
+            "--url" => args.url = Some(value("--url")?),
+            "--token" => args.token = Some(value("--token")?),
+            "--event" => args.event = Some(value("--event")?),
+            "--json" => args.json_data = true,
+            "-" => args.positional.push(a),
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            _ if args.command.is_none() && args.positional.is_empty() && matches!(a.as_str(), "check" | "run" | "publish") => {
+                args.command = Some(a);
+            }
+            _ => args.positional.push(a),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pushgate: {e}\n\n{USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(args.json_logs);
+    match args.command.as_deref() {
+        Some("publish") => publish(&args),
+        Some("check") => check(&args),
+        _ => run(&args),
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn config_path(args: &Args) -> Result<PathBuf, ExitCode> {
+    args.config
+        .clone()
+        .or_else(|| std::env::var_os("PUSHGATE_CONFIG").map(PathBuf::from))
+        .ok_or_else(|| {
+            eprintln!("pushgate: no config: pass --config FILE or set PUSHGATE_CONFIG\n\n{USAGE}");
+            ExitCode::from(EXIT_USAGE)
+        })
+}
+
+fn load(args: &Args) -> Result<config::Config, ExitCode> {
+    let path = config_path(args)?;
+    config::load(&path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// Certificates are files the YAML only names: load them to check them.
+fn check_tls(config: &config::Config) -> Result<(), ExitCode> {
+    if config.certificates.is_empty() {
+        return Ok(());
+    }
+    tls::server_config(&config.certificates).map(|_| ()).map_err(|e| {
+        let at = config.certificates.first().map(|c| c.at).unwrap_or_default();
+        eprintln!("{}:{}:{}: {e}", config.source.display(), at.line, at.column);
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check(args: &Args) -> ExitCode {
+    let config = match load(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(code) = check_tls(&config) {
+        return code;
+    }
+    println!(
+        "{}: ok ({} routes, {} upstreams, {} listeners)",
+        config.source.display(),
+        config.routes.len(),
+        config.upstreams.len(),
+        config.listen_http.len() + config.listen_https.len() + 1
+    );
+    ExitCode::SUCCESS
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime builds with default settings")
+}
+
+fn run(args: &Args) -> ExitCode {
+    let config = match load(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(code) = check_tls(&config) {
+        return code;
+    }
+    runtime().block_on(async move {
+        let listeners = match app::Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "Cannot start.");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let running = match app::start(&config, listeners) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "Cannot start.");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.source.display(), "pushgate started");
+        pushgate::shutdown::signal().await;
+        running.drain().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    pushgate::proxy::error_chain(e)
+}
+
+fn publish(args: &Args) -> ExitCode {
+    let [channel, data] = args.positional.as_slice() else {
+        eprintln!("pushgate publish: give CHANNEL and DATA (or - for stdin)\n\n{USAGE}");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let data = if data == "-" {
+        let mut s = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+            eprintln!("pushgate publish: cannot read stdin: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+        s.strip_suffix('\n').map(str::to_owned).unwrap_or(s)
+    } else {
+        data.clone()
+    };
+    let data: serde_json::Value = if args.json_data {
+        match serde_json::from_str(&data) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("pushgate publish: --json data is not JSON: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    } else {
+        serde_json::Value::String(data)
+    };
+    let mut body = serde_json::json!({ "channel": channel, "data": data });
+    if let Some(e) = &args.event {
+        body["event"] = e.clone().into();
+    }
+    let url = args.url.clone().unwrap_or_else(|| "http://127.0.0.1:5561".into());
+    let url = format!("{}/publish", url.trim_end_matches('/'));
+    let token = args.token.clone().or_else(|| std::env::var("PUSHGATE_PUBLISH_TOKEN").ok()).filter(|t| !t.is_empty());
+    runtime().block_on(async move {
+        match pushgate::publish::client::post(&url, token.as_deref(), body.to_string()).await {
+            Ok((status, text)) if status.is_success() => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Ok((status, text)) => {
+                eprintln!("pushgate publish: {status}: {text}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+            Err(e) => {
+                eprintln!("pushgate publish: {url}: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    })
+}

@@ -1,0 +1,113 @@
+//! The Prometheus registry and the metric families of the HTTP side and the
+//! realtime sessions. The hub registers its own (`hub::HubMetrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::hub::HubMetrics;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: &'static str,
+}
+
+fn upstream_histogram() -> Histogram {
+    // 0.5 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+/// Every metric pushgate exports, shared by reference.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    pub open_connections: Family<ListenerLabels, Gauge>,
+    pub sessions: Family<TransportLabels, Gauge>,
+    pub delivered: Counter,
+    pub delivery_latency: Histogram,
+    pub hub: HubMetrics,
+}
+
+impl Metrics {
+    pub fn new(hub: HubMetrics) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "pushgate_http_requests",
+            "Requests answered on public listeners, by route and status",
+            requests.clone(),
+        );
+        let upstream_latency =
+            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(upstream_histogram);
+        registry.register(
+            "pushgate_upstream_response_seconds",
+            "Time from sending a request upstream to its response headers",
+            upstream_latency.clone(),
+        );
+        let open_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "pushgate_open_connections",
+            "Open client connections by listener",
+            open_connections.clone(),
+        );
+        let sessions = Family::<TransportLabels, Gauge>::default();
+        registry.register(
+            "pushgate_sessions",
+            "Open realtime sessions by transport",
+            sessions.clone(),
+        );
+        let delivered = Counter::default();
+        registry.register(
+            "pushgate_messages_delivered",
+            "Messages written to subscriber connections",
+            delivered.clone(),
+        );
+        // 50 µs .. ~3 s
+        let delivery_latency = Histogram::new(exponential_buckets(0.00005, 2.0, 17));
+        registry.register(
+            "pushgate_delivery_latency_seconds",
+            "Time from a publish being accepted to the message being written to a subscriber socket",
+            delivery_latency.clone(),
+        );
+        hub.register(&mut registry);
+        Self {
+            registry,
+            requests,
+            upstream_latency,
+            open_connections,
+            sessions,
+            delivered,
+            delivery_latency,
+            hub,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

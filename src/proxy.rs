@@ -1,0 +1,254 @@
+//! Forwards a request to its route's upstream and streams the answer back:
+//! header hygiene, round robin with passive health, `connect_timeout` → 502,
+//! `timeout` → 504, and WebSocket (any `Upgrade`) pass-through.
+//!
+//! It knows no channels: the upstream response is returned unchanged but
+//! for hop-by-hop headers.
+
+pub mod headers;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use crate::config::{RouteSettings, UpstreamSettings};
+use crate::error::{Blame, Body, HttpError};
+use crate::listener::ConnInfo;
+use crate::metrics::{Metrics, UpstreamLabels};
+use crate::shutdown::Shutdown;
+
+use self::upstream::Upstream;
+
+pub struct Proxy {
+    upstreams: HashMap<String, Upstream>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+}
+
+/// At most this many targets are tried for one request whose body is empty
+/// (a request with a body is sent once: its body cannot be replayed).
+const MAX_ATTEMPTS: usize = 3;
+
+impl Proxy {
+    pub fn new(
+        upstreams: &std::collections::BTreeMap<String, UpstreamSettings>,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            upstreams: upstreams
+                .iter()
+                .map(|(name, s)| (name.clone(), Upstream::new(name, s)))
+                .collect(),
+            metrics,
+            shutdown,
+        }
+    }
+
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        route: &RouteSettings,
+        upstream: &str,
+        conn: &ConnInfo,
+    ) -> Response<Body> {
+        let Some(upstream) = self.upstreams.get(upstream) else {
+            return HttpError::blamed(Blame::Internal, "no_upstream", "route names no known upstream")
+                .into_response();
+        };
+        let upgrade = request
+            .headers()
+            .get(header::UPGRADE)
+            .filter(|_| request.version() == Version::HTTP_11)
+            .cloned();
+        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+        let (parts, body) = request.into_parts();
+        let replayable = body.is_end_stream();
+        let attempts = if replayable {
+            upstream.target_count().clamp(1, MAX_ATTEMPTS)
+        } else {
+            1
+        };
+        let path = match rewrite_path(&parts.uri, route.strip_prefix.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+
+        let mut headers = parts.headers.clone();
+        headers::remove_hop_by_hop(&mut headers);
+        headers::set_forwarded(
+            &mut headers,
+            &conn.remote.ip().to_string(),
+            conn.scheme,
+            host.as_deref(),
+            parts.version,
+        );
+        if let Some(host) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
+            headers.insert(header::HOST, host);
+        }
+        for (name, value) in &route.add_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(protocol) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+
+        let mut body = Some(body.map_err(Into::into).boxed_unsync());
+        let mut last_error = None;
+        for _ in 0..attempts {
+            let Some(target) = upstream.pick() else { break };
+            let uri = Uri::builder()
+                .scheme(target.scheme.clone())
+                .authority(target.authority.clone())
+                .path_and_query(path.clone())
+                .build();
+            let Ok(uri) = uri else {
+                return HttpError::blamed(Blame::Downstream, "bad_request", "request path cannot be forwarded")
+                    .into_response();
+            };
+            let mut outgoing = Request::new(body.take().unwrap_or_else(crate::error::empty));
+            *outgoing.method_mut() = parts.method.clone();
+            *outgoing.uri_mut() = uri;
+            *outgoing.version_mut() = Version::HTTP_11;
+            *outgoing.headers_mut() = headers.clone();
+
+            let started = Instant::now();
+            let sent = tokio::time::timeout(upstream.timeout, upstream.client.request(outgoing)).await;
+            match sent {
+                Err(_) => {
+                    warn!(upstream = %upstream.name, target = %target.authority, "Upstream timed out before response headers.");
+                    return HttpError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_timeout",
+                        format!("upstream {} did not answer within {:?}", upstream.name, upstream.timeout),
+                    )
+                    .into_response();
+                }
+                Ok(Err(error)) if error.is_connect() => {
+                    warn!(upstream = %upstream.name, target = %target.authority, %error, "Upstream target unreachable; skipping it for a while.");
+                    upstream.mark_down(target);
+                    last_error = Some(error);
+                    continue;
+                }
+                Ok(Err(error)) => {
+                    warn!(upstream = %upstream.name, target = %target.authority, error = %error_chain(&error), "Upstream request failed.");
+                    return HttpError::blamed(
+                        Blame::Upstream,
+                        "upstream_error",
+                        format!("upstream {} failed to answer", upstream.name),
+                    )
+                    .into_response();
+                }
+                Ok(Ok(mut response)) => {
+                    self.metrics
+                        .upstream_latency
+                        .get_or_create(&UpstreamLabels {
+                            upstream: upstream.name.clone(),
+                        })
+                        .observe(started.elapsed().as_secs_f64());
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(downstream) = downstream_upgrade
+                    {
+                        let upstream_side = hyper::upgrade::on(&mut response);
+                        self.shutdown.tracker.spawn(tunnel(downstream, upstream_side, conn.slot.clone()));
+                        let (mut parts, _) = response.into_parts();
+                        parts.headers.append(header::VIA, headers::via_value(Version::HTTP_11));
+                        return Response::from_parts(parts, crate::error::empty());
+                    }
+                    let (mut parts, body) = response.into_parts();
+                    headers::remove_hop_by_hop(&mut parts.headers);
+                    headers::append_list(&mut parts.headers, header::VIA, "1.1 pushgate");
+                    return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+                }
+            }
+        }
+        let message = match last_error {
+            Some(e) => format!("upstream {} is unreachable: {}", upstream.name, error_chain(&e)),
+            None => format!("upstream {} has no targets", upstream.name),
+        };
+        HttpError::blamed(Blame::Upstream, "upstream_unreachable", message).into_response()
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream.
+async fn tunnel(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _slot: Arc<crate::listener::ConnSlot>,
+) {
+    let (Ok(downstream), Ok(upstream)) = tokio::join!(downstream, upstream) else {
+        debug!("Upgrade pass-through failed to complete.");
+        return;
+    };
+    let mut downstream = TokioIo::new(downstream);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        debug!(%error, "Upgrade pass-through ended with an error.");
+    }
+}
+
+/// The upstream path and query: `strip_prefix` removed, always starting
+/// with `/`.
+fn rewrite_path(uri: &Uri, strip_prefix: Option<&str>) -> Result<PathAndQuery, HttpError> {
+    let path = uri.path();
+    let stripped = match strip_prefix {
+        Some(prefix) => match path.strip_prefix(prefix.trim_end_matches('/')) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+            _ => path,
+        },
+        None => path,
+    };
+    let stripped = if stripped.is_empty() { "/" } else { stripped };
+    let full = match uri.query() {
+        Some(q) => format!("{stripped}?{q}"),
+        None => stripped.to_owned(),
+    };
+    full.parse()
+        .map_err(|_| HttpError::blamed(Blame::Downstream, "bad_request", "invalid request path"))
+}
+
+/// `error: cause: cause` for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_keeps_query_and_leading_slash() {
+        let uri: Uri = "/svc/a/b?x=1".parse().unwrap();
+        assert_eq!(rewrite_path(&uri, Some("/svc")).unwrap().as_str(), "/a/b?x=1");
+        assert_eq!(rewrite_path(&uri, Some("/svc/")).unwrap().as_str(), "/a/b?x=1");
+        let uri: Uri = "/svc".parse().unwrap();
+        assert_eq!(rewrite_path(&uri, Some("/svc")).unwrap().as_str(), "/");
+        let uri: Uri = "/svcx/a".parse().unwrap();
+        assert_eq!(rewrite_path(&uri, Some("/svc")).unwrap().as_str(), "/svcx/a");
+        assert_eq!(rewrite_path(&uri, None).unwrap().as_str(), "/svcx/a");
+    }
+}

@@ -1,0 +1,113 @@
+//! Long polling (SPEC §3.5): answer at once from history, else hold until a
+//! message, the timeout or shutdown. Every answer carries `last_id`, so the
+//! next poll resumes exactly where this one ended.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Response, header};
+
+use super::{Realtime, Session};
+use crate::config::{LagPolicy, RealtimeSettings, Transport};
+use crate::error::Body;
+use crate::hub::message::{ChannelName, Message, Position};
+use crate::hub::queue::Item;
+
+pub async fn respond(
+    realtime: &Arc<Realtime>,
+    channels: Vec<ChannelName>,
+    since: Option<Vec<Position>>,
+    settings: RealtimeSettings,
+) -> Response<Body> {
+    // A poll answers as soon as anything is queued, so overflow only means
+    // "answer now"; the rest is read from history by the next poll.
+    let mut session = realtime.open(Transport::Longpoll, channels, since, &settings, LagPolicy::Disconnect);
+    let deadline = tokio::time::Instant::now() + settings.longpoll_timeout;
+    let mut answer = Answer::default();
+    loop {
+        let mut items = Vec::new();
+        let closed = session.queue.drain(&mut items).is_err();
+        answer.take(&mut session, items, &realtime.metrics);
+        if closed || !answer.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = realtime.shutdown.token.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = session.queue.ready() => {}
+        }
+    }
+    answer.into_response(&session)
+}
+
+#[derive(Default)]
+struct Answer {
+    messages: Vec<(Arc<Message>, String)>,
+    gaps: Vec<ChannelName>,
+}
+
+impl Answer {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.gaps.is_empty()
+    }
+
+    fn take(&mut self, session: &mut Session, items: Vec<Item>, metrics: &crate::metrics::Metrics) {
+        let now = Instant::now();
+        for item in items {
+            match item {
+                Item::Subscribed { channel, position } => session.advance(&channel, position),
+                Item::Gap(channel) => {
+                    if !self.gaps.contains(&channel) {
+                        self.gaps.push(channel);
+                    }
+                }
+                Item::Message(m) => {
+                    session.advance(&m.channel, m.position);
+                    metrics
+                        .delivery_latency
+                        .observe(now.saturating_duration_since(m.published_at).as_secs_f64());
+                    metrics.delivered.inc();
+                    self.messages.push((m, session.cursor()));
+                }
+                Item::Reply(_) => {}
+            }
+        }
+    }
+
+    fn into_response(self, session: &Session) -> Response<Body> {
+        // Written by hand so each payload is copied, not re-parsed.
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut out = String::from("{\"messages\":[");
+        for (i, (m, id)) in self.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"channel\":");
+            out.push_str(&quote(m.channel.as_str()));
+            out.push_str(",\"id\":");
+            out.push_str(&quote(id));
+            if let Some(e) = &m.event {
+                out.push_str(",\"event\":");
+                out.push_str(&quote(e.as_str()));
+            }
+            out.push_str(",\"data\":");
+            // Compact JSON produced by serde at publish time.
+            out.push_str(std::str::from_utf8(m.payload.json()).unwrap_or("null"));
+            out.push('}');
+        }
+        out.push_str("],\"last_id\":");
+        out.push_str(&quote(&session.cursor()));
+        if !self.gaps.is_empty() {
+            let gaps: Vec<&str> = self.gaps.iter().map(ChannelName::as_str).collect();
+            out.push_str(",\"gap\":");
+            out.push_str(&serde_json::to_string(&gaps).unwrap_or_default());
+        }
+        out.push('}');
+        let mut response = Response::new(crate::error::full(out));
+        let h = response.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+        response
+    }
+}

@@ -1,0 +1,253 @@
+//! Server-Sent Events (SPEC §3.3): the opening `retry:` and comment sent at
+//! once, `id`/`event`/`data` framing, heartbeat comments, gap and close
+//! events. The response body reads the session queue directly: no task
+//! per connection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, Response, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+
+use super::{Realtime, Session, cursor};
+use crate::config::{RealtimeSettings, Transport};
+use crate::error::{Body, BoxError};
+use crate::hub::message::{ChannelName, Message, Position};
+use crate::hub::queue::{Closed, Item};
+use crate::listener::{ConnInfo, ConnSlot};
+use crate::metrics::Metrics;
+
+/// Cache slot of a message's single-channel SSE event in `Message`.
+pub const ENCODING_SLOT: usize = 0;
+
+pub fn respond(
+    realtime: &Arc<Realtime>,
+    channels: Vec<ChannelName>,
+    since: Option<Vec<Position>>,
+    settings: RealtimeSettings,
+    conn: ConnInfo,
+) -> Response<Body> {
+    let session = realtime.open(Transport::Sse, channels, since, &settings, settings.on_lag);
+    let stream = SseStream {
+        session,
+        heartbeat: settings.heartbeat,
+        retry: settings.sse_retry,
+        token: realtime.shutdown.token.clone(),
+        metrics: realtime.metrics.clone(),
+        items: Vec::new(),
+        phase: Phase::Opening,
+        _slot: conn.slot,
+    };
+    let frames = futures_util::stream::unfold(stream, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, BoxError>(Frame::data(chunk)), s))
+    });
+    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+enum Phase {
+    Opening,
+    Streaming,
+    Done,
+}
+
+struct SseStream {
+    session: Session,
+    heartbeat: Duration,
+    retry: Duration,
+    token: tokio_util::sync::CancellationToken,
+    metrics: Arc<Metrics>,
+    /// Reused drain buffer.
+    items: Vec<Item>,
+    phase: Phase,
+    _slot: Arc<ConnSlot>,
+}
+
+impl SseStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        match self.phase {
+            Phase::Opening => {
+                self.phase = Phase::Streaming;
+                // `id:` alone sets the client's last event id without
+                // dispatching an event, so even a client that sees no
+                // message before reconnecting resumes from here.
+                let opening = format!(
+                    "retry: {}\n: pushgate stream open\nid: {}\n\n",
+                    self.retry.as_millis(),
+                    self.session.cursor()
+                );
+                Some(Bytes::from(opening))
+            }
+            Phase::Done => None,
+            Phase::Streaming => loop {
+                self.items.clear();
+                if let Err(Closed::Lagged) = self.session.queue.drain(&mut self.items) {
+                    self.phase = Phase::Done;
+                    return Some(close_event("lagged"));
+                }
+                if !self.items.is_empty() {
+                    let chunk = self.encode_items();
+                    if !chunk.is_empty() {
+                        return Some(chunk);
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    biased;
+                    _ = self.token.cancelled() => {
+                        self.phase = Phase::Done;
+                        return Some(close_event("shutdown"));
+                    }
+                    _ = self.session.queue.ready() => {}
+                    _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n")),
+                }
+            },
+        }
+    }
+
+    /// Encodes the drained items into one chunk (one write for a burst).
+    fn encode_items(&mut self) -> Bytes {
+        let items = std::mem::take(&mut self.items);
+        let single = self.session.channels.len() == 1;
+        let now = Instant::now();
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(items.len());
+        let mut delivered = 0;
+        for item in &items {
+            match item {
+                Item::Message(m) => {
+                    self.session.advance(&m.channel, m.position);
+                    let bytes = if single {
+                        m.encoded(ENCODING_SLOT, |m| {
+                            event_bytes(&cursor::encode_one(m.position), m)
+                        })
+                    } else {
+                        event_bytes(&self.session.cursor(), m)
+                    };
+                    chunks.push(bytes);
+                    delivered += 1;
+                    self.metrics
+                        .delivery_latency
+                        .observe(now.saturating_duration_since(m.published_at).as_secs_f64());
+                }
+                Item::Gap(channel) => chunks.push(gap_event(std::slice::from_ref(channel))),
+                Item::Subscribed { channel, position } => self.session.advance(channel, *position),
+                Item::Reply(_) => {}
+            }
+        }
+        self.items = items;
+        self.metrics.delivered.inc_by(delivered);
+        concat(chunks)
+    }
+}
+
+/// One buffer from several, without copying when there is one.
+pub fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut out = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                out.put(c);
+            }
+            out.freeze()
+        }
+    }
+}
+
+/// `id`, optional `event`, one `data:` line per payload line, blank line.
+pub fn event_bytes(id: &str, message: &Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(message.payload.text().len() + id.len() + 32);
+    encode_event(&mut out, Some(id), message.event.as_ref().map(|e| e.as_str()), message.payload.text());
+    out.freeze()
+}
+
+pub fn encode_event(out: &mut BytesMut, id: Option<&str>, event: Option<&str>, data: &[u8]) {
+    if let Some(id) = id {
+        out.put_slice(b"id: ");
+        out.put_slice(id.as_bytes());
+        out.put_u8(b'\n');
+    }
+    if let Some(event) = event {
+        out.put_slice(b"event: ");
+        out.put_slice(event.as_bytes());
+        out.put_u8(b'\n');
+    }
+    // Lines end at \r\n, \n or \r (WHATWG), each becoming its own `data:`.
+    let mut rest = data;
+    loop {
+        let end = rest.iter().position(|&b| b == b'\n' || b == b'\r');
+        out.put_slice(b"data: ");
+        match end {
+            None => {
+                out.put_slice(rest);
+                out.put_u8(b'\n');
+                break;
+            }
+            Some(i) => {
+                out.put_slice(&rest[..i]);
+                out.put_u8(b'\n');
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                rest = &rest[i + skip..];
+            }
+        }
+    }
+    out.put_u8(b'\n');
+}
+
+fn gap_event(channels: &[ChannelName]) -> Bytes {
+    let names: Vec<&str> = channels.iter().map(ChannelName::as_str).collect();
+    let data = serde_json::json!({ "channels": names }).to_string();
+    let mut out = BytesMut::new();
+    encode_event(&mut out, None, Some("pushgate.gap"), data.as_bytes());
+    out.freeze()
+}
+
+fn close_event(reason: &str) -> Bytes {
+    let data = serde_json::json!({ "reason": reason }).to_string();
+    let mut out = BytesMut::new();
+    encode_event(&mut out, None, Some("pushgate.close"), data.as_bytes());
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(id: Option<&str>, event: Option<&str>, data: &str) -> String {
+        let mut out = BytesMut::new();
+        encode_event(&mut out, id, event, data.as_bytes());
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn multi_line_data_becomes_one_data_line_each() {
+        assert_eq!(encoded(Some("1-1"), None, "a"), "id: 1-1\ndata: a\n\n");
+        assert_eq!(
+            encoded(None, Some("update"), "a\nb\r\nc\rd"),
+            "event: update\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+        assert_eq!(encoded(None, None, ""), "data: \n\n");
+        assert_eq!(encoded(None, None, "x\n"), "data: x\ndata: \n\n");
+    }
+
+    #[test]
+    fn close_and_gap_events() {
+        assert_eq!(
+            String::from_utf8(close_event("shutdown").to_vec()).unwrap(),
+            "event: pushgate.close\ndata: {\"reason\":\"shutdown\"}\n\n"
+        );
+        let ch = ChannelName::parse("a").unwrap();
+        assert_eq!(
+            String::from_utf8(gap_event(&[ch]).to_vec()).unwrap(),
+            "event: pushgate.gap\ndata: {\"channels\":[\"a\"]}\n\n"
+        );
+    }
+}

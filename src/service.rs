@@ -1,0 +1,76 @@
+//! The public request entry: finds the route and dispatches to the proxy,
+//! a realtime session or static files; counts requests by route and status.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::config::RouteAction;
+use crate::error::{Body, HttpError};
+use crate::files;
+use crate::listener::{ConnInfo, Handler};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::proxy::Proxy;
+use crate::realtime::Realtime;
+use crate::router::Router;
+
+pub struct Service {
+    pub router: Router,
+    pub proxy: Proxy,
+    pub realtime: Arc<Realtime>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Handler for Service {
+    fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
+        async move {
+            let (route_name, response) = self.dispatch(request, conn).await;
+            self.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route_name,
+                    status: response.status().as_u16(),
+                })
+                .inc();
+            response
+        }
+    }
+}
+
+impl Service {
+    async fn dispatch(&self, request: Request<Incoming>, conn: ConnInfo) -> (String, Response<Body>) {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| request.uri().authority().map(|a| a.to_string()));
+        let path = request.uri().path().to_owned();
+        let Some(matched) = self.router.route(host.as_deref(), request.method(), &path) else {
+            let response = HttpError::new(StatusCode::NOT_FOUND, "no_route", format!("no route for {path}")).into_response();
+            return (String::new(), response);
+        };
+        let route = matched.route.clone();
+        let response = match &route.action {
+            RouteAction::Upstream(upstream) => self.proxy.forward(request, &route, upstream, &conn).await,
+            RouteAction::Realtime(rt) => {
+                self.realtime
+                    .handle(request, &route.name, rt, matched.captures, conn)
+                    .await
+            }
+            RouteAction::Static(settings) => {
+                let relative = match route.strip_prefix.as_deref() {
+                    Some(prefix) => path.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(&path),
+                    None => &path,
+                };
+                files::serve(settings, request.method(), relative, request.headers()).await
+            }
+        };
+        (route.name.clone(), response)
+    }
+}
