@@ -207,33 +207,35 @@ impl Running {
     }
 }
 
-/// History limits per channel: those of the first realtime route whose
-/// channel templates could produce the channel, else the defaults.
+/// History limits per channel: those of the realtime route whose channel
+/// template matches the channel most specifically (most literal
+/// characters; the first such route on a tie), else the defaults.
 fn history_policy(config: &Config) -> crate::hub::HistoryPolicy {
     let default = HistoryLimits {
         messages: config.realtime.history_messages,
         max_age: config.realtime.history_max_age,
     };
-    let rules: Vec<(Vec<String>, bool, HistoryLimits)> = config
-        .routes
-        .iter()
-        .filter_map(|r| match &r.action {
-            RouteAction::Realtime(rt) => Some((
-                rt.channels.iter().map(|t| template_glob(t)).collect(),
-                rt.query_channels,
-                HistoryLimits {
-                    messages: rt.settings.history_messages,
-                    max_age: rt.settings.history_max_age,
-                },
-            )),
-            _ => None,
-        })
-        .collect();
+    let mut rules: Vec<(String, HistoryLimits)> = Vec::new();
+    for route in &config.routes {
+        let RouteAction::Realtime(rt) = &route.action else { continue };
+        let limits = HistoryLimits {
+            messages: rt.settings.history_messages,
+            max_age: rt.settings.history_max_age,
+        };
+        rules.extend(rt.channels.iter().map(|t| (template_glob(t), limits)));
+        if rt.query_channels {
+            rules.push(("*".to_owned(), limits));
+        }
+    }
     Box::new(move |channel: &ChannelName| {
-        rules
-            .iter()
-            .find(|(globs, any, _)| *any || globs.iter().any(|g| pattern::glob(g, channel.as_str())))
-            .map_or(default, |(_, _, limits)| *limits)
+        let mut best: Option<(usize, HistoryLimits)> = None;
+        for (glob, limits) in &rules {
+            let literal = glob.chars().filter(|c| *c != '*').count();
+            if pattern::glob(glob, channel.as_str()) && best.is_none_or(|(b, _)| literal > b) {
+                best = Some((literal, *limits));
+            }
+        }
+        best.map_or(default, |(_, limits)| limits)
     })
 }
 

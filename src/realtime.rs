@@ -124,10 +124,15 @@ impl Realtime {
             Ok(c) => c,
             Err(e) => return e.into_response(),
         };
-        let since = request
-            .headers()
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
+        let header_id = match request.headers().get("last-event-id").map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => {
+                return HttpError::new(StatusCode::BAD_REQUEST, "bad_id", "invalid resume id: Last-Event-ID is not ASCII")
+                    .into_response();
+            }
+        };
+        let since = header_id
             .or_else(|| query.get("since"))
             .or_else(|| query.get("lastEventId"))
             .filter(|s| !s.is_empty());
@@ -139,6 +144,11 @@ impl Realtime {
                     .into_response();
             }
         };
+        if channels.is_empty() && transport != Transport::Websocket {
+            // A WebSocket may subscribe later; a stream or poll needs a channel now.
+            return HttpError::new(StatusCode::BAD_REQUEST, "no_channel", "name at least one channel with ?channel=")
+                .into_response();
+        }
         match transport {
             Transport::Sse => sse::respond(self, channels, since, settings, conn),
             Transport::Longpoll => longpoll::respond(self, channels, since, settings).await,
@@ -225,9 +235,6 @@ fn resolve_channels(
     }
     channels.sort();
     channels.dedup();
-    if channels.is_empty() {
-        return Err(HttpError::new(StatusCode::BAD_REQUEST, "no_channel", "name at least one channel with ?channel="));
-    }
     if channels.len() > MAX_CHANNELS_PER_CONNECTION {
         return Err(HttpError::new(
             StatusCode::BAD_REQUEST,

@@ -13,7 +13,9 @@ pub(super) fn interpolate(
         return Ok(text.to_owned());
     }
     let mut out = String::with_capacity(text.len());
-    for (index, line) in text.split_inclusive('\n').enumerate() {
+    for (index, whole) in text.split_inclusive('\n').enumerate() {
+        // Comments are copied as they are: `${...}` there is documentation.
+        let (line, comment) = whole.split_at(comment_start(whole));
         let mut rest = line;
         let mut column = 1;
         while let Some(at) = rest.find("${") {
@@ -56,8 +58,27 @@ pub(super) fn interpolate(
             rest = &body[close + 1..];
         }
         out.push_str(rest);
+        out.push_str(comment);
     }
     Ok(out)
+}
+
+/// Byte offset where a YAML comment starts on `line` (its length if none):
+/// a `#` at the start or after white space, outside quotes.
+fn comment_start(line: &str) -> usize {
+    let mut quote: Option<char> = None;
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '#' && previous.is_whitespace() => return i,
+            None => {}
+        }
+        previous = c;
+    }
+    line.len()
 }
 
 #[cfg(test)]
@@ -72,6 +93,11 @@ mod tests {
     fn replaces_escapes_and_defaults() {
         assert_eq!(interpolate("a: ${A}\nb: ${B:-d}\nc: $${A}\n", &env).unwrap(), "a: x\nb: d\nc: ${A}\n");
         assert_eq!(interpolate("k: '${B:-}'", &env).unwrap(), "k: ''");
+    }
+
+    #[test]
+    fn comments_are_left_alone() {
+        assert_eq!(interpolate("a: ${A} # ${NOPE}\n# ${NOPE}\nb: \"#${A}\"\n", &env).unwrap(), "a: x # ${NOPE}\n# ${NOPE}\nb: \"#x\"\n");
     }
 
     #[test]
