@@ -469,11 +469,11 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     options.snippets = serde_saphyr::SnippetMode::Off;
     let rendered = e.without_snippet().render_with_options(options);
     let first = rendered.lines().next().unwrap_or("invalid YAML").trim();
-    // Drop a trailing " at line X column Y" the renderer may add.
-    match first.rfind(" at line ") {
-        Some(i) => first[..i].to_owned(),
-        None => first.to_owned(),
-    }
+    // Drop a trailing " at line X column Y" the renderer may add, and the
+    // parser's hint to its own API.
+    let first = first.rfind(" at line ").map_or(first, |i| &first[..i]);
+    let first = first.split(", set DuplicateKeyPolicy").next().unwrap_or(first);
+    first.to_owned()
 }
 
 struct Validator<'a> {
