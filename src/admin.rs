@@ -26,42 +26,48 @@ pub struct Admin {
 }
 
 impl Handler for Admin {
-    fn handle(
+    async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         _conn: ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send + 'static {
-        async move {
-            let path = request.uri().path().to_owned();
-            match (request.method(), path.as_str()) {
-                (&Method::GET | &Method::HEAD, "/healthz") => {
-                    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-                }
-                (&Method::GET | &Method::HEAD, "/readyz") => self.readiness(),
-                (&Method::GET, "/metrics") => {
-                    let mut response = Response::new(full(self.metrics.encode()));
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-                    );
-                    response
-                }
-                (&Method::POST, "/publish") => {
-                    let mut response = self.publisher.handle(request).await;
-                    if response.status() == StatusCode::UNAUTHORIZED {
-                        response
-                            .headers_mut()
-                            .insert(header::WWW_AUTHENTICATE, publish::challenge());
-                    }
-                    response
-                }
-                (_, "/publish" | "/healthz" | "/readyz" | "/metrics") => {
-                    HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")
-                        .into_response()
-                }
-                _ => HttpError::new(StatusCode::NOT_FOUND, "not_found", format!("no internal endpoint {path}"))
-                    .into_response(),
+    ) -> Response<Body> {
+        let path = request.uri().path().to_owned();
+        match (request.method(), path.as_str()) {
+            (&Method::GET | &Method::HEAD, "/healthz") => {
+                json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
+            (&Method::GET | &Method::HEAD, "/readyz") => self.readiness(),
+            (&Method::GET, "/metrics") => {
+                let mut response = Response::new(full(self.metrics.encode()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            (&Method::POST, "/publish") => {
+                let mut response = self.publisher.handle(request).await;
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, publish::challenge());
+                }
+                response
+            }
+            (_, "/publish" | "/healthz" | "/readyz" | "/metrics") => HttpError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            )
+            .into_response(),
+            _ => HttpError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no internal endpoint {path}"),
+            )
+            .into_response(),
         }
     }
 }
@@ -70,7 +76,11 @@ impl Admin {
     fn readiness(&self) -> Response<Body> {
         let listeners = self.ready.load(Ordering::Acquire);
         let backplane = self.backplane.is_ready();
-        let status = if listeners && backplane { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status = if listeners && backplane {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         json_response(
             status,
             &serde_json::json!({

@@ -51,7 +51,9 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Self, Error> {
         async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-            TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })
         }
         let mut http = Vec::new();
         for a in &config.listen_http {
@@ -62,7 +64,11 @@ impl Listeners {
             https.push(bind(*a).await?);
         }
         let internal = bind(config.internal.listen).await?;
-        Ok(Self { http, https, internal })
+        Ok(Self {
+            http,
+            https,
+            internal,
+        })
     }
 }
 
@@ -121,14 +127,21 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         },
     });
 
-    let connections = Arc::new(Semaphore::new(config.limits.max_connections.min(Semaphore::MAX_PERMITS)));
-    let options = |name: &'static str, tls: Option<TlsAcceptor>, connections: Arc<Semaphore>| listener::Options {
-        name,
-        tls,
-        max_header: config.limits.max_header,
-        header_read_timeout: config.limits.header_read_timeout,
-        connections,
-        open_connections: metrics.open_connections.get_or_create(&ListenerLabels { listener: name }).clone(),
+    let connections = Arc::new(Semaphore::new(
+        config.limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let options = |name: &'static str, tls: Option<TlsAcceptor>, connections: Arc<Semaphore>| {
+        listener::Options {
+            name,
+            tls,
+            max_header: config.limits.max_header,
+            header_read_timeout: config.limits.header_read_timeout,
+            connections,
+            open_connections: metrics
+                .open_connections
+                .get_or_create(&ListenerLabels { listener: name })
+                .clone(),
+        }
     };
     let tls = if listeners.https.is_empty() {
         None
@@ -193,7 +206,9 @@ impl Running {
         self.ready.store(false, Ordering::Release);
         let started = Instant::now();
         let clean = self.shutdown.drain(grace).await;
-        let rest = grace.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+        let rest = grace
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(100));
         self.internal_shutdown.drain(rest).await;
         clean
     }
@@ -217,7 +232,9 @@ fn history_policy(config: &Config) -> crate::hub::HistoryPolicy {
     };
     let mut rules: Vec<(String, HistoryLimits)> = Vec::new();
     for route in &config.routes {
-        let RouteAction::Realtime(rt) = &route.action else { continue };
+        let RouteAction::Realtime(rt) = &route.action else {
+            continue;
+        };
         let limits = HistoryLimits {
             messages: rt.settings.history_messages,
             max_age: rt.settings.history_max_age,

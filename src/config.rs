@@ -442,7 +442,11 @@ impl Error {
 /// Reads, interpolates, parses and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::at(path, Position { line: 1, column: 1 }, format!("cannot read config: {e}"))
+        Error::at(
+            path,
+            Position { line: 1, column: 1 },
+            format!("cannot read config: {e}"),
+        )
     })?;
     parse(path, &text, &|name| std::env::var(name).ok())
 }
@@ -450,13 +454,20 @@ pub fn load(path: &Path) -> Result<Config, Error> {
 /// Parses config `text` (named `path` in errors), reading `${VAR}`s
 /// through `env`. Relative paths in the config are resolved against the
 /// directory of `path`.
-pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Error> {
-    let text = interpolate::interpolate(text, env).map_err(|(at, message)| Error::at(path, at, message))?;
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Error> {
+    let text = interpolate::interpolate(text, env)
+        .map_err(|(at, message)| Error::at(path, at, message))?;
     let file: FileConfig = serde_saphyr::from_str(&text).map_err(|e| {
-        let at = e.location().map_or(Position { line: 1, column: 1 }, |l| Position {
-            line: l.line().max(1),
-            column: l.column().max(1),
-        });
+        let at = e
+            .location()
+            .map_or(Position { line: 1, column: 1 }, |l| Position {
+                line: l.line().max(1),
+                column: l.column().max(1),
+            });
         Error::at(path, at, yaml_message(&e))
     })?;
     Validator::new(path).validate(file)
@@ -472,7 +483,10 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     // Drop a trailing " at line X column Y" the renderer may add, and the
     // parser's hint to its own API.
     let first = first.rfind(" at line ").map_or(first, |i| &first[..i]);
-    let first = first.split(", set DuplicateKeyPolicy").next().unwrap_or(first);
+    let first = first
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(first);
     first.to_owned()
 }
 
@@ -484,10 +498,7 @@ struct Validator<'a> {
 
 impl<'a> Validator<'a> {
     fn new(path: &'a Path) -> Self {
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self {
             path,
             base,
@@ -516,15 +527,31 @@ impl<'a> Validator<'a> {
         match s.value.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.error(s, format!("invalid listen address {:?}: expected IP:PORT, such as \"0.0.0.0:8080\"", s.value));
+                self.error(
+                    s,
+                    format!(
+                        "invalid listen address {:?}: expected IP:PORT, such as \"0.0.0.0:8080\"",
+                        s.value
+                    ),
+                );
                 None
             }
         }
     }
 
     fn validate(mut self, file: FileConfig) -> Result<Config, Error> {
-        let listen_http: Vec<_> = file.listen.http.iter().filter_map(|a| self.address(a)).collect();
-        let listen_https: Vec<_> = file.listen.https.iter().filter_map(|a| self.address(a)).collect();
+        let listen_http: Vec<_> = file
+            .listen
+            .http
+            .iter()
+            .filter_map(|a| self.address(a))
+            .collect();
+        let listen_https: Vec<_> = file
+            .listen
+            .https
+            .iter()
+            .filter_map(|a| self.address(a))
+            .collect();
 
         let mut certificates = Vec::new();
         for c in file.tls.iter().flat_map(|t| &t.certificates) {
@@ -540,14 +567,18 @@ impl<'a> Validator<'a> {
             });
         }
         if !file.listen.https.is_empty() && certificates.is_empty() {
-            self.error(&file.listen.https[0], "listen.https needs at least one entry in tls.certificates");
+            self.error(
+                &file.listen.https[0],
+                "listen.https needs at least one entry in tls.certificates",
+            );
         }
 
         let internal = match &file.internal {
             Some(i) => {
                 let listen = self.address(&i.listen);
                 // An empty token (an unset `${VAR:-}`) means no token.
-                let tokens: Vec<String> = i.tokens.iter().filter(|t| !t.is_empty()).cloned().collect();
+                let tokens: Vec<String> =
+                    i.tokens.iter().filter(|t| !t.is_empty()).cloned().collect();
                 if let Some(a) = listen
                     && tokens.is_empty()
                     && !a.ip().is_loopback()
@@ -576,20 +607,38 @@ impl<'a> Validator<'a> {
             }
             for t in &u.value.targets {
                 match t.value.parse::<Uri>() {
-                    Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() && matches!(uri.path(), "" | "/") => targets.push(uri),
+                    Ok(uri)
+                        if uri.scheme_str() == Some("http")
+                            && uri.authority().is_some()
+                            && matches!(uri.path(), "" | "/") =>
+                    {
+                        targets.push(uri)
+                    }
                     Ok(uri) if uri.scheme_str() == Some("https") => {
                         self.error(t, format!("upstream target {uri}: https upstreams are not supported yet; use http://"));
                     }
-                    _ => self.error(t, format!("invalid upstream target {:?}: expected http://HOST:PORT", t.value)),
+                    _ => self.error(
+                        t,
+                        format!(
+                            "invalid upstream target {:?}: expected http://HOST:PORT",
+                            t.value
+                        ),
+                    ),
                 }
             }
             upstreams.insert(
                 name.clone(),
                 UpstreamSettings {
                     targets,
-                    connect_timeout: u.value.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
+                    connect_timeout: u
+                        .value
+                        .connect_timeout
+                        .map_or(Duration::from_secs(2), |d| d.0),
                     timeout: u.value.timeout.map_or(Duration::from_secs(30), |d| d.0),
-                    fail_timeout: u.value.fail_timeout.map_or(Duration::from_secs(10), |d| d.0),
+                    fail_timeout: u
+                        .value
+                        .fail_timeout
+                        .map_or(Duration::from_secs(10), |d| d.0),
                 },
             );
         }
@@ -614,27 +663,48 @@ impl<'a> Validator<'a> {
             None => limits.max_header,
         };
         let limits = Limits {
-            max_connections: file.limits.max_connections.unwrap_or(limits.max_connections),
+            max_connections: file
+                .limits
+                .max_connections
+                .unwrap_or(limits.max_connections),
             max_header,
             max_body: file.limits.max_body.map_or(limits.max_body, |b| b.0),
-            header_read_timeout: file.limits.header_read_timeout.map_or(limits.header_read_timeout, |d| d.0),
+            header_read_timeout: file
+                .limits
+                .header_read_timeout
+                .map_or(limits.header_read_timeout, |d| d.0),
         };
 
         let backplane = match &file.backplane.kind {
             None => BackplaneKind::Memory,
             Some(k) if k.value == "memory" => BackplaneKind::Memory,
             Some(k) if k.value == "redis" || k.value == "nats" => {
-                self.error(k, format!("backplane type {:?} is not available in this build; use \"memory\"", k.value));
+                self.error(
+                    k,
+                    format!(
+                        "backplane type {:?} is not available in this build; use \"memory\"",
+                        k.value
+                    ),
+                );
                 BackplaneKind::Memory
             }
             Some(k) => {
-                self.error(k, format!("unknown backplane type {:?}: expected memory, redis or nats", k.value));
+                self.error(
+                    k,
+                    format!(
+                        "unknown backplane type {:?}: expected memory, redis or nats",
+                        k.value
+                    ),
+                );
                 BackplaneKind::Memory
             }
         };
 
         if self.errors.is_empty() && listen_http.is_empty() && listen_https.is_empty() {
-            self.error(Position { line: 1, column: 1 }, "no public listener: set listen.http or listen.https");
+            self.error(
+                Position { line: 1, column: 1 },
+                "no public listener: set listen.http or listen.https",
+            );
         }
 
         if !self.errors.is_empty() {
@@ -681,7 +751,10 @@ impl<'a> Validator<'a> {
                 PathMatch::Prefix(p.value.clone())
             }
             (Some(p), Some(_)) => {
-                self.error(p, format!("route {name:?}: match has both path and path_prefix; use one"));
+                self.error(
+                    p,
+                    format!("route {name:?}: match has both path and path_prefix; use one"),
+                );
                 return None;
             }
             (None, None) => PathMatch::Prefix("/".into()),
@@ -699,9 +772,15 @@ impl<'a> Validator<'a> {
         }
         let mut add_headers = Vec::new();
         for (k, v) in &r.add_headers {
-            match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
                 (Ok(k), Ok(v)) => add_headers.push((k, v)),
-                _ => self.error(&r.name, format!("route {name:?}: invalid add_headers entry {k:?}")),
+                _ => self.error(
+                    &r.name,
+                    format!("route {name:?}: invalid add_headers entry {k:?}"),
+                ),
             }
         }
         let strip_prefix = r.strip_prefix.as_ref().map(|s| {
@@ -723,11 +802,16 @@ impl<'a> Validator<'a> {
         }
         let action = if let Some(u) = &r.upstream {
             if !upstreams.contains_key(&u.value) {
-                self.error(u, format!("route {name:?} names unknown upstream {:?}", u.value));
+                self.error(
+                    u,
+                    format!("route {name:?} names unknown upstream {:?}", u.value),
+                );
             }
             RouteAction::Upstream(u.value.clone())
         } else if let Some(rt) = &r.realtime {
-            RouteAction::Realtime(Box::new(self.realtime_route(&name, spanned, &rt.value, &captures, defaults)))
+            RouteAction::Realtime(Box::new(
+                self.realtime_route(&name, spanned, &rt.value, &captures, defaults),
+            ))
         } else {
             let s = r.static_files.as_ref()?;
             let dir = self.resolve(&s.dir.value);
@@ -753,13 +837,22 @@ impl<'a> Validator<'a> {
     fn top_level_realtime(&mut self, rt: &RealtimeBlock) {
         let route_only: [(&str, Option<Position>); 4] = [
             ("channels", rt.channels.first().map(Position::from)),
-            ("query_channels", rt.query_channels.as_ref().map(Position::from)),
+            (
+                "query_channels",
+                rt.query_channels.as_ref().map(Position::from),
+            ),
             ("transports", rt.transports.as_ref().map(Position::from)),
-            ("client_publish", rt.client_publish.as_ref().map(Position::from)),
+            (
+                "client_publish",
+                rt.client_publish.as_ref().map(Position::from),
+            ),
         ];
         for (key, at) in route_only {
             if let Some(at) = at {
-                self.error(at, format!("realtime.{key} belongs in a route's realtime block"));
+                self.error(
+                    at,
+                    format!("realtime.{key} belongs in a route's realtime block"),
+                );
             }
         }
     }
@@ -786,7 +879,10 @@ impl<'a> Validator<'a> {
         }
         let query_channels = rt.query_channels.as_ref().is_some_and(|q| q.value);
         if rt.channels.is_empty() && !query_channels {
-            self.error(route, format!("realtime route {name:?} has no channels and query_channels is false"));
+            self.error(
+                route,
+                format!("realtime route {name:?} has no channels and query_channels is false"),
+            );
         }
         let transports = rt
             .transports
@@ -794,7 +890,10 @@ impl<'a> Validator<'a> {
             .map(|t| t.value.clone())
             .unwrap_or_else(|| vec![Transport::Websocket, Transport::Sse, Transport::Longpoll]);
         if transports.is_empty() {
-            self.error(route, format!("realtime route {name:?} enables no transport"));
+            self.error(
+                route,
+                format!("realtime route {name:?} enables no transport"),
+            );
         }
         let client_publish = match rt.client_publish.as_ref().map(|c| &c.value) {
             None | Some(ClientPublishConfig::All(false)) => ClientPublish::Denied,
@@ -803,7 +902,10 @@ impl<'a> Validator<'a> {
         };
         let settings = resolve_realtime(*defaults, rt);
         if settings.queue == 0 {
-            self.error(route, format!("realtime route {name:?}: queue must be at least 1"));
+            self.error(
+                route,
+                format!("realtime route {name:?}: queue must be at least 1"),
+            );
         }
         RealtimeRoute {
             channels: rt.channels.iter().map(|c| c.value.clone()).collect(),
@@ -854,7 +956,9 @@ pub fn check_template(t: &str) -> Result<(), String> {
         let close = after.find('}').ok_or("'{' without '}'")?;
         let name = &after[..close];
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("bad placeholder {{{name}}}: use letters, digits and _"));
+            return Err(format!(
+                "bad placeholder {{{name}}}: use letters, digits and _"
+            ));
         }
         rest = &after[close + 1..];
     }
@@ -922,7 +1026,10 @@ mod tests {
         assert_eq!(c.internal.listen.port(), 9);
         assert_eq!(c.internal.tokens, ["secret"]);
         let e = first_error("listen: { http: [\"${NOPE}\"] }\n");
-        assert_eq!(e, "test.yaml:1:19: environment variable NOPE is not set (use ${NOPE:-default})");
+        assert_eq!(
+            e,
+            "test.yaml:1:19: environment variable NOPE is not set (use ${NOPE:-default})"
+        );
     }
 
     #[test]

@@ -84,7 +84,9 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
 
 /// A body of fixed bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An empty body.

@@ -14,13 +14,23 @@ use crate::router::pattern::percent_decode;
 /// Largest file served (static routes are for pages and assets).
 pub const MAX_FILE: u64 = 64 << 20;
 
-pub async fn serve(settings: &StaticSettings, method: &Method, path: &str, headers: &HeaderMap) -> Response<Body> {
+pub async fn serve(
+    settings: &StaticSettings,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
-        return HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "static files answer GET and HEAD")
-            .into_response();
+        return HttpError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "static files answer GET and HEAD",
+        )
+        .into_response();
     }
     let Some(relative) = safe_relative(path) else {
-        return HttpError::new(StatusCode::BAD_REQUEST, "bad_path", "invalid file path").into_response();
+        return HttpError::new(StatusCode::BAD_REQUEST, "bad_path", "invalid file path")
+            .into_response();
     };
     let mut file = settings.dir.join(&relative);
     if relative.as_os_str().is_empty() || path.ends_with('/') {
@@ -38,8 +48,10 @@ pub async fn serve(settings: &StaticSettings, method: &Method, path: &str, heade
         Err(_) => return not_found(),
     }
     // Symlinks must not lead outside the directory.
-    let (Ok(root), Ok(real)) = (tokio::fs::canonicalize(&settings.dir).await, tokio::fs::canonicalize(&file).await)
-    else {
+    let (Ok(root), Ok(real)) = (
+        tokio::fs::canonicalize(&settings.dir).await,
+        tokio::fs::canonicalize(&file).await,
+    ) else {
         return not_found();
     };
     if !real.starts_with(&root) {
@@ -60,7 +72,10 @@ pub async fn serve(settings: &StaticSettings, method: &Method, path: &str, heade
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*"));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*")
+        });
     let mut response = if matches {
         let mut r = Response::new(empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
@@ -79,10 +94,16 @@ pub async fn serve(settings: &StaticSettings, method: &Method, path: &str, heade
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if !matches {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&real)));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type(&real)),
+        );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
     }
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
@@ -107,7 +128,12 @@ fn safe_relative(path: &str) -> Option<PathBuf> {
 }
 
 pub fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("html" | "htm") => "text/html; charset=utf-8",
         Some("js" | "mjs") => "text/javascript; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
@@ -133,9 +159,20 @@ mod tests {
     fn traversal_is_rejected() {
         assert_eq!(safe_relative("/a/b.css"), Some(PathBuf::from("a/b.css")));
         assert_eq!(safe_relative("/"), Some(PathBuf::new()));
-        for bad in ["/../etc/passwd", "/a/%2e%2e/%2e%2e/x", "/%2E%2E/x", "/a\\..\\b", "/%00", "/c:/x"] {
+        for bad in [
+            "/../etc/passwd",
+            "/a/%2e%2e/%2e%2e/x",
+            "/%2E%2E/x",
+            "/a\\..\\b",
+            "/%00",
+            "/c:/x",
+        ] {
             assert_eq!(safe_relative(bad), None, "{bad}");
         }
-        assert_eq!(safe_relative("//etc/passwd"), Some(PathBuf::from("etc/passwd")), "absolute becomes relative");
+        assert_eq!(
+            safe_relative("//etc/passwd"),
+            Some(PathBuf::from("etc/passwd")),
+            "absolute becomes relative"
+        );
     }
 }

@@ -136,7 +136,12 @@ impl Hub {
     /// queue receives `Subscribed`, an optional gap, the backlog, then live
     /// messages. Returns the subscriber's position in the channel's stream
     /// (see `Channel::subscribe`).
-    pub fn subscribe(&self, queue: &Arc<Queue>, channel: &ChannelName, since: Option<Position>) -> Position {
+    pub fn subscribe(
+        &self,
+        queue: &Arc<Queue>,
+        channel: &ChannelName,
+        since: Option<Position>,
+    ) -> Position {
         let now = Instant::now();
         self.with_channel(channel, now, |c| c.subscribe(queue, since, now))
     }
@@ -187,7 +192,12 @@ impl Hub {
     }
 
     /// Runs `f` on `name`'s channel, creating it on first use.
-    fn with_channel<T>(&self, name: &ChannelName, now: Instant, f: impl FnOnce(&mut Channel) -> T) -> T {
+    fn with_channel<T>(
+        &self,
+        name: &ChannelName,
+        now: Instant,
+        f: impl FnOnce(&mut Channel) -> T,
+    ) -> T {
         let mut f = Some(f);
         loop {
             let channel = self
@@ -195,7 +205,12 @@ impl Hub {
                 .entry(name.clone())
                 .or_insert_with(|| {
                     let limits = (self.history_policy)(name);
-                    Arc::new(Mutex::new(Channel::new(name.clone(), self.new_epoch(), limits, now)))
+                    Arc::new(Mutex::new(Channel::new(
+                        name.clone(),
+                        self.new_epoch(),
+                        limits,
+                        now,
+                    )))
                 })
                 .value()
                 .clone();
@@ -264,7 +279,9 @@ mod tests {
     fn fan_out_reaches_every_subscriber() {
         let hub = Hub::with_limits(HistoryLimits::default());
         let ch = ChannelName::parse("news").unwrap();
-        let queues: Vec<_> = (0..3).map(|_| hub.queue(8, LagPolicy::Disconnect)).collect();
+        let queues: Vec<_> = (0..3)
+            .map(|_| hub.queue(8, LagPolicy::Disconnect))
+            .collect();
         for q in &queues {
             hub.subscribe(q, &ch, None);
         }
@@ -304,9 +321,19 @@ mod tests {
         let ch = ChannelName::parse("c").unwrap();
         hub.publish(&[publication("c", serde_json::json!(1))]);
         let q = hub.queue(8, LagPolicy::Disconnect);
-        hub.subscribe(&q, &ch, Some(Position { epoch: 12345, seq: 9 }));
+        hub.subscribe(
+            &q,
+            &ch,
+            Some(Position {
+                epoch: 12345,
+                seq: 9,
+            }),
+        );
         let items = drain(&q);
-        assert!(matches!(items[1], Item::Gap(_)), "gap before history: {items:?}");
+        assert!(
+            matches!(items[1], Item::Gap(_)),
+            "gap before history: {items:?}"
+        );
         assert_eq!(data(&items), ["1"]);
     }
 

@@ -78,7 +78,12 @@ pub struct Options {
 /// Accepts on `listener` until `shutdown` starts, then stops accepting
 /// (closing the socket, so new connections are refused) and lets open
 /// connections finish their in-flight requests.
-pub async fn serve<H: Handler>(listener: TcpListener, options: Options, handler: Arc<H>, shutdown: Shutdown) {
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    options: Options,
+    handler: Arc<H>,
+    shutdown: Shutdown,
+) {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder(&options));
     let addr = listener.local_addr().ok();
@@ -139,7 +144,11 @@ struct Connection<H> {
 
 impl<H: Handler> Connection<H> {
     async fn run(self, stream: TcpStream, watcher: hyper_util::server::graceful::Watcher) {
-        let scheme = if self.options.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let over_limit = self.permit.is_none();
         self.options.open_connections.inc();
         let info = ConnInfo {
@@ -181,7 +190,8 @@ impl<H: Handler> Connection<H> {
                 // The handshake counts against the header read timeout, so a
                 // client cannot hold a socket by stalling TLS.
                 let handshake =
-                    tokio::time::timeout(self.options.header_read_timeout, acceptor.accept(stream)).await;
+                    tokio::time::timeout(self.options.header_read_timeout, acceptor.accept(stream))
+                        .await;
                 let tls = match handshake {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(error)) => {

@@ -62,7 +62,10 @@ fn parse_args() -> Result<Args, String> {
             "--json" => args.json_data = true,
             "-" => args.positional.push(a),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
-            _ if args.command.is_none() && args.positional.is_empty() && matches!(a.as_str(), "check" | "run" | "publish") => {
+            _ if args.command.is_none()
+                && args.positional.is_empty()
+                && matches!(a.as_str(), "check" | "run" | "publish") =>
+            {
                 args.command = Some(a);
             }
             _ => args.positional.push(a),
@@ -90,7 +93,9 @@ fn main() -> ExitCode {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -121,11 +126,17 @@ fn check_tls(config: &config::Config) -> Result<(), ExitCode> {
     if config.certificates.is_empty() {
         return Ok(());
     }
-    tls::server_config(&config.certificates).map(|_| ()).map_err(|e| {
-        let at = config.certificates.first().map(|c| c.at).unwrap_or_default();
-        eprintln!("{}:{}:{}: {e}", config.source.display(), at.line, at.column);
-        ExitCode::from(EXIT_CONFIG)
-    })
+    tls::server_config(&config.certificates)
+        .map(|_| ())
+        .map_err(|e| {
+            let at = config
+                .certificates
+                .first()
+                .map(|c| c.at)
+                .unwrap_or_default();
+            eprintln!("{}:{}:{}: {e}", config.source.display(), at.line, at.column);
+            ExitCode::from(EXIT_CONFIG)
+        })
 }
 
 fn check(args: &Args) -> ExitCode {
@@ -217,9 +228,16 @@ fn publish(args: &Args) -> ExitCode {
     if let Some(e) = &args.event {
         body["event"] = e.clone().into();
     }
-    let url = args.url.clone().unwrap_or_else(|| "http://127.0.0.1:5561".into());
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:5561".into());
     let url = format!("{}/publish", url.trim_end_matches('/'));
-    let token = args.token.clone().or_else(|| std::env::var("PUSHGATE_PUBLISH_TOKEN").ok()).filter(|t| !t.is_empty());
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("PUSHGATE_PUBLISH_TOKEN").ok())
+        .filter(|t| !t.is_empty());
     runtime().block_on(async move {
         match pushgate::publish::client::post(&url, token.as_deref(), body.to_string()).await {
             Ok((status, text)) if status.is_success() => {

@@ -59,7 +59,9 @@ impl Metrics {
             requests.clone(),
         );
         let upstream_latency =
-            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(upstream_histogram);
+            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                upstream_histogram,
+            );
         registry.register(
             "pushgate_upstream_response_seconds",
             "Time from sending a request upstream to its response headers",

@@ -62,8 +62,12 @@ impl Proxy {
         conn: &ConnInfo,
     ) -> Response<Body> {
         let Some(upstream) = self.upstreams.get(upstream) else {
-            return HttpError::blamed(Blame::Internal, "no_upstream", "route names no known upstream")
-                .into_response();
+            return HttpError::blamed(
+                Blame::Internal,
+                "no_upstream",
+                "route names no known upstream",
+            )
+            .into_response();
         };
         let upgrade = request
             .headers()
@@ -120,8 +124,12 @@ impl Proxy {
                 .path_and_query(path.clone())
                 .build();
             let Ok(uri) = uri else {
-                return HttpError::blamed(Blame::Downstream, "bad_request", "request path cannot be forwarded")
-                    .into_response();
+                return HttpError::blamed(
+                    Blame::Downstream,
+                    "bad_request",
+                    "request path cannot be forwarded",
+                )
+                .into_response();
             };
             let mut outgoing = Request::new(body.take().unwrap_or_else(crate::error::empty));
             *outgoing.method_mut() = parts.method.clone();
@@ -130,14 +138,18 @@ impl Proxy {
             *outgoing.headers_mut() = headers.clone();
 
             let started = Instant::now();
-            let sent = tokio::time::timeout(upstream.timeout, upstream.client.request(outgoing)).await;
+            let sent =
+                tokio::time::timeout(upstream.timeout, upstream.client.request(outgoing)).await;
             match sent {
                 Err(_) => {
                     warn!(upstream = %upstream.name, target = %target.authority, "Upstream timed out before response headers.");
                     return HttpError::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         "upstream_timeout",
-                        format!("upstream {} did not answer within {:?}", upstream.name, upstream.timeout),
+                        format!(
+                            "upstream {} did not answer within {:?}",
+                            upstream.name, upstream.timeout
+                        ),
                     )
                     .into_response();
                 }
@@ -167,9 +179,15 @@ impl Proxy {
                         && let Some(downstream) = downstream_upgrade
                     {
                         let upstream_side = hyper::upgrade::on(&mut response);
-                        self.shutdown.tracker.spawn(tunnel(downstream, upstream_side, conn.slot.clone()));
+                        self.shutdown.tracker.spawn(tunnel(
+                            downstream,
+                            upstream_side,
+                            conn.slot.clone(),
+                        ));
                         let (mut parts, _) = response.into_parts();
-                        parts.headers.append(header::VIA, headers::via_value(Version::HTTP_11));
+                        parts
+                            .headers
+                            .append(header::VIA, headers::via_value(Version::HTTP_11));
                         return Response::from_parts(parts, crate::error::empty());
                     }
                     let (mut parts, body) = response.into_parts();
@@ -180,7 +198,11 @@ impl Proxy {
             }
         }
         let message = match last_error {
-            Some(e) => format!("upstream {} is unreachable: {}", upstream.name, error_chain(&e)),
+            Some(e) => format!(
+                "upstream {} is unreachable: {}",
+                upstream.name,
+                error_chain(&e)
+            ),
             None => format!("upstream {} has no targets", upstream.name),
         };
         HttpError::blamed(Blame::Upstream, "upstream_unreachable", message).into_response()
@@ -243,12 +265,21 @@ mod tests {
     #[test]
     fn strip_prefix_keeps_query_and_leading_slash() {
         let uri: Uri = "/svc/a/b?x=1".parse().unwrap();
-        assert_eq!(rewrite_path(&uri, Some("/svc")).unwrap().as_str(), "/a/b?x=1");
-        assert_eq!(rewrite_path(&uri, Some("/svc/")).unwrap().as_str(), "/a/b?x=1");
+        assert_eq!(
+            rewrite_path(&uri, Some("/svc")).unwrap().as_str(),
+            "/a/b?x=1"
+        );
+        assert_eq!(
+            rewrite_path(&uri, Some("/svc/")).unwrap().as_str(),
+            "/a/b?x=1"
+        );
         let uri: Uri = "/svc".parse().unwrap();
         assert_eq!(rewrite_path(&uri, Some("/svc")).unwrap().as_str(), "/");
         let uri: Uri = "/svcx/a".parse().unwrap();
-        assert_eq!(rewrite_path(&uri, Some("/svc")).unwrap().as_str(), "/svcx/a");
+        assert_eq!(
+            rewrite_path(&uri, Some("/svc")).unwrap().as_str(),
+            "/svcx/a"
+        );
         assert_eq!(rewrite_path(&uri, None).unwrap().as_str(), "/svcx/a");
     }
 }

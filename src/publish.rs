@@ -49,7 +49,12 @@ impl Publisher {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mime = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if mime != "application/json" {
             return Err(HttpError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -61,7 +66,10 @@ impl Publisher {
             HttpError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!("publish body is larger than limits.max_body ({} bytes)", self.max_body),
+                format!(
+                    "publish body is larger than limits.max_body ({} bytes)",
+                    self.max_body
+                ),
             )
         };
         let declared = request
@@ -72,19 +80,28 @@ impl Publisher {
         if declared.is_some_and(|n| n > self.max_body) {
             return Err(too_large());
         }
-        let body: Bytes = match Limited::new(request.into_body(), self.max_body).collect().await {
+        let body: Bytes = match Limited::new(request.into_body(), self.max_body)
+            .collect()
+            .await
+        {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
             Err(_) => {
-                return Err(HttpError::new(StatusCode::BAD_REQUEST, "bad_body", "request body could not be read"));
+                return Err(HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    "request body could not be read",
+                ));
             }
         };
         let publications = decode(&body, self.max_message)?;
-        let receipts = self
-            .backplane
-            .publish(publications)
-            .await
-            .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "backplane_unavailable", e.to_string()))?;
+        let receipts = self.backplane.publish(publications).await.map_err(|e| {
+            HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backplane_unavailable",
+                e.to_string(),
+            )
+        })?;
         let results: Vec<Value> = receipts
             .iter()
             .map(|r| {
@@ -95,7 +112,10 @@ impl Publisher {
                 })
             })
             .collect();
-        Ok(json_response(StatusCode::OK, &serde_json::json!({ "results": results })))
+        Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "results": results }),
+        ))
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), HttpError> {
@@ -105,20 +125,30 @@ impl Publisher {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         let valid = presented.is_some_and(|p| {
             // Check every token so timing does not tell which one matched.
-            self.tokens
-                .iter()
-                .fold(0u8, |ok, t| ok | t.as_bytes().ct_eq(p.as_bytes()).unwrap_u8())
-                == 1
+            self.tokens.iter().fold(0u8, |ok, t| {
+                ok | t.as_bytes().ct_eq(p.as_bytes()).unwrap_u8()
+            }) == 1
         });
         if valid {
             Ok(())
         } else {
-            let message = if presented.is_some() { "invalid token" } else { "missing Authorization: Bearer token" };
-            Err(HttpError::new(StatusCode::UNAUTHORIZED, "unauthorized", message))
+            let message = if presented.is_some() {
+                "invalid token"
+            } else {
+                "missing Authorization: Bearer token"
+            };
+            Err(HttpError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                message,
+            ))
         }
     }
 }
@@ -132,9 +162,13 @@ pub fn challenge() -> HeaderValue {
 pub fn decode(body: &[u8], max_message: usize) -> Result<Vec<Publication>, HttpError> {
     let bad = |message: String| HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", message);
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        HttpError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid JSON: {e}"))
-            .with("line", e.line().into())
-            .with("column", e.column().into())
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid JSON: {e}"),
+        )
+        .with("line", e.line().into())
+        .with("column", e.column().into())
     })?;
     let Value::Object(object) = value else {
         return Err(bad("body must be a JSON object".into()));
@@ -149,13 +183,16 @@ pub fn decode(body: &[u8], max_message: usize) -> Result<Vec<Publication>, HttpE
             return Err(bad("\"messages\" must be an array".into()));
         };
         if messages.is_empty() || messages.len() > MAX_BATCH {
-            return Err(bad(format!("\"messages\" must hold 1 to {MAX_BATCH} messages")));
+            return Err(bad(format!(
+                "\"messages\" must hold 1 to {MAX_BATCH} messages"
+            )));
         }
         for (i, m) in messages.iter().enumerate() {
             let Value::Object(m) = m else {
                 return Err(bad(format!("messages[{i}] must be an object")));
             };
-            message(m, max_message, now, &mut out).map_err(|e| prefixed(e, &format!("messages[{i}]: ")))?;
+            message(m, max_message, now, &mut out)
+                .map_err(|e| prefixed(e, &format!("messages[{i}]: ")))?;
         }
     } else {
         message(&object, max_message, now, &mut out)?;
@@ -168,20 +205,33 @@ fn prefixed(mut e: HttpError, prefix: &str) -> HttpError {
     e
 }
 
-fn message(m: &Map<String, Value>, max_message: usize, now: Instant, out: &mut Vec<Publication>) -> Result<(), HttpError> {
+fn message(
+    m: &Map<String, Value>,
+    max_message: usize,
+    now: Instant,
+    out: &mut Vec<Publication>,
+) -> Result<(), HttpError> {
     let bad = |message: String| HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", message);
-    if let Some(k) = m
-        .keys()
-        .find(|k| !matches!(k.as_str(), "channel" | "channels" | "data" | "event" | "idempotency_key"))
-    {
+    if let Some(k) = m.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "channel" | "channels" | "data" | "event" | "idempotency_key"
+        )
+    }) {
         return Err(bad(format!("unknown field {k:?}")));
     }
     let channel_error = |name: &str, e: &dyn std::fmt::Display| {
-        HttpError::new(StatusCode::BAD_REQUEST, "invalid_channel", format!("invalid channel {name:?}: {e}"))
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_channel",
+            format!("invalid channel {name:?}: {e}"),
+        )
     };
     let mut channels = Vec::new();
     match (m.get("channel"), m.get("channels")) {
-        (Some(Value::String(c)), None) => channels.push(ChannelName::parse(c).map_err(|e| channel_error(c, &e))?),
+        (Some(Value::String(c)), None) => {
+            channels.push(ChannelName::parse(c).map_err(|e| channel_error(c, &e))?)
+        }
         (None, Some(Value::Array(list))) if !list.is_empty() => {
             for c in list {
                 let Value::String(c) = c else {
@@ -195,10 +245,16 @@ fn message(m: &Map<String, Value>, max_message: usize, now: Instant, out: &mut V
         }
         (Some(_), Some(_)) => return Err(bad("give \"channel\" or \"channels\", not both".into())),
         (Some(_), None) => return Err(bad("\"channel\" must be a string".into())),
-        (None, Some(_)) => return Err(bad("\"channels\" must be a non-empty array of strings".into())),
+        (None, Some(_)) => {
+            return Err(bad(
+                "\"channels\" must be a non-empty array of strings".into()
+            ));
+        }
         (None, None) => return Err(bad("missing \"channel\"".into())),
     }
-    let data = m.get("data").ok_or_else(|| bad("missing \"data\"".into()))?;
+    let data = m
+        .get("data")
+        .ok_or_else(|| bad("missing \"data\"".into()))?;
     let payload = Payload::from_json(data);
     if payload.len() > max_message {
         return Err(HttpError::new(
@@ -210,15 +266,23 @@ fn message(m: &Map<String, Value>, max_message: usize, now: Instant, out: &mut V
     let event = match m.get("event") {
         None | Some(Value::Null) => None,
         Some(Value::String(e)) => Some(EventName::parse(e).map_err(|err| {
-            HttpError::new(StatusCode::BAD_REQUEST, "invalid_event", format!("invalid event {e:?}: {err}"))
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_event",
+                format!("invalid event {e:?}: {err}"),
+            )
         })?),
         Some(_) => return Err(bad("\"event\" must be a string".into())),
     };
     let idempotency_key = match m.get("idempotency_key") {
         None | Some(Value::Null) => None,
-        Some(Value::String(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Some(Arc::from(k.as_str())),
+        Some(Value::String(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => {
+            Some(Arc::from(k.as_str()))
+        }
         Some(_) => {
-            return Err(bad(format!("\"idempotency_key\" must be a string of 1 to {MAX_IDEMPOTENCY_KEY} bytes")));
+            return Err(bad(format!(
+                "\"idempotency_key\" must be a string of 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+            )));
         }
     };
     for channel in channels {
@@ -243,10 +307,21 @@ mod tests {
 
     #[test]
     fn decodes_single_multi_and_batch() {
-        assert_eq!(decode(br#"{"channel":"a","data":1}"#, 1024).unwrap().len(), 1);
-        let multi = decode(br#"{"channels":["a","b","a"],"data":"x","event":"e"}"#, 1024).unwrap();
+        assert_eq!(
+            decode(br#"{"channel":"a","data":1}"#, 1024).unwrap().len(),
+            1
+        );
+        let multi = decode(
+            br#"{"channels":["a","b","a"],"data":"x","event":"e"}"#,
+            1024,
+        )
+        .unwrap();
         assert_eq!(multi.len(), 2, "duplicates collapse");
-        let batch = decode(br#"{"messages":[{"channel":"a","data":1},{"channel":"b","data":2}]}"#, 1024).unwrap();
+        let batch = decode(
+            br#"{"messages":[{"channel":"a","data":1},{"channel":"b","data":2}]}"#,
+            1024,
+        )
+        .unwrap();
         assert_eq!(batch[1].channel.as_str(), "b");
     }
 
@@ -257,8 +332,14 @@ mod tests {
         assert_eq!(e.extra.as_ref().unwrap()["line"], 2);
         assert_eq!(err(r#"{"channel":"a b","data":1}"#).code, "invalid_channel");
         assert_eq!(err(r#"{"channel":"a"}"#).message, "missing \"data\"");
-        assert_eq!(err(r#"{"channel":"a","data":1,"x":1}"#).message, "unknown field \"x\"");
-        assert_eq!(err(r#"{"channel":"a","data":1,"event":"a b"}"#).code, "invalid_event");
+        assert_eq!(
+            err(r#"{"channel":"a","data":1,"x":1}"#).message,
+            "unknown field \"x\""
+        );
+        assert_eq!(
+            err(r#"{"channel":"a","data":1,"event":"a b"}"#).code,
+            "invalid_event"
+        );
         assert_eq!(err(r#"[1]"#).code, "invalid_request");
         let e = err(r#"{"messages":[{"channel":"a","data":1},{"channel":"!","data":1}]}"#);
         assert!(e.message.starts_with("messages[1]: "), "{}", e.message);

@@ -61,7 +61,8 @@ impl Grants {
             ClientPublish::Denied => false,
             ClientPublish::Granted => self.may_subscribe(channel),
             ClientPublish::Patterns(patterns) => patterns.iter().any(|p| {
-                pattern::render(p, &self.captures).is_some_and(|p| pattern::glob(&p, channel.as_str()))
+                pattern::render(p, &self.captures)
+                    .is_some_and(|p| pattern::glob(&p, channel.as_str()))
             }),
         }
     }
@@ -93,11 +94,17 @@ impl Query {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.pairs.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -111,10 +118,11 @@ impl Realtime {
         conn: ConnInfo,
     ) -> Response<Body> {
         let query = Query::parse(request.uri().query());
-        let choice = match negotiate::choose(request.headers(), query.get("transport"), &route.transports) {
-            Ok(c) => c,
-            Err(e) => return e.into_response(),
-        };
+        let choice =
+            match negotiate::choose(request.headers(), query.get("transport"), &route.transports) {
+                Ok(c) => c,
+                Err(e) => return e.into_response(),
+            };
         let settings = route.settings;
         let transport = match choice {
             Choice::Info => return info(route),
@@ -128,8 +136,12 @@ impl Realtime {
             None => None,
             Some(Ok(id)) => Some(id),
             Some(Err(_)) => {
-                return HttpError::new(StatusCode::BAD_REQUEST, "bad_id", "invalid resume id: Last-Event-ID is not ASCII")
-                    .into_response();
+                return HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_id",
+                    "invalid resume id: Last-Event-ID is not ASCII",
+                )
+                .into_response();
             }
         };
         let since = header_id
@@ -140,19 +152,36 @@ impl Realtime {
             None => None,
             Some(Ok(p)) => Some(p),
             Some(Err(e)) => {
-                return HttpError::new(StatusCode::BAD_REQUEST, "bad_id", format!("invalid resume id: {e}"))
-                    .into_response();
+                return HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_id",
+                    format!("invalid resume id: {e}"),
+                )
+                .into_response();
             }
         };
         if channels.is_empty() && transport != Transport::Websocket {
             // A WebSocket may subscribe later; a stream or poll needs a channel now.
-            return HttpError::new(StatusCode::BAD_REQUEST, "no_channel", "name at least one channel with ?channel=")
-                .into_response();
+            return HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "no_channel",
+                "name at least one channel with ?channel=",
+            )
+            .into_response();
         }
         match transport {
             Transport::Sse => sse::respond(self, channels, since, settings, conn),
             Transport::Longpoll => longpoll::respond(self, channels, since, settings).await,
-            Transport::Websocket => ws::respond(self, &mut request, channels, since, grants, settings, conn, route_name),
+            Transport::Websocket => ws::respond(
+                self,
+                &mut request,
+                channels,
+                since,
+                grants,
+                settings,
+                conn,
+                route_name,
+            ),
         }
     }
 
@@ -205,9 +234,10 @@ fn info(route: &RealtimeRoute) -> Response<Body> {
         "client_publish": route.client_publish != ClientPublish::Denied,
     });
     let mut response = json_response(StatusCode::OK, &body);
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
     response
 }
 
@@ -219,12 +249,21 @@ fn resolve_channels(
     query: &Query,
 ) -> Result<(Vec<ChannelName>, Grants), HttpError> {
     let bad = |name: &str, e: &dyn std::fmt::Display| {
-        HttpError::new(StatusCode::BAD_REQUEST, "bad_channel", format!("invalid channel {name:?}: {e}"))
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_channel",
+            format!("invalid channel {name:?}: {e}"),
+        )
     };
     let mut route_channels = Vec::new();
     for template in &route.channels {
-        let name = pattern::render(template, captures)
-            .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "bad_channel", "channel template has no value"))?;
+        let name = pattern::render(template, captures).ok_or_else(|| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_channel",
+                "channel template has no value",
+            )
+        })?;
         route_channels.push(ChannelName::parse(&name).map_err(|e| bad(&name, &e))?);
     }
     let mut channels = route_channels.clone();

@@ -68,7 +68,9 @@ impl Router {
         let host = host.map(normalize_host);
         for r in &self.routes {
             if let Some(want) = &r.host {
-                let Some(host) = host.as_deref() else { continue };
+                let Some(host) = host.as_deref() else {
+                    continue;
+                };
                 let ok = match want {
                     HostMatch::Exact(h) => host == h,
                     HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
@@ -112,7 +114,9 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 fn normalize_host(host: &str) -> String {
     let host = if host.starts_with('[') {
         // [v6]:port
-        host.split_once(']').map_or(host, |(h, _)| h).trim_start_matches('[')
+        host.split_once(']')
+            .map_or(host, |(h, _)| h)
+            .trim_start_matches('[')
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
@@ -146,17 +150,41 @@ mod tests {
              \x20 - { name: posts, match: { path_prefix: /api, methods: [post] }, upstream: api }\n\
              \x20 - { name: rest, match: { path_prefix: / }, upstream: api }\n",
         );
-        assert_eq!(name(&r, None, Method::GET, "/live/news").as_deref(), Some("live"));
+        assert_eq!(
+            name(&r, None, Method::GET, "/live/news").as_deref(),
+            Some("live")
+        );
         let m = r.route(None, &Method::GET, "/live/news").unwrap();
         assert_eq!(m.captures, vec![("ch".to_owned(), "news".to_owned())]);
         assert!(matches!(m.route.action, RouteAction::Realtime(_)));
-        assert_eq!(name(&r, Some("Admin.Example.com:8080"), Method::GET, "/live/x").as_deref(), Some("live"));
-        assert_eq!(name(&r, Some("Admin.Example.com:8080"), Method::GET, "/y").as_deref(), Some("admin"));
-        assert_eq!(name(&r, Some("a.example.com"), Method::GET, "/x/1").as_deref(), Some("sub"));
-        assert_eq!(name(&r, Some("example.com"), Method::GET, "/x/1").as_deref(), Some("rest"));
-        assert_eq!(name(&r, None, Method::POST, "/api/v1").as_deref(), Some("posts"));
-        assert_eq!(name(&r, None, Method::GET, "/api/v1").as_deref(), Some("rest"));
-        assert_eq!(name(&r, None, Method::POST, "/apix").as_deref(), Some("rest"));
+        assert_eq!(
+            name(&r, Some("Admin.Example.com:8080"), Method::GET, "/live/x").as_deref(),
+            Some("live")
+        );
+        assert_eq!(
+            name(&r, Some("Admin.Example.com:8080"), Method::GET, "/y").as_deref(),
+            Some("admin")
+        );
+        assert_eq!(
+            name(&r, Some("a.example.com"), Method::GET, "/x/1").as_deref(),
+            Some("sub")
+        );
+        assert_eq!(
+            name(&r, Some("example.com"), Method::GET, "/x/1").as_deref(),
+            Some("rest")
+        );
+        assert_eq!(
+            name(&r, None, Method::POST, "/api/v1").as_deref(),
+            Some("posts")
+        );
+        assert_eq!(
+            name(&r, None, Method::GET, "/api/v1").as_deref(),
+            Some("rest")
+        );
+        assert_eq!(
+            name(&r, None, Method::POST, "/apix").as_deref(),
+            Some("rest")
+        );
     }
 
     #[test]

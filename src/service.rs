@@ -23,27 +23,25 @@ pub struct Service {
 }
 
 impl Handler for Service {
-    fn handle(
-        self: Arc<Self>,
-        request: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send + 'static {
-        async move {
-            let (route_name, response) = self.dispatch(request, conn).await;
-            self.metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    route: route_name,
-                    status: response.status().as_u16(),
-                })
-                .inc();
-            response
-        }
+    async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let (route_name, response) = self.dispatch(request, conn).await;
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route_name,
+                status: response.status().as_u16(),
+            })
+            .inc();
+        response
     }
 }
 
 impl Service {
-    async fn dispatch(&self, request: Request<Incoming>, conn: ConnInfo) -> (String, Response<Body>) {
+    async fn dispatch(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> (String, Response<Body>) {
         let host = request
             .headers()
             .get(header::HOST)
@@ -52,12 +50,19 @@ impl Service {
             .or_else(|| request.uri().authority().map(|a| a.to_string()));
         let path = request.uri().path().to_owned();
         let Some(matched) = self.router.route(host.as_deref(), request.method(), &path) else {
-            let response = HttpError::new(StatusCode::NOT_FOUND, "no_route", format!("no route for {path}")).into_response();
+            let response = HttpError::new(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                format!("no route for {path}"),
+            )
+            .into_response();
             return (String::new(), response);
         };
         let route = matched.route.clone();
         let response = match &route.action {
-            RouteAction::Upstream(upstream) => self.proxy.forward(request, &route, upstream, &conn).await,
+            RouteAction::Upstream(upstream) => {
+                self.proxy.forward(request, &route, upstream, &conn).await
+            }
             RouteAction::Realtime(rt) => {
                 self.realtime
                     .handle(request, &route.name, rt, matched.captures, conn)
@@ -65,7 +70,9 @@ impl Service {
             }
             RouteAction::Static(settings) => {
                 let relative = match route.strip_prefix.as_deref() {
-                    Some(prefix) => path.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(&path),
+                    Some(prefix) => path
+                        .strip_prefix(prefix.trim_end_matches('/'))
+                        .unwrap_or(&path),
                     None => &path,
                 };
                 files::serve(settings, request.method(), relative, request.headers()).await

@@ -45,11 +45,19 @@ async fn burst(pg: &Pushgate, channel: &str) {
 
 /// An SSE response whose body is not read until `read_all`.
 async fn unread_sse(pg: &Pushgate, path: &str) -> reqwest::Response {
-    pg.client().get(pg.url(path)).header("accept", "text/event-stream").send().await.unwrap()
+    pg.client()
+        .get(pg.url(path))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Reads an SSE body until `stop` says so or the stream ends.
-async fn read_events(response: reqwest::Response, stop: impl Fn(&SseEvent) -> bool) -> Vec<SseEvent> {
+async fn read_events(
+    response: reqwest::Response,
+    stop: impl Fn(&SseEvent) -> bool,
+) -> Vec<SseEvent> {
     let mut parser = SseParser::default();
     let mut stream = response.bytes_stream();
     let mut events = Vec::new();
@@ -89,15 +97,37 @@ async fn disconnect_policy_closes_the_slow_sse_stream_with_lagged() {
     let events = read_events(slow, |e| e.event == "pushgate.close").await;
     let close = events.last().unwrap();
     assert_eq!(close.event, "pushgate.close");
-    assert_eq!(serde_json::from_str::<Value>(&close.data).unwrap(), json!({"reason": "lagged"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&close.data).unwrap(),
+        json!({"reason": "lagged"})
+    );
     assert!(events.len() < MESSAGES, "the slow stream was cut short");
     // It resumes from its last id and gets the rest from history.
-    let last = events.iter().rev().find(|e| n(e).is_some()).map(|e| e.id.clone()).unwrap();
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| n(e).is_some())
+        .map(|e| e.id.clone())
+        .unwrap();
     let mut resumed = SseClient::connect(&pg.url("/disconnect/d"), Some(&last)).await;
     let next = n(&resumed.next_message().await).unwrap();
-    assert_eq!(next, n(events.iter().rev().find(|e| n(e).is_some()).unwrap()).unwrap() + 1);
-    let metrics = pg.client().get(pg.internal_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("pushgate_lag_disconnects_total 1"), "{metrics}");
+    assert_eq!(
+        next,
+        n(events.iter().rev().find(|e| n(e).is_some()).unwrap()).unwrap() + 1
+    );
+    let metrics = pg
+        .client()
+        .get(pg.internal_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pushgate_lag_disconnects_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,12 +158,22 @@ async fn drop_oldest_skips_with_a_gap_and_keeps_the_stream() {
     pg.wait_subscribers("o", 2).await;
     burst(&pg, "o").await;
     fast_subscriber_gets_all(&mut fast).await;
-    assert_eq!(pg.subscribers("o"), 2, "the slow subscriber is not disconnected");
+    assert_eq!(
+        pg.subscribers("o"),
+        2,
+        "the slow subscriber is not disconnected"
+    );
     let last = MESSAGES as u64 - 1;
     let events = read_events(slow, |e| n(e) == Some(last)).await;
-    assert!(events.iter().any(|e| e.event == "pushgate.gap"), "a gap was signalled");
+    assert!(
+        events.iter().any(|e| e.event == "pushgate.gap"),
+        "a gap was signalled"
+    );
     let received: Vec<u64> = events.iter().filter_map(n).collect();
-    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates");
+    assert!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates"
+    );
     assert!(received.len() < MESSAGES);
 }
 
@@ -148,5 +188,9 @@ async fn keep_latest_delivers_the_newest_message() {
     let last = MESSAGES as u64 - 1;
     let events = read_events(slow, |e| n(e) == Some(last)).await;
     assert!(events.iter().any(|e| e.event == "pushgate.gap"));
-    assert_eq!(events.iter().filter_map(n).last(), Some(last), "the newest message always arrives");
+    assert_eq!(
+        events.iter().filter_map(n).next_back(),
+        Some(last),
+        "the newest message always arrives"
+    );
 }

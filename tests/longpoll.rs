@@ -25,9 +25,16 @@ routes:
 "#;
 
 async fn poll(pg: &Pushgate, path: &str) -> Value {
-    let response = support::within("a poll", pg.client().get(pg.url(path)).send()).await.unwrap();
+    let response = support::within("a poll", pg.client().get(pg.url(path)).send())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
     response.json().await.unwrap()
 }
 
@@ -37,12 +44,24 @@ async fn a_poll_without_since_waits_for_the_next_message() {
     let waiting = {
         let url = pg.url("/poll/a");
         let client = pg.client().clone();
-        tokio::spawn(async move { client.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
     };
     pg.wait_subscribers("a", 1).await;
     let id = pg.publish("a", json!({"x": 1})).await;
     let answer = support::within("the held poll", waiting).await.unwrap();
-    assert_eq!(answer["messages"], json!([{"channel": "a", "id": id, "data": {"x": 1}}]));
+    assert_eq!(
+        answer["messages"],
+        json!([{"channel": "a", "id": id, "data": {"x": 1}}])
+    );
     assert_eq!(answer["last_id"], id);
     assert!(answer.get("gap").is_none());
 }
@@ -54,7 +73,12 @@ async fn history_newer_than_since_is_answered_at_once() {
     pg.publish("h", json!(2)).await;
     let last = pg.publish("h", json!(3)).await;
     let answer = poll(&pg, &format!("/poll/h?since={first}")).await;
-    let data: Vec<&Value> = answer["messages"].as_array().unwrap().iter().map(|m| &m["data"]).collect();
+    let data: Vec<&Value> = answer["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["data"])
+        .collect();
     assert_eq!(data, [&json!(2), &json!(3)]);
     assert_eq!(answer["last_id"], last);
 }
@@ -68,7 +92,10 @@ async fn timeout_answers_empty_with_last_id_unchanged() {
     assert_eq!(answer["last_id"], id);
     let fresh = poll(&pg, "/poll/t").await;
     assert_eq!(fresh["messages"], json!([]));
-    assert_eq!(fresh["last_id"], id, "a new poller learns the current position");
+    assert_eq!(
+        fresh["last_id"], id,
+        "a new poller learns the current position"
+    );
 }
 
 #[tokio::test]
@@ -80,7 +107,12 @@ async fn an_uncovered_since_reports_the_gap() {
     }
     let answer = poll(&pg, &format!("/poll/g?since={first}")).await;
     assert_eq!(answer["gap"], json!(["g"]));
-    let data: Vec<i64> = answer["messages"].as_array().unwrap().iter().map(|m| m["data"].as_i64().unwrap()).collect();
+    let data: Vec<i64> = answer["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_i64().unwrap())
+        .collect();
     assert_eq!(data, [4, 5, 6], "what the 3-message history still holds");
 }
 
@@ -107,13 +139,21 @@ async fn messages_published_between_polls_are_never_lost() {
     let pg = Pushgate::start(CONFIG).await;
     // The first poll times out and tells the current position.
     let start = poll(&pg, "/multi?channel=steady&channel=other").await;
-    let mut path = format!("/multi?channel=steady&channel=other&since={}", start["last_id"].as_str().unwrap());
+    let mut path = format!(
+        "/multi?channel=steady&channel=other&since={}",
+        start["last_id"].as_str().unwrap()
+    );
     let publisher = {
         let url = pg.internal_url("/publish");
         let client = pg.client().clone();
         tokio::spawn(async move {
             for i in 0..60 {
-                let r = client.post(&url).json(&json!({"channel": "steady", "data": i})).send().await.unwrap();
+                let r = client
+                    .post(&url)
+                    .json(&json!({"channel": "steady", "data": i}))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 200);
                 if i % 2 == 0 {
                     tokio::time::sleep(Duration::from_millis(3)).await;

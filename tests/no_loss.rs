@@ -31,7 +31,15 @@ async fn every_transport_gets_every_message_exactly_once_across_two_drops() {
 
     let sse = tokio::spawn(sse_subscriber(pg.url("/live/noloss")));
     let ws = tokio::spawn(ws_subscriber(pg.http));
-    let poll_start: Value = pg.client().get(pg.url("/live/noloss")).send().await.unwrap().json().await.unwrap();
+    let poll_start: Value = pg
+        .client()
+        .get(pg.url("/live/noloss"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let longpoll = tokio::spawn(longpoll_subscriber(
         pg.client().clone(),
         pg.url("/live/noloss"),
@@ -84,7 +92,9 @@ async fn ws_subscriber(addr: std::net::SocketAddr) -> Vec<i64> {
     while (got.len() as i64) < TOTAL {
         let frame = ws.json().await;
         match frame["type"].as_str() {
-            Some("subscribed") if last_id.is_empty() => last_id = frame["id"].as_str().unwrap().to_owned(),
+            Some("subscribed") if last_id.is_empty() => {
+                last_id = frame["id"].as_str().unwrap().to_owned()
+            }
             Some("message") => {
                 got.push(frame["data"]["n"].as_i64().unwrap());
                 last_id = frame["id"].as_str().unwrap().to_owned();
@@ -101,7 +111,11 @@ async fn ws_subscriber(addr: std::net::SocketAddr) -> Vec<i64> {
     got
 }
 
-async fn longpoll_subscriber(client: reqwest::Client, url: String, mut last_id: String) -> Vec<i64> {
+async fn longpoll_subscriber(
+    client: reqwest::Client,
+    url: String,
+    mut last_id: String,
+) -> Vec<i64> {
     let mut got = Vec::new();
     let mut drops = DROPS.iter().peekable();
     // Bounded: far more polls than 1,000 messages need.

@@ -20,7 +20,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn config(upstream_targets: &[String], extra: &str) -> String {
-    let targets: Vec<String> = upstream_targets.iter().map(|t| format!("\"{t}\"")).collect();
+    let targets: Vec<String> = upstream_targets
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect();
     format!(
         r#"
 listen: {{ http: ["127.0.0.1:0"] }}
@@ -72,8 +75,16 @@ async fn requests_are_forwarded_with_forwarding_headers_and_without_hop_by_hop()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.headers().get("x-hop").is_none(), "response header named by Connection removed");
-    assert!(response.headers()["via"].to_str().unwrap().contains("pushgate"));
+    assert!(
+        response.headers().get("x-hop").is_none(),
+        "response header named by Connection removed"
+    );
+    assert!(
+        response.headers()["via"]
+            .to_str()
+            .unwrap()
+            .contains("pushgate")
+    );
     let seen: Value = response.json().await.unwrap();
     let h = &seen["headers"];
     assert_eq!(seen["method"], "POST");
@@ -126,7 +137,10 @@ async fn a_slow_chunked_response_reaches_the_client_chunk_by_chunk() {
                 let mut release = release.clone();
                 async move {
                     match state {
-                        0 => Some((Ok::<_, support::BoxError>(Frame::data(Bytes::from("first "))), 1)),
+                        0 => Some((
+                            Ok::<_, support::BoxError>(Frame::data(Bytes::from("first "))),
+                            1,
+                        )),
                         1 => {
                             // The second chunk waits until the client saw the first.
                             let _ = release.wait_for(|r| *r).await;
@@ -143,10 +157,19 @@ async fn a_slow_chunked_response_reaches_the_client_chunk_by_chunk() {
     let pg = Pushgate::start(&config(&[http(up)], "")).await;
     let response = pg.client().get(pg.url("/stream")).send().await.unwrap();
     let mut stream = response.bytes_stream();
-    let first = support::within("the first chunk", stream.next()).await.unwrap().unwrap();
-    assert_eq!(first, "first ", "delivered before the upstream sent the rest");
+    let first = support::within("the first chunk", stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first, "first ",
+        "delivered before the upstream sent the rest"
+    );
     release_tx.send(true).unwrap();
-    let second = support::within("the second chunk", stream.next()).await.unwrap().unwrap();
+    let second = support::within("the second chunk", stream.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second, "second");
 }
 
@@ -170,25 +193,54 @@ async fn targets_are_used_round_robin_and_failed_ones_are_skipped() {
     let pg = Pushgate::start(&config(&targets, "")).await;
     for _ in 0..10 {
         let response = pg.client().get(pg.url("/rr")).send().await.unwrap();
-        assert_eq!(response.status(), 200, "a bodyless request is retried on the next target");
+        assert_eq!(
+            response.status(),
+            200,
+            "a bodyless request is retried on the next target"
+        );
     }
-    let (a, b) = (hits[0].load(Ordering::Relaxed), hits[1].load(Ordering::Relaxed));
+    let (a, b) = (
+        hits[0].load(Ordering::Relaxed),
+        hits[1].load(Ordering::Relaxed),
+    );
     assert_eq!(a + b, 10);
-    assert!(a >= 4 && b >= 4, "both healthy targets share the load: {a} / {b}");
-    let metrics = pg.client().get(pg.internal_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("pushgate_upstream_response_seconds_count{upstream=\"api\"} 10"), "{metrics}");
+    assert!(
+        a >= 4 && b >= 4,
+        "both healthy targets share the load: {a} / {b}"
+    );
+    let metrics = pg
+        .client()
+        .get(pg.internal_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pushgate_upstream_response_seconds_count{upstream=\"api\"} 10"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn http2_prior_knowledge_clients_reach_http1_upstreams() {
     let up = echo_upstream().await;
     let pg = Pushgate::start(&config(&[http(up)], "")).await;
-    let client = reqwest::Client::builder().http2_prior_knowledge().no_proxy().build().unwrap();
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
     let response = client.get(pg.url("/h2")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     let seen: Value = response.json().await.unwrap();
     assert_eq!(seen["version"], "HTTP/1.1");
-    assert_eq!(seen["headers"]["host"], pg.http.to_string(), "Host from :authority");
+    assert_eq!(
+        seen["headers"]["host"],
+        pg.http.to_string(),
+        "Host from :authority"
+    );
     assert_eq!(seen["headers"]["via"], "2 pushgate");
 }
 
@@ -201,7 +253,11 @@ async fn websocket_upgrades_pass_through_to_the_upstream() {
             while let Ok(frame) = ws.read_frame().await {
                 if frame.opcode == fastwebsockets::OpCode::Text {
                     let echo = format!("{{\"echo\":{}}}", String::from_utf8_lossy(&frame.payload));
-                    let _ = ws.write_frame(fastwebsockets::Frame::text(fastwebsockets::Payload::Owned(echo.into_bytes()))).await;
+                    let _ = ws
+                        .write_frame(fastwebsockets::Frame::text(fastwebsockets::Payload::Owned(
+                            echo.into_bytes(),
+                        )))
+                        .await;
                 }
             }
         });
@@ -228,9 +284,21 @@ async fn no_route_is_404() {
 async fn an_oversize_request_head_is_431() {
     let up = echo_upstream().await;
     let pg = Pushgate::start(&config(&[http(up)], "limits: { max_header: 8KiB }\n")).await;
-    let response = pg.client().get(pg.url("/x")).header("x-big", "y".repeat(20_000)).send().await.unwrap();
+    let response = pg
+        .client()
+        .get(pg.url("/x"))
+        .header("x-big", "y".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 431);
-    let small = pg.client().get(pg.url("/x")).header("x-small", "y".repeat(1000)).send().await.unwrap();
+    let small = pg
+        .client()
+        .get(pg.url("/x"))
+        .header("x-small", "y".repeat(1000))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(small.status(), 200);
 }
 
@@ -240,7 +308,9 @@ async fn connections_beyond_max_connections_get_503() {
     let pg = Pushgate::start(&config(&[http(up)], "limits: { max_connections: 1 }\n")).await;
     // Hold the one allowed connection open with keep-alive.
     let mut held = TcpStream::connect(pg.http).await.unwrap();
-    held.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    held.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 12];
     held.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
@@ -255,11 +325,19 @@ async fn connections_beyond_max_connections_get_503() {
 #[tokio::test]
 async fn a_slowloris_client_is_cut_off_while_others_are_served() {
     let up = echo_upstream().await;
-    let pg = Pushgate::start(&config(&[http(up)], "limits: { header_read_timeout: 500ms }\n")).await;
+    let pg = Pushgate::start(&config(
+        &[http(up)],
+        "limits: { header_read_timeout: 500ms }\n",
+    ))
+    .await;
     let mut slow = TcpStream::connect(pg.http).await.unwrap();
     let trickle = tokio::spawn(async move {
         // One header byte every 100 ms: never a complete head.
-        for b in b"GET / HTTP/1.1\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter().cycle().take(200) {
+        for b in b"GET / HTTP/1.1\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            .iter()
+            .cycle()
+            .take(200)
+        {
             if slow.write_all(&[*b]).await.is_err() {
                 return true;
             }
@@ -270,6 +348,8 @@ async fn a_slowloris_client_is_cut_off_while_others_are_served() {
     // Meanwhile a normal client is served.
     let response = pg.client().get(pg.url("/fine")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let cut = support::within("the slowloris cut-off", trickle).await.unwrap();
+    let cut = support::within("the slowloris cut-off", trickle)
+        .await
+        .unwrap();
     assert!(cut, "the trickling connection was closed by the server");
 }

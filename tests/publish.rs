@@ -19,7 +19,12 @@ routes:
       channels: ["{channel}"]
 "#;
 
-async fn post(pg: &Pushgate, token: Option<&str>, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+async fn post(
+    pg: &Pushgate,
+    token: Option<&str>,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
     let mut r = pg
         .client()
         .post(pg.internal_url("/publish"))
@@ -29,7 +34,10 @@ async fn post(pg: &Pushgate, token: Option<&str>, content_type: &str, body: impl
         r = r.bearer_auth(t);
     }
     let response = r.send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -39,15 +47,25 @@ async fn single_multi_channel_and_batch_bodies_get_receipts() {
     let _b = SseClient::connect(&pg.url("/live/b"), None).await;
     pg.wait_subscribers("a", 1).await;
     pg.wait_subscribers("b", 1).await;
-    let (s, single) = pg.publish_raw(Some("first-token"), &json!({"channel": "a", "data": 1})).await;
+    let (s, single) = pg
+        .publish_raw(Some("first-token"), &json!({"channel": "a", "data": 1}))
+        .await;
     assert_eq!(s, 200);
     assert_eq!(single["results"][0]["channel"], "a");
     assert_eq!(single["results"][0]["subscribers"], 1);
     let (s, multi) = pg
-        .publish_raw(Some("second-token"), &json!({"channels": ["a", "b", "c"], "data": "x"}))
+        .publish_raw(
+            Some("second-token"),
+            &json!({"channels": ["a", "b", "c"], "data": "x"}),
+        )
         .await;
     assert_eq!(s, 200);
-    let subs: Vec<u64> = multi["results"].as_array().unwrap().iter().map(|r| r["subscribers"].as_u64().unwrap()).collect();
+    let subs: Vec<u64> = multi["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["subscribers"].as_u64().unwrap())
+        .collect();
     assert_eq!(subs, [1, 1, 0]);
     let (s, batch) = pg
         .publish_raw(Some("first-token"), &json!({"messages": [{"channel": "a", "data": 1}, {"channel": "b", "data": 2, "event": "e"}]}))
@@ -59,8 +77,15 @@ async fn single_multi_channel_and_batch_bodies_get_receipts() {
 #[tokio::test]
 async fn missing_or_wrong_token_is_401() {
     let pg = Pushgate::start(CONFIG).await;
-    for token in [None, Some("wrong"), Some("first-toke"), Some("first-token-")] {
-        let (status, body) = pg.publish_raw(token, &json!({"channel": "a", "data": 1})).await;
+    for token in [
+        None,
+        Some("wrong"),
+        Some("first-toke"),
+        Some("first-token-"),
+    ] {
+        let (status, body) = pg
+            .publish_raw(token, &json!({"channel": "a", "data": 1}))
+            .await;
         assert_eq!(status, 401, "{token:?}");
         assert_eq!(body["error"]["code"], "unauthorized");
     }
@@ -69,7 +94,13 @@ async fn missing_or_wrong_token_is_401() {
 #[tokio::test]
 async fn wrong_content_type_is_415() {
     let pg = Pushgate::start(CONFIG).await;
-    let (status, body) = post(&pg, Some("first-token"), "text/plain", r#"{"channel":"a","data":1}"#).await;
+    let (status, body) = post(
+        &pg,
+        Some("first-token"),
+        "text/plain",
+        r#"{"channel":"a","data":1}"#,
+    )
+    .await;
     assert_eq!(status, 415);
     assert_eq!(body["error"]["code"], "unsupported_media_type");
 }
@@ -96,9 +127,18 @@ async fn invalid_requests_are_400_with_reason_and_publish_nothing() {
         ("{\"channel\": \"a\",\n \"data\": }", "invalid_json"),
         (r#"{"channel":"a b","data":1}"#, "invalid_channel"),
         (r#"{"channel":"a"}"#, "invalid_request"),
-        (r#"{"channel":"a","data":1,"event":"bad event"}"#, "invalid_event"),
-        (r#"{"messages":[{"channel":"a","data":"first"},{"channel":"","data":2}]}"#, "invalid_channel"),
-        (r#"{"channel":"a","data":1,"extra":true}"#, "invalid_request"),
+        (
+            r#"{"channel":"a","data":1,"event":"bad event"}"#,
+            "invalid_event",
+        ),
+        (
+            r#"{"messages":[{"channel":"a","data":"first"},{"channel":"","data":2}]}"#,
+            "invalid_channel",
+        ),
+        (
+            r#"{"channel":"a","data":1,"extra":true}"#,
+            "invalid_request",
+        ),
         (r#""just a string""#, "invalid_request"),
     ];
     for (body, code) in cases {
@@ -107,11 +147,26 @@ async fn invalid_requests_are_400_with_reason_and_publish_nothing() {
         assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
         assert!(!answer["error"]["message"].as_str().unwrap().is_empty());
     }
-    let (_, answer) = post(&pg, Some("first-token"), "application/json", "{\"channel\": \"a\",\n \"data\": }").await;
-    assert_eq!(answer["error"]["line"], 2, "JSON errors carry their position");
+    let (_, answer) = post(
+        &pg,
+        Some("first-token"),
+        "application/json",
+        "{\"channel\": \"a\",\n \"data\": }",
+    )
+    .await;
+    assert_eq!(
+        answer["error"]["line"], 2,
+        "JSON errors carry their position"
+    );
     // Nothing from the failed requests reached the subscriber: the next
     // event is the one published now, with sequence 1.
-    let id = pg.publish_raw(Some("first-token"), &json!({"channel": "a", "data": "valid"})).await.1["results"][0]["id"]
+    let id = pg
+        .publish_raw(
+            Some("first-token"),
+            &json!({"channel": "a", "data": "valid"}),
+        )
+        .await
+        .1["results"][0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -126,7 +181,9 @@ async fn a_repeated_idempotency_key_is_published_once() {
     let (_, first) = pg.publish_raw(Some("first-token"), &body).await;
     let (_, again) = pg.publish_raw(Some("first-token"), &body).await;
     assert_eq!(first, again, "the original result is returned");
-    let (_, next) = pg.publish_raw(Some("first-token"), &json!({"channel": "k", "data": 2})).await;
+    let (_, next) = pg
+        .publish_raw(Some("first-token"), &json!({"channel": "k", "data": 2}))
+        .await;
     assert!(next["results"][0]["id"].as_str().unwrap().ends_with("-2"));
 }
 
@@ -134,7 +191,14 @@ async fn a_repeated_idempotency_key_is_published_once() {
 async fn internal_paths_are_not_served_on_the_public_listener() {
     let pg = Pushgate::start(CONFIG).await;
     for path in ["/publish", "/metrics", "/healthz", "/readyz"] {
-        let r = pg.client().post(pg.url(path)).header("content-type", "application/json").body("{}").send().await.unwrap();
+        let r = pg
+            .client()
+            .post(pg.url(path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "POST {path}");
         let r = pg.client().get(pg.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 404, "GET {path}");
@@ -144,14 +208,36 @@ async fn internal_paths_are_not_served_on_the_public_listener() {
 #[tokio::test]
 async fn health_readiness_and_metrics_on_the_internal_listener() {
     let pg = Pushgate::start(CONFIG).await;
-    let r = pg.client().get(pg.internal_url("/healthz")).send().await.unwrap();
+    let r = pg
+        .client()
+        .get(pg.internal_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let ready: Value = pg.client().get(pg.internal_url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = pg
+        .client()
+        .get(pg.internal_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["ready"], true);
     let _s = SseClient::connect(&pg.url("/live/m"), None).await;
     pg.wait_subscribers("m", 1).await;
-    pg.publish_raw(Some("first-token"), &json!({"channel": "m", "data": 1})).await;
-    let text = pg.client().get(pg.internal_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    pg.publish_raw(Some("first-token"), &json!({"channel": "m", "data": 1}))
+        .await;
+    let text = pg
+        .client()
+        .get(pg.internal_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for metric in [
         "pushgate_http_requests_total{route=\"live\",status=\"200\"}",
         "pushgate_open_connections{listener=\"http\"}",

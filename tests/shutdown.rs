@@ -10,7 +10,6 @@ use std::time::Duration;
 use http::Response;
 use serde_json::Value;
 use support::{SseClient, WsClient, body, upstream};
-use tokio::io::AsyncBufReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_politely_and_exits_zero() {
@@ -48,7 +47,8 @@ shutdown_grace: 8s
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let (http, internal, mut logs) = support::listening_addresses(child.stderr.take().unwrap()).await;
+    let (http, internal, mut logs) =
+        support::listening_addresses(child.stderr.take().unwrap()).await;
     let client = support::http_client();
 
     let mut sse = SseClient::connect(&format!("http://{http}/live/a"), None).await;
@@ -56,7 +56,15 @@ shutdown_grace: 8s
     ws.expect("subscribed").await;
     let poll = {
         let c = client.clone();
-        tokio::spawn(async move { c.get(format!("http://{http}/live/a")).send().await.unwrap().json::<Value>().await.unwrap() })
+        tokio::spawn(async move {
+            c.get(format!("http://{http}/live/a"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
     };
     let in_flight = {
         let c = client.clone();
@@ -65,11 +73,22 @@ shutdown_grace: 8s
             (r.status().as_u16(), r.text().await.unwrap())
         })
     };
-    support::within("the proxied request to reach the upstream", got_request.recv()).await;
+    support::within(
+        "the proxied request to reach the upstream",
+        got_request.recv(),
+    )
+    .await;
     // Wait until the poll is held (three sessions on channel a).
     support::within("the held poll", async {
         loop {
-            let m = client.get(format!("http://{internal}/metrics")).send().await.unwrap().text().await.unwrap();
+            let m = client
+                .get(format!("http://{internal}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             if m.contains("pushgate_sessions{transport=\"longpoll\"} 1") {
                 break;
             }
@@ -86,18 +105,28 @@ shutdown_grace: 8s
 
     // Sessions are closed politely.
     let close = loop {
-        let e = sse.next().await.expect("the SSE stream ends with pushgate.close");
+        let e = sse
+            .next()
+            .await
+            .expect("the SSE stream ends with pushgate.close");
         if e.event == "pushgate.close" {
             break e;
         }
     };
-    assert_eq!(serde_json::from_str::<Value>(&close.data).unwrap()["reason"], "shutdown");
+    assert_eq!(
+        serde_json::from_str::<Value>(&close.data).unwrap()["reason"],
+        "shutdown"
+    );
     assert_eq!(ws.closed().await, 1001);
     let answer = support::within("the held poll", poll).await.unwrap();
     assert_eq!(answer["messages"], serde_json::json!([]));
 
     // Not ready, and new connections are refused, while the request is in flight.
-    let ready = client.get(format!("http://{internal}/readyz")).send().await.unwrap();
+    let ready = client
+        .get(format!("http://{internal}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     let mut refused = false;
     for _ in 0..100 {
@@ -108,12 +137,19 @@ shutdown_grace: 8s
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(refused, "new connections are refused while draining");
-    assert!(!in_flight.is_finished(), "the upstream still holds the request");
+    assert!(
+        !in_flight.is_finished(),
+        "the upstream still holds the request"
+    );
 
     // The in-flight request completes, then the process exits 0.
-    let (status, text) = support::within("the in-flight request", in_flight).await.unwrap();
+    let (status, text) = support::within("the in-flight request", in_flight)
+        .await
+        .unwrap();
     assert_eq!((status, text.as_str()), (200, "finished"));
-    let exit = support::within("the process exit", child.wait()).await.unwrap();
+    let exit = support::within("the process exit", child.wait())
+        .await
+        .unwrap();
     assert_eq!(exit.code(), Some(0));
     let mut drained = false;
     while let Ok(Some(line)) = logs.next_line().await {

@@ -46,9 +46,19 @@ async fn stream_opens_at_once_with_retry_comment_and_headers() {
         }
     })
     .await;
-    assert_eq!(*sse.retry.lock().unwrap(), Some(2000), "retry: realtime.sse_retry");
-    assert!(!sse.comments.lock().unwrap().is_empty(), "an opening comment");
-    assert!(!sse.last_id().is_empty(), "the opening id lets a silent stream resume");
+    assert_eq!(
+        *sse.retry.lock().unwrap(),
+        Some(2000),
+        "retry: realtime.sse_retry"
+    );
+    assert!(
+        !sse.comments.lock().unwrap().is_empty(),
+        "an opening comment"
+    );
+    assert!(
+        !sse.last_id().is_empty(),
+        "the opening id lets a silent stream resume"
+    );
 }
 
 #[tokio::test]
@@ -57,7 +67,10 @@ async fn messages_carry_id_event_and_split_data_lines() {
     let mut sse = SseClient::connect(&pg.url("/live/news"), None).await;
     pg.wait_subscribers("news", 1).await;
     let (status, receipt) = pg
-        .publish_raw(None, &json!({"channel": "news", "event": "greet", "data": "line one\nline two\r\nthree"}))
+        .publish_raw(
+            None,
+            &json!({"channel": "news", "event": "greet", "data": "line one\nline two\r\nthree"}),
+        )
         .await;
     assert_eq!(status, 200);
     let event = sse.next_message().await;
@@ -67,7 +80,10 @@ async fn messages_carry_id_event_and_split_data_lines() {
     pg.publish("news", json!({"a": [1, 2]})).await;
     let event = sse.next_message().await;
     assert_eq!(event.event, "message");
-    assert_eq!(event.data, r#"{"a":[1,2]}"#, "non-string data is compact JSON");
+    assert_eq!(
+        event.data, r#"{"a":[1,2]}"#,
+        "non-string data is compact JSON"
+    );
 }
 
 #[tokio::test]
@@ -76,7 +92,15 @@ async fn idle_stream_gets_heartbeat_comments() {
     let sse = SseClient::connect(&pg.url("/live/quiet"), None).await;
     support::within("two heartbeats", async {
         // The opening comment is one; heartbeats are bare ":" lines.
-        while sse.comments.lock().unwrap().iter().filter(|c| c.is_empty()).count() < 2 {
+        while sse
+            .comments
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.is_empty())
+            .count()
+            < 2
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -99,7 +123,10 @@ async fn resume_with_last_event_id_gets_exactly_the_missed_messages() {
     assert_eq!(again.next_message().await.data, "m3");
     pg.publish("resume", json!("m4")).await;
     let live = again.next().await.unwrap();
-    assert_eq!(live.data, "m4", "no gap and no duplicate before live messages");
+    assert_eq!(
+        live.data, "m4",
+        "no gap and no duplicate before live messages"
+    );
 }
 
 #[tokio::test]
@@ -123,7 +150,10 @@ async fn an_id_the_history_no_longer_covers_gets_a_gap_then_what_is_held() {
     let mut sse = SseClient::connect(&pg.url("/short/g"), Some(&first)).await;
     let gap = sse.next().await.unwrap();
     assert_eq!(gap.event, "pushgate.gap");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&gap.data).unwrap(), json!({"channels": ["short-g"]}));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&gap.data).unwrap(),
+        json!({"channels": ["short-g"]})
+    );
     assert_eq!(sse.next().await.unwrap().data, "4");
     assert_eq!(sse.next().await.unwrap().data, "5");
 }
@@ -136,13 +166,21 @@ async fn multi_channel_streams_use_composite_ids() {
     pg.wait_subscribers("b", 1).await;
     pg.publish("a", json!("a1")).await;
     let a1 = sse.next_message().await;
-    assert_eq!(a1.id.split('.').count(), 2, "one part per channel: {}", a1.id);
+    assert_eq!(
+        a1.id.split('.').count(),
+        2,
+        "one part per channel: {}",
+        a1.id
+    );
     sse.disconnect();
     pg.publish("b", json!("b1")).await;
     pg.publish("a", json!("a2")).await;
     // Channel order in the query does not matter.
     let mut again = SseClient::connect(&pg.url("/multi?channel=a&channel=b"), Some(&a1.id)).await;
-    let mut got = vec![again.next_message().await.data, again.next_message().await.data];
+    let mut got = vec![
+        again.next_message().await.data,
+        again.next_message().await.data,
+    ];
     got.sort();
     assert_eq!(got, ["a2", "b1"]);
 }
@@ -172,8 +210,19 @@ async fn garbage_last_event_id_is_a_clear_400_and_harms_no_one() {
 #[tokio::test]
 async fn bad_channel_names_are_rejected() {
     let pg = Pushgate::start(CONFIG).await;
-    for path in ["/live/a%20b", "/multi?channel=a%3Fb", "/multi", &format!("/live/{}", "x".repeat(201))] {
-        let response = pg.client().get(pg.url(path)).header("accept", "text/event-stream").send().await.unwrap();
+    for path in [
+        "/live/a%20b",
+        "/multi?channel=a%3Fb",
+        "/multi",
+        &format!("/live/{}", "x".repeat(201)),
+    ] {
+        let response = pg
+            .client()
+            .get(pg.url(path))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 400, "{path}");
     }
 }
@@ -181,15 +230,34 @@ async fn bad_channel_names_are_rejected() {
 #[tokio::test]
 async fn negotiation_info_406_and_426() {
     let pg = Pushgate::start(CONFIG).await;
-    let info: serde_json::Value = pg.client().get(pg.url("/live/x?transport=info")).send().await.unwrap().json().await.unwrap();
+    let info: serde_json::Value = pg
+        .client()
+        .get(pg.url("/live/x?transport=info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["transports"], json!(["websocket", "sse", "longpoll"]));
     assert_eq!(info["heartbeat_ms"], 200);
     assert_eq!(info["longpoll_timeout_ms"], 30000);
-    let r = pg.client().get(pg.url("/nosse/x")).header("accept", "text/event-stream").send().await.unwrap();
+    let r = pg
+        .client()
+        .get(pg.url("/nosse/x"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 406);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "transport_not_allowed");
     assert_eq!(body["error"]["allowed"], json!(["websocket", "longpoll"]));
-    let r = pg.client().get(pg.url("/live/x?transport=websocket")).send().await.unwrap();
+    let r = pg
+        .client()
+        .get(pg.url("/live/x?transport=websocket"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 426);
 }

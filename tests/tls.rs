@@ -27,7 +27,9 @@ fn pki(dir: &std::path::Path, names: &[&[&str]]) -> Pki {
     let mut leaves = Vec::new();
     for (i, leaf_names) in names.iter().enumerate() {
         let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(leaf_names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let params =
+            CertificateParams::new(leaf_names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let cert = params.signed_by(&key, &issuer).unwrap();
         std::fs::write(dir.join(format!("leaf{i}.pem")), cert.pem()).unwrap();
         std::fs::write(dir.join(format!("leaf{i}-key.pem")), key.serialize_pem()).unwrap();
@@ -42,11 +44,13 @@ fn pki(dir: &std::path::Path, names: &[&[&str]]) -> Pki {
 fn client_config(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config
 }
@@ -73,7 +77,9 @@ routes:
 async fn presented(pg: &Pushgate, pki: &Pki, sni: &str) -> CertificateDer<'static> {
     let mut config = client_config(&pki.ca, &[]);
     // Accept whatever is presented: this asks which certificate it is.
-    config.dangerous().set_certificate_verifier(Arc::new(AcceptAny));
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(AcceptAny));
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(pg.https.unwrap()).await.unwrap();
     let tls = connector
@@ -88,15 +94,26 @@ async fn certificates_are_chosen_by_sni_with_the_first_as_default() {
     let (pg, pki) = start().await;
     assert_eq!(presented(&pg, &pki, "a.test").await, pki.leaves[0]);
     assert_eq!(presented(&pg, &pki, "b.test").await, pki.leaves[1]);
-    assert_eq!(presented(&pg, &pki, "x.b.test").await, pki.leaves[1], "wildcard name");
-    assert_eq!(presented(&pg, &pki, "unknown.test").await, pki.leaves[0], "default");
+    assert_eq!(
+        presented(&pg, &pki, "x.b.test").await,
+        pki.leaves[1],
+        "wildcard name"
+    );
+    assert_eq!(
+        presented(&pg, &pki, "unknown.test").await,
+        pki.leaves[0],
+        "default"
+    );
 }
 
 #[tokio::test]
 async fn https_serves_http2_and_http1_by_alpn() {
     let (pg, pki) = start().await;
     let addr = pg.https.unwrap();
-    for (alpn, version) in [(&[&b"h2"[..], b"http/1.1"][..], reqwest::Version::HTTP_2), (&[&b"http/1.1"[..]][..], reqwest::Version::HTTP_11)] {
+    for (alpn, version) in [
+        (&[&b"h2"[..], b"http/1.1"][..], reqwest::Version::HTTP_2),
+        (&[&b"http/1.1"[..]][..], reqwest::Version::HTTP_11),
+    ] {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(client_config(&pki.ca, alpn))
             .resolve("b.test", addr)
@@ -117,7 +134,16 @@ async fn https_serves_http2_and_http1_by_alpn() {
         .build()
         .unwrap();
     let url = format!("https://a.test:{}/live/tls", addr.port());
-    let poll = tokio::spawn(async move { client.get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() });
+    let poll = tokio::spawn(async move {
+        client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    });
     pg.wait_subscribers("tls", 1).await;
     pg.publish("tls", json!("over h2")).await;
     let answer = support::within("the h2 poll", poll).await.unwrap();
@@ -148,9 +174,15 @@ async fn a_tls_1_1_handshake_is_refused() {
     let mut answer = Vec::new();
     let _ = support::within("the refusal", tcp.read_to_end(&mut answer)).await;
     assert!(!answer.is_empty(), "the server answers before closing");
-    assert_eq!(answer[0], 0x15, "an alert record, not a ServerHello: {answer:?}");
+    assert_eq!(
+        answer[0], 0x15,
+        "an alert record, not a ServerHello: {answer:?}"
+    );
     // rustls answers handshake_failure (40) or protocol_version (70).
-    assert!(matches!(answer.last(), Some(40 | 70)), "a fatal handshake alert: {answer:?}");
+    assert!(
+        matches!(answer.last(), Some(40 | 70)),
+        "a fatal handshake alert: {answer:?}"
+    );
     assert_eq!(answer.len(), 7, "one alert record and nothing else");
 }
 

@@ -47,9 +47,15 @@ async fn route_channels_are_subscribed_on_connect_and_messages_follow() {
     assert!(subscribed["id"].as_str().is_some_and(|id| !id.is_empty()));
     let id = pg.publish("news", json!({"headline": "hi"})).await;
     let message = ws.json().await;
-    assert_eq!(message, json!({"type": "message", "channel": "news", "id": id, "data": {"headline": "hi"}}));
+    assert_eq!(
+        message,
+        json!({"type": "message", "channel": "news", "id": id, "data": {"headline": "hi"}})
+    );
     let (_, r) = pg
-        .publish_raw(None, &json!({"channel": "news", "data": "x", "event": "update"}))
+        .publish_raw(
+            None,
+            &json!({"channel": "news", "data": "x", "event": "update"}),
+        )
         .await;
     let message = ws.json().await;
     assert_eq!(message["event"], "update");
@@ -62,16 +68,22 @@ async fn subscribe_with_since_replays_then_unsubscribe_stops_delivery() {
     let first = pg.publish("s", json!(1)).await;
     pg.publish("s", json!(2)).await;
     let mut ws = WsClient::connect(pg.http, "/any").await;
-    ws.send(json!({"type": "subscribe", "channel": "s", "since": first})).await;
+    ws.send(json!({"type": "subscribe", "channel": "s", "since": first}))
+        .await;
     let subscribed = ws.expect("subscribed").await;
     assert_eq!(subscribed["id"], first, "position before the backlog");
     assert_eq!(ws.expect("message").await["data"], 2);
-    ws.send(json!({"type": "unsubscribe", "channel": "s"})).await;
+    ws.send(json!({"type": "unsubscribe", "channel": "s"}))
+        .await;
     assert_eq!(ws.expect("unsubscribed").await["channel"], "s");
     pg.wait_subscribers("s", 0).await;
     pg.publish("s", json!(3)).await;
     ws.send(json!({"type": "ping"})).await;
-    assert_eq!(ws.json().await, json!({"type": "pong"}), "no message after unsubscribe");
+    assert_eq!(
+        ws.json().await,
+        json!({"type": "pong"}),
+        "no message after unsubscribe"
+    );
 }
 
 #[tokio::test]
@@ -83,7 +95,11 @@ async fn resume_on_connect_with_since_query() {
     assert_eq!(ws.expect("message").await["data"], "b");
     let mut ws = WsClient::connect(pg.http, "/live/r?since=zzz-1").await;
     ws.expect("subscribed").await;
-    assert_eq!(ws.json().await, json!({"type": "gap", "channel": "r"}), "another epoch is a gap");
+    assert_eq!(
+        ws.json().await,
+        json!({"type": "gap", "channel": "r"}),
+        "another epoch is a gap"
+    );
     assert_eq!(ws.expect("message").await["data"], "a");
 }
 
@@ -92,7 +108,8 @@ async fn subscribing_to_an_ungranted_channel_is_forbidden_and_the_socket_stays_o
     let pg = Pushgate::start(CONFIG).await;
     let mut ws = WsClient::connect(pg.http, "/live/mine").await;
     ws.expect("subscribed").await;
-    ws.send(json!({"type": "subscribe", "channel": "theirs"})).await;
+    ws.send(json!({"type": "subscribe", "channel": "theirs"}))
+        .await;
     let error = ws.json().await;
     assert_eq!(error["type"], "error");
     assert_eq!(error["code"], "forbidden");
@@ -112,29 +129,46 @@ async fn chat_room_on_one_socket_each() {
         .await;
     // The sender hears its own message and the `published` answer.
     let (first, second) = (alice.json().await, alice.json().await);
-    let (published, echo) = if first["type"] == "published" { (first, second) } else { (second, first) };
+    let (published, echo) = if first["type"] == "published" {
+        (first, second)
+    } else {
+        (second, first)
+    };
     assert_eq!(published["type"], "published");
     assert_eq!(published["channel"], "chat:lobby");
     assert_eq!(echo["data"]["from"], "alice");
     let at_bob = bob.expect("message").await;
     assert_eq!(at_bob["data"]["text"], "hi");
     assert_eq!(at_bob["id"], published["id"]);
-    alice.send(json!({"type": "publish", "channel": "chat:other", "data": 1})).await;
-    assert_eq!(alice.expect("error").await["code"], "forbidden", "outside the route's patterns");
+    alice
+        .send(json!({"type": "publish", "channel": "chat:other", "data": 1}))
+        .await;
+    assert_eq!(
+        alice.expect("error").await["code"],
+        "forbidden",
+        "outside the route's patterns"
+    );
 }
 
 #[tokio::test]
 async fn client_publish_is_refused_where_the_route_does_not_allow_it() {
     let pg = Pushgate::start(CONFIG).await;
     let mut ws = WsClient::connect(pg.http, "/live/x").await;
-    ws.send(json!({"type": "publish", "channel": "x", "data": 1})).await;
+    ws.send(json!({"type": "publish", "channel": "x", "data": 1}))
+        .await;
     let error = ws.expect("error").await;
     assert_eq!(error["code"], "forbidden");
     let mut open = WsClient::connect(pg.http, "/open/y").await;
-    open.send(json!({"type": "publish", "channel": "y", "data": 1})).await;
+    open.send(json!({"type": "publish", "channel": "y", "data": 1}))
+        .await;
     open.expect("published").await;
-    open.send(json!({"type": "publish", "channel": "z", "data": 1})).await;
-    assert_eq!(open.expect("error").await["code"], "forbidden", "only granted channels");
+    open.send(json!({"type": "publish", "channel": "z", "data": 1}))
+        .await;
+    assert_eq!(
+        open.expect("error").await["code"],
+        "forbidden",
+        "only granted channels"
+    );
 }
 
 #[tokio::test]
@@ -146,8 +180,14 @@ async fn bad_input_gets_error_frames_and_the_connection_survives() {
         (r#"{"type":"dance"}"#, "unknown_type"),
         (r#"{"type":"subscribe","channel":"a b"}"#, "bad_channel"),
         (r#"{"type":"subscribe"}"#, "bad_request"),
-        (r#"{"type":"subscribe","channel":"a","since":"garbage"}"#, "bad_id"),
-        (r#"{"type":"unsubscribe","channel":"never"}"#, "not_subscribed"),
+        (
+            r#"{"type":"subscribe","channel":"a","since":"garbage"}"#,
+            "bad_id",
+        ),
+        (
+            r#"{"type":"unsubscribe","channel":"never"}"#,
+            "not_subscribed",
+        ),
         (r#"[1,2,3]"#, "bad_json"),
     ];
     for (frame, code) in cases {
@@ -169,7 +209,11 @@ async fn bad_input_gets_error_frames_and_the_connection_survives() {
 async fn oversize_message_closes_with_1009() {
     let pg = Pushgate::start(CONFIG).await;
     let mut ws = WsClient::connect(pg.http, "/any").await;
-    ws.send_text(&format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000))).await;
+    ws.send_text(&format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(2000)
+    ))
+    .await;
     assert_eq!(ws.closed().await, 1009);
 }
 
@@ -180,16 +224,31 @@ async fn oversize_fragmented_message_closes_with_1009() {
     // Three 600-byte fragments: each under the 1 KiB limit, together over it.
     let chunk = vec![b' '; 600];
     ws.ws
-        .write_frame(Frame::new(false, OpCode::Text, None, Payload::Owned(chunk.clone())))
+        .write_frame(Frame::new(
+            false,
+            OpCode::Text,
+            None,
+            Payload::Owned(chunk.clone()),
+        ))
         .await
         .unwrap();
     ws.ws
-        .write_frame(Frame::new(false, OpCode::Continuation, None, Payload::Owned(chunk.clone())))
+        .write_frame(Frame::new(
+            false,
+            OpCode::Continuation,
+            None,
+            Payload::Owned(chunk.clone()),
+        ))
         .await
         .unwrap();
     let _ = ws
         .ws
-        .write_frame(Frame::new(true, OpCode::Continuation, None, Payload::Owned(chunk)))
+        .write_frame(Frame::new(
+            true,
+            OpCode::Continuation,
+            None,
+            Payload::Owned(chunk),
+        ))
         .await;
     assert_eq!(ws.closed().await, 1009);
 }
@@ -243,5 +302,9 @@ async fn a_peer_that_answers_pings_stays_connected() {
         n += 1;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(pg.subscribers("y"), 1, "still connected after 3 pong timeouts");
+    assert_eq!(
+        pg.subscribers("y"),
+        1,
+        "still connected after 3 pong timeouts"
+    );
 }

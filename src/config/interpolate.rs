@@ -50,7 +50,9 @@ pub(super) fn interpolate(
                 (None, None) => {
                     return Err((
                         here,
-                        format!("environment variable {name} is not set (use ${{{name}:-default}})"),
+                        format!(
+                            "environment variable {name} is not set (use ${{{name}:-default}})"
+                        ),
                     ));
                 }
             }
@@ -91,13 +93,19 @@ mod tests {
 
     #[test]
     fn replaces_escapes_and_defaults() {
-        assert_eq!(interpolate("a: ${A}\nb: ${B:-d}\nc: $${A}\n", &env).unwrap(), "a: x\nb: d\nc: ${A}\n");
+        assert_eq!(
+            interpolate("a: ${A}\nb: ${B:-d}\nc: $${A}\n", &env).unwrap(),
+            "a: x\nb: d\nc: ${A}\n"
+        );
         assert_eq!(interpolate("k: '${B:-}'", &env).unwrap(), "k: ''");
     }
 
     #[test]
     fn comments_are_left_alone() {
-        assert_eq!(interpolate("a: ${A} # ${NOPE}\n# ${NOPE}\nb: \"#${A}\"\n", &env).unwrap(), "a: x # ${NOPE}\n# ${NOPE}\nb: \"#x\"\n");
+        assert_eq!(
+            interpolate("a: ${A} # ${NOPE}\n# ${NOPE}\nb: \"#${A}\"\n", &env).unwrap(),
+            "a: x # ${NOPE}\n# ${NOPE}\nb: \"#x\"\n"
+        );
     }
 
     #[test]

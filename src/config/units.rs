@@ -54,14 +54,20 @@ impl<'de> Deserialize<'de> for DurationValue {
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<DurationValue, E> {
                 parse_duration(s).map(DurationValue).ok_or_else(|| {
-                    E::custom(format!("invalid duration {s:?}: expected a number with ms, s, m or h, such as 15s"))
+                    E::custom(format!(
+                        "invalid duration {s:?}: expected a number with ms, s, m or h, such as 15s"
+                    ))
                 })
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<DurationValue, E> {
-                Err(E::custom("invalid duration: give a unit, such as 15s or 250ms"))
+                Err(E::custom(
+                    "invalid duration: give a unit, such as 15s or 250ms",
+                ))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<DurationValue, E> {
-                Err(E::custom("invalid duration: give a unit, such as 15s or 250ms"))
+                Err(E::custom(
+                    "invalid duration: give a unit, such as 15s or 250ms",
+                ))
             }
         }
         d.deserialize_any(V)
@@ -78,14 +84,20 @@ impl<'de> Deserialize<'de> for ByteSize {
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
                 parse_size(s).map(ByteSize).ok_or_else(|| {
-                    E::custom(format!("invalid size {s:?}: expected bytes or a number with KiB, MiB or GiB"))
+                    E::custom(format!(
+                        "invalid size {s:?}: expected bytes or a number with KiB, MiB or GiB"
+                    ))
                 })
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<ByteSize, E> {
-                usize::try_from(n).map(ByteSize).map_err(|_| E::custom("size too large"))
+                usize::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("size too large"))
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<ByteSize, E> {
-                usize::try_from(n).map(ByteSize).map_err(|_| E::custom("invalid size: must not be negative"))
+                usize::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("invalid size: must not be negative"))
             }
         }
         d.deserialize_any(V)
@@ -102,7 +114,15 @@ mod tests {
         assert_eq!(parse_duration("15s"), Some(Duration::from_secs(15)));
         assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        for bad in ["", "s", "15", "1.5s", "-1s", "15 sec", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "s",
+            "15",
+            "1.5s",
+            "-1s",
+            "15 sec",
+            "99999999999999999999h",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
     }

@@ -111,7 +111,12 @@ impl Channel {
     /// Returns the position the subscriber is at once `Subscribed` is
     /// taken: `since` when covered, just before the backlog after a gap,
     /// the head for a new subscriber.
-    pub fn subscribe(&mut self, queue: &Arc<Queue>, since: Option<Position>, now: Instant) -> Position {
+    pub fn subscribe(
+        &mut self,
+        queue: &Arc<Queue>,
+        since: Option<Position>,
+        now: Instant,
+    ) -> Position {
         self.history.prune(now);
         let head = self.head();
         let (from, gap, backlog) = match since {

@@ -158,10 +158,28 @@ mod tests {
         for seq in 1..=5 {
             h.push(message(seq, now));
         }
-        let r = h.resume(Position { epoch: EPOCH, seq: 2 }, Position { epoch: EPOCH, seq: 5 });
+        let r = h.resume(
+            Position {
+                epoch: EPOCH,
+                seq: 2,
+            },
+            Position {
+                epoch: EPOCH,
+                seq: 5,
+            },
+        );
         assert!(!r.gap, "seq 3..=5 are all held");
         assert_eq!(seqs(&r), vec![3, 4, 5]);
-        let r = h.resume(Position { epoch: EPOCH, seq: 1 }, Position { epoch: EPOCH, seq: 5 });
+        let r = h.resume(
+            Position {
+                epoch: EPOCH,
+                seq: 1,
+            },
+            Position {
+                epoch: EPOCH,
+                seq: 5,
+            },
+        );
         assert!(r.gap, "seq 2 was evicted");
         assert_eq!(seqs(&r), vec![3, 4, 5]);
     }
@@ -186,7 +204,13 @@ mod tests {
         let now = Instant::now();
         let mut h = History::new(HistoryLimits::default());
         h.push(message(1, now));
-        let r = h.resume(Position { epoch: 1, seq: 0 }, Position { epoch: EPOCH, seq: 1 });
+        let r = h.resume(
+            Position { epoch: 1, seq: 0 },
+            Position {
+                epoch: EPOCH,
+                seq: 1,
+            },
+        );
         assert!(r.gap);
         assert_eq!(seqs(&r), vec![1]);
     }
@@ -194,17 +218,35 @@ mod tests {
     #[test]
     fn caught_up_with_empty_history_is_exact() {
         let h = History::new(HistoryLimits::default());
-        let head = Position { epoch: EPOCH, seq: 4 };
+        let head = Position {
+            epoch: EPOCH,
+            seq: 4,
+        };
         let r = h.resume(head, head);
         assert!(!r.gap && r.backlog.is_empty());
-        let r = h.resume(Position { epoch: EPOCH, seq: 3 }, head);
+        let r = h.resume(
+            Position {
+                epoch: EPOCH,
+                seq: 3,
+            },
+            head,
+        );
         assert!(r.gap, "seq 4 was published and is no longer held");
     }
 
     #[test]
     fn a_position_from_the_future_is_a_gap() {
         let h = History::new(HistoryLimits::default());
-        let r = h.resume(Position { epoch: EPOCH, seq: 9 }, Position { epoch: EPOCH, seq: 4 });
+        let r = h.resume(
+            Position {
+                epoch: EPOCH,
+                seq: 9,
+            },
+            Position {
+                epoch: EPOCH,
+                seq: 4,
+            },
+        );
         assert!(r.gap);
     }
 

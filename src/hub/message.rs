@@ -35,7 +35,12 @@ pub enum NameError {
 
 impl ChannelName {
     pub fn parse(name: &str) -> Result<Self, NameError> {
-        check_name(name, MAX_CHANNEL_LEN, is_channel_byte, "A-Z a-z 0-9 _ . : @ / -")?;
+        check_name(
+            name,
+            MAX_CHANNEL_LEN,
+            is_channel_byte,
+            "A-Z a-z 0-9 _ . : @ / -",
+        )?;
         Ok(Self(Arc::from(name)))
     }
 
@@ -241,7 +246,10 @@ mod tests {
             Err(NameError::TooLong { max: 200 })
         );
         for bad in ["a b", "ä", "a?b", "a#", "a\n"] {
-            assert!(ChannelName::parse(bad).is_err(), "{bad:?} should be invalid");
+            assert!(
+                ChannelName::parse(bad).is_err(),
+                "{bad:?} should be invalid"
+            );
         }
     }
 

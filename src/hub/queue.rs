@@ -190,7 +190,11 @@ impl State {
     /// Drops the oldest queued message, leaving one gap marker per run of
     /// dropped messages of a channel.
     fn drop_oldest(&mut self) {
-        let Some(index) = self.items.iter().position(|i| matches!(i, Item::Message(_))) else {
+        let Some(index) = self
+            .items
+            .iter()
+            .position(|i| matches!(i, Item::Message(_)))
+        else {
             return;
         };
         let Some(Item::Message(dropped)) = self.items.get(index) else {
@@ -198,8 +202,8 @@ impl State {
         };
         let channel = dropped.channel.clone();
         self.messages -= 1;
-        let marked = index > 0
-            && matches!(self.items.get(index - 1), Some(Item::Gap(c)) if *c == channel);
+        let marked =
+            index > 0 && matches!(self.items.get(index - 1), Some(Item::Gap(c)) if *c == channel);
         if marked {
             self.items.remove(index);
         } else {

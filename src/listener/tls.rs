@@ -57,7 +57,8 @@ fn load(paths: &CertificatePaths, provider: &CryptoProvider) -> Result<Certified
     if chain.is_empty() {
         return Err(cert_err(&paths.cert, "no PEM certificate found".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| cert_err(&paths.key, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&paths.key)
+        .map_err(|e| cert_err(&paths.key, e.to_string()))?;
     let signing = provider
         .key_provider
         .load_private_key(key)
@@ -86,8 +87,9 @@ impl SniResolver {
             .and_then(|server_name| {
                 self.keys.iter().position(|key| {
                     key.end_entity_cert().is_ok_and(|der| {
-                        webpki::EndEntityCert::try_from(der)
-                            .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&server_name).is_ok())
+                        webpki::EndEntityCert::try_from(der).is_ok_and(|ee| {
+                            ee.verify_is_valid_for_subject_name(&server_name).is_ok()
+                        })
                     })
                 })
             })

@@ -1,8 +1,8 @@
 //! Header hygiene for proxied requests and responses: hop-by-hop removal
 //! (including the headers `Connection` names), `X-Forwarded-*` and `Via`.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -59,8 +59,18 @@ pub fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 /// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `Via` on a request going
 /// upstream.
-pub fn set_forwarded(headers: &mut HeaderMap, client_ip: &str, proto: &str, host: Option<&str>, version: Version) {
-    append_list(headers, HeaderName::from_static("x-forwarded-for"), client_ip);
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: &str,
+    proto: &str,
+    host: Option<&str>,
+    version: Version,
+) {
+    append_list(
+        headers,
+        HeaderName::from_static("x-forwarded-for"),
+        client_ip,
+    );
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
@@ -79,10 +89,16 @@ mod tests {
     #[test]
     fn removes_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
@@ -94,7 +110,13 @@ mod tests {
     fn appends_forwarded_for_and_via() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        set_forwarded(&mut h, "127.0.0.1", "https", Some("example.com"), Version::HTTP_2);
+        set_forwarded(
+            &mut h,
+            "127.0.0.1",
+            "https",
+            Some("example.com"),
+            Version::HTTP_2,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com");

@@ -110,10 +110,14 @@ mod tests {
     #[tokio::test]
     async fn round_robin_skips_failed_targets() {
         let u = upstream(&["http://a:1", "http://b:1", "http://c:1"]);
-        let picks: Vec<_> = (0..3).map(|_| u.pick().unwrap().authority.to_string()).collect();
+        let picks: Vec<_> = (0..3)
+            .map(|_| u.pick().unwrap().authority.to_string())
+            .collect();
         assert_eq!(picks, ["a:1", "b:1", "c:1"]);
         u.mark_down(u.pick().unwrap()); // a
-        let picks: Vec<_> = (0..4).map(|_| u.pick().unwrap().authority.to_string()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| u.pick().unwrap().authority.to_string())
+            .collect();
         assert!(!picks.contains(&"a:1".to_owned()), "{picks:?}");
     }
 

@@ -16,10 +16,18 @@ pub enum Error {
 }
 
 /// POSTs `body` as JSON to `url`; returns the status and the body text.
-pub async fn post(url: &str, token: Option<&str>, body: String) -> Result<(StatusCode, String), Error> {
-    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| Error::Url(e.to_string()))?;
+pub async fn post(
+    url: &str,
+    token: Option<&str>,
+    body: String,
+) -> Result<(StatusCode, String), Error> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| Error::Url(e.to_string()))?;
     if uri.scheme_str() != Some("http") {
-        return Err(Error::Url("only http:// internal URLs are supported".into()));
+        return Err(Error::Url(
+            "only http:// internal URLs are supported".into(),
+        ));
     }
     let mut request = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
     if let Some(t) = token {
@@ -29,10 +37,11 @@ pub async fn post(url: &str, token: Option<&str>, body: String) -> Result<(Statu
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| Error::Url(e.to_string()))?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
-        .await
-        .map_err(|_| Error::Request("timed out".into()))?
-        .map_err(|e| Error::Request(crate::proxy::error_chain(&e)))?;
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+            .await
+            .map_err(|_| Error::Request("timed out".into()))?
+            .map_err(|e| Error::Request(crate::proxy::error_chain(&e)))?;
     let status = response.status();
     let bytes = response
         .into_body()

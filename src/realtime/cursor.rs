@@ -87,7 +87,12 @@ fn push_base36(out: &mut String, mut n: u64) {
 }
 
 fn parse_base36(s: &str) -> Result<u64, BadId> {
-    if s.is_empty() || s.len() > 13 || !s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
+    if s.is_empty()
+        || s.len() > 13
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    {
         return Err(BadId::Malformed);
     }
     u64::from_str_radix(s, 36).map_err(|_| BadId::Malformed)
@@ -100,11 +105,36 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_garbage() {
-        let ps = vec![Position { epoch: 0xffff_ffff_ffff, seq: 0 }, Position { epoch: 1, seq: 12345 }];
+        let ps = vec![
+            Position {
+                epoch: 0xffff_ffff_ffff,
+                seq: 0,
+            },
+            Position {
+                epoch: 1,
+                seq: 12345,
+            },
+        ];
         let id = encode(&ps);
         assert_eq!(decode(&id, 2).unwrap(), ps);
-        assert_eq!(decode(&id, 1), Err(BadId::WrongChannels { found: 2, expected: 1 }));
-        for bad in ["", "x", "1-", "-1", "1-2-3", "A-1", "1-2..3-4", "1-zzzzzzzzzzzzzz", "💥"] {
+        assert_eq!(
+            decode(&id, 1),
+            Err(BadId::WrongChannels {
+                found: 2,
+                expected: 1
+            })
+        );
+        for bad in [
+            "",
+            "x",
+            "1-",
+            "-1",
+            "1-2-3",
+            "A-1",
+            "1-2..3-4",
+            "1-zzzzzzzzzzzzzz",
+            "💥",
+        ] {
             assert!(decode(bad, 1).is_err(), "{bad:?}");
         }
         assert_eq!(decode(&"1-1.".repeat(200), 200), Err(BadId::TooLong));

@@ -21,7 +21,13 @@ pub async fn respond(
 ) -> Response<Body> {
     // A poll answers as soon as anything is queued, so overflow only means
     // "answer now"; the rest is read from history by the next poll.
-    let mut session = realtime.open(Transport::Longpoll, channels, since, &settings, LagPolicy::Disconnect);
+    let mut session = realtime.open(
+        Transport::Longpoll,
+        channels,
+        since,
+        &settings,
+        LagPolicy::Disconnect,
+    );
     let deadline = tokio::time::Instant::now() + settings.longpoll_timeout;
     let mut answer = Answer::default();
     loop {
@@ -106,8 +112,14 @@ impl Answer {
         out.push('}');
         let mut response = Response::new(crate::error::full(out));
         let h = response.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store"),
+        );
         response
     }
 }

@@ -14,11 +14,18 @@ pub enum Choice {
     Transport(Transport),
 }
 
-pub fn choose(headers: &HeaderMap, transport_param: Option<&str>, allowed: &[Transport]) -> Result<Choice, HttpError> {
+pub fn choose(
+    headers: &HeaderMap,
+    transport_param: Option<&str>,
+    allowed: &[Transport],
+) -> Result<Choice, HttpError> {
     let upgrade = headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        });
     let wanted = if upgrade {
         Transport::Websocket
     } else {
@@ -40,7 +47,9 @@ pub fn choose(headers: &HeaderMap, transport_param: Option<&str>, allowed: &[Tra
                 return Err(HttpError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_transport",
-                    format!("unknown transport {other:?}: expected websocket, sse, longpoll or info"),
+                    format!(
+                        "unknown transport {other:?}: expected websocket, sse, longpoll or info"
+                    ),
                 ));
             }
             None => {
@@ -49,7 +58,11 @@ pub fn choose(headers: &HeaderMap, transport_param: Option<&str>, allowed: &[Tra
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                     .any(|v| v.contains("text/event-stream"));
-                if sse { Transport::Sse } else { Transport::Longpoll }
+                if sse {
+                    Transport::Sse
+                } else {
+                    Transport::Longpoll
+                }
             }
         }
     };
@@ -67,7 +80,11 @@ fn not_allowed(wanted: Transport, allowed: &[Transport]) -> HttpError {
     )
     .with(
         "allowed",
-        allowed.iter().map(|t| t.as_str()).collect::<Vec<_>>().into(),
+        allowed
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .into(),
     )
 }
 
@@ -88,13 +105,31 @@ mod tests {
 
     #[test]
     fn follows_the_spec_order() {
-        let ws = headers(&[(header::UPGRADE, "websocket"), (header::ACCEPT, "text/event-stream")]);
-        assert_eq!(choose(&ws, Some("sse"), &ALL).unwrap(), Choice::Transport(Transport::Websocket));
+        let ws = headers(&[
+            (header::UPGRADE, "websocket"),
+            (header::ACCEPT, "text/event-stream"),
+        ]);
+        assert_eq!(
+            choose(&ws, Some("sse"), &ALL).unwrap(),
+            Choice::Transport(Transport::Websocket)
+        );
         let sse = headers(&[(header::ACCEPT, "text/event-stream")]);
-        assert_eq!(choose(&sse, Some("longpoll"), &ALL).unwrap(), Choice::Transport(Transport::Longpoll));
-        assert_eq!(choose(&sse, None, &ALL).unwrap(), Choice::Transport(Transport::Sse));
-        assert_eq!(choose(&HeaderMap::new(), None, &ALL).unwrap(), Choice::Transport(Transport::Longpoll));
-        assert_eq!(choose(&HeaderMap::new(), Some("info"), &ALL).unwrap(), Choice::Info);
+        assert_eq!(
+            choose(&sse, Some("longpoll"), &ALL).unwrap(),
+            Choice::Transport(Transport::Longpoll)
+        );
+        assert_eq!(
+            choose(&sse, None, &ALL).unwrap(),
+            Choice::Transport(Transport::Sse)
+        );
+        assert_eq!(
+            choose(&HeaderMap::new(), None, &ALL).unwrap(),
+            Choice::Transport(Transport::Longpoll)
+        );
+        assert_eq!(
+            choose(&HeaderMap::new(), Some("info"), &ALL).unwrap(),
+            Choice::Info
+        );
     }
 
     #[test]

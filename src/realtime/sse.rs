@@ -46,7 +46,10 @@ pub fn respond(
     });
     let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
@@ -165,7 +168,12 @@ pub fn concat(mut chunks: Vec<Bytes>) -> Bytes {
 /// `id`, optional `event`, one `data:` line per payload line, blank line.
 pub fn event_bytes(id: &str, message: &Message) -> Bytes {
     let mut out = BytesMut::with_capacity(message.payload.text().len() + id.len() + 32);
-    encode_event(&mut out, Some(id), message.event.as_ref().map(|e| e.as_str()), message.payload.text());
+    encode_event(
+        &mut out,
+        Some(id),
+        message.event.as_ref().map(|e| e.as_str()),
+        message.payload.text(),
+    );
     out.freeze()
 }
 
@@ -194,7 +202,11 @@ pub fn encode_event(out: &mut BytesMut, id: Option<&str>, event: Option<&str>, d
             Some(i) => {
                 out.put_slice(&rest[..i]);
                 out.put_u8(b'\n');
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
                 rest = &rest[i + skip..];
             }
         }

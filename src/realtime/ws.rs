@@ -24,7 +24,9 @@ use tracing::debug;
 use super::{Grants, Realtime, Session, cursor};
 use crate::config::{RealtimeSettings, Transport};
 use crate::error::{Body, HttpError};
-use crate::hub::message::{ChannelName, EventName, Message, Payload as MessagePayload, Position, Publication};
+use crate::hub::message::{
+    ChannelName, EventName, Message, Payload as MessagePayload, Position, Publication,
+};
 use crate::hub::queue::{Closed, Item};
 use crate::listener::{ConnInfo, ConnSlot};
 
@@ -56,8 +58,12 @@ pub fn respond(
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut *request) {
         Ok(pair) => pair,
         Err(error) => {
-            return HttpError::new(StatusCode::BAD_REQUEST, "bad_upgrade", format!("invalid WebSocket upgrade: {error}"))
-                .into_response();
+            return HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_upgrade",
+                format!("invalid WebSocket upgrade: {error}"),
+            )
+            .into_response();
         }
     };
     let realtime = realtime.clone();
@@ -72,7 +78,13 @@ pub fn respond(
             }
         };
         let (reader, writer) = ws.split(tokio::io::split);
-        let session = realtime.open(Transport::Websocket, channels, since, &settings, settings.on_lag);
+        let session = realtime.open(
+            Transport::Websocket,
+            channels,
+            since,
+            &settings,
+            settings.on_lag,
+        );
         Connection {
             realtime,
             session: Arc::new(Mutex::new(session)),
@@ -108,7 +120,11 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, reader: WebSocketRead<ReadHalf<Stream>>, mut writer: WebSocketWrite<WriteHalf<Stream>>) {
+    async fn run(
+        self,
+        reader: WebSocketRead<ReadHalf<Stream>>,
+        mut writer: WebSocketWrite<WriteHalf<Stream>>,
+    ) {
         // Control frames from the reader; the reader waits when 16 are
         // pending (a peer cannot make us buffer pongs without bound).
         let (control_tx, mut control_rx) = mpsc::channel(16);
@@ -141,17 +157,23 @@ impl Connection {
                 for item in &items {
                     let bytes = match item {
                         Item::Message(m) => {
-                            metrics
-                                .delivery_latency
-                                .observe(now.saturating_duration_since(m.published_at).as_secs_f64());
+                            metrics.delivery_latency.observe(
+                                now.saturating_duration_since(m.published_at).as_secs_f64(),
+                            );
                             metrics.delivered.inc();
                             m.encoded(ENCODING_SLOT, message_frame)
                         }
-                        Item::Subscribed { channel, position } => subscribed_frame(channel, *position),
+                        Item::Subscribed { channel, position } => {
+                            subscribed_frame(channel, *position)
+                        }
                         Item::Gap(channel) => gap_frame(channel),
                         Item::Reply(bytes) => bytes.clone(),
                     };
-                    if writer.write_frame(Frame::text(Payload::Borrowed(&bytes))).await.is_err() {
+                    if writer
+                        .write_frame(Frame::text(Payload::Borrowed(&bytes)))
+                        .await
+                        .is_err()
+                    {
                         failed = true;
                         break;
                     }
@@ -198,7 +220,9 @@ impl Connection {
             }
         };
         if let Some((code, reason)) = close {
-            let _ = writer.write_frame(Frame::close(code, reason.as_bytes())).await;
+            let _ = writer
+                .write_frame(Frame::close(code, reason.as_bytes()))
+                .await;
             let _ = writer.flush().await;
         }
         stop.cancel();
@@ -239,8 +263,14 @@ impl Reader {
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             let frame = match frame {
                 Ok(frame) => frame,
-                Err(WebSocketError::FrameTooLarge) => break Some((CLOSE_TOO_BIG, "message too big")),
-                Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
+                Err(WebSocketError::FrameTooLarge) => {
+                    break Some((CLOSE_TOO_BIG, "message too big"));
+                }
+                Err(
+                    WebSocketError::ConnectionClosed
+                    | WebSocketError::UnexpectedEOF
+                    | WebSocketError::IoError(_),
+                ) => {
                     break None;
                 }
                 Err(error) => {
@@ -251,7 +281,12 @@ impl Reader {
             let complete = match frame.opcode {
                 OpCode::Close => break Some((1000, "")),
                 OpCode::Ping => {
-                    if self.control.send(Control::Pong(frame.payload.to_vec())).await.is_err() {
+                    if self
+                        .control
+                        .send(Control::Pong(frame.payload.to_vec()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     continue;
@@ -315,15 +350,22 @@ impl Reader {
     async fn handle_text(&self, text: &str) {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
-            Err(e) => return self.reply(error_frame("bad_json", &format!("invalid JSON frame: {e}"))),
+            Err(e) => {
+                return self.reply(error_frame("bad_json", &format!("invalid JSON frame: {e}")));
+            }
         };
         let channel = match frame.kind.as_str() {
             "ping" => return self.reply(Bytes::from_static(br#"{"type":"pong"}"#)),
-            "subscribe" | "unsubscribe" | "publish" => match frame.channel.as_deref().map(ChannelName::parse) {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => return self.reply(error_frame("bad_channel", &format!("invalid channel: {e}"))),
-                None => return self.reply(error_frame("bad_request", "missing \"channel\"")),
-            },
+            "subscribe" | "unsubscribe" | "publish" => {
+                match frame.channel.as_deref().map(ChannelName::parse) {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => {
+                        return self
+                            .reply(error_frame("bad_channel", &format!("invalid channel: {e}")));
+                    }
+                    None => return self.reply(error_frame("bad_request", "missing \"channel\"")),
+                }
+            }
             other => {
                 return self.reply(error_frame(
                     "unknown_type",
@@ -334,27 +376,47 @@ impl Reader {
         match frame.kind.as_str() {
             "subscribe" => {
                 if !self.grants.may_subscribe(&channel) {
-                    return self.reply(error_frame("forbidden", &format!("channel {channel} is not granted on this route")));
+                    return self.reply(error_frame(
+                        "forbidden",
+                        &format!("channel {channel} is not granted on this route"),
+                    ));
                 }
-                let since = match frame.since.as_deref().filter(|s| !s.is_empty()).map(cursor::decode_one) {
+                let since = match frame
+                    .since
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .map(cursor::decode_one)
+                {
                     None => None,
                     Some(Ok(p)) => Some(p),
-                    Some(Err(e)) => return self.reply(error_frame("bad_id", &format!("invalid since: {e}"))),
+                    Some(Err(e)) => {
+                        return self.reply(error_frame("bad_id", &format!("invalid since: {e}")));
+                    }
                 };
                 let mut session = lock(&self.session);
-                if session.channels.len() >= super::MAX_CHANNELS_PER_CONNECTION && !session.channels.contains(&channel) {
+                if session.channels.len() >= super::MAX_CHANNELS_PER_CONNECTION
+                    && !session.channels.contains(&channel)
+                {
                     drop(session);
-                    return self.reply(error_frame("too_many_channels", "channel limit per connection reached"));
+                    return self.reply(error_frame(
+                        "too_many_channels",
+                        "channel limit per connection reached",
+                    ));
                 }
                 session.subscribe(channel, since);
             }
             "unsubscribe" => {
                 let mut session = lock(&self.session);
                 if session.unsubscribe(&channel) {
-                    session.queue.push(Item::Reply(unsubscribed_frame(&channel)));
+                    session
+                        .queue
+                        .push(Item::Reply(unsubscribed_frame(&channel)));
                 } else {
                     drop(session);
-                    self.reply(error_frame("not_subscribed", &format!("not subscribed to {channel}")));
+                    self.reply(error_frame(
+                        "not_subscribed",
+                        &format!("not subscribed to {channel}"),
+                    ));
                 }
             }
             _ => self.publish(channel, frame).await,
@@ -376,7 +438,9 @@ impl Reader {
         let event = match frame.event.as_deref().map(EventName::parse) {
             None => None,
             Some(Ok(e)) => Some(e),
-            Some(Err(e)) => return self.reply(error_frame("bad_event", &format!("invalid event: {e}"))),
+            Some(Err(e)) => {
+                return self.reply(error_frame("bad_event", &format!("invalid event: {e}")));
+            }
         };
         let publication = Publication {
             channel: channel.clone(),
@@ -455,7 +519,9 @@ fn subscribed_frame(channel: &ChannelName, position: Position) -> Bytes {
 }
 
 fn unsubscribed_frame(channel: &ChannelName) -> Bytes {
-    Bytes::from(serde_json::json!({"type": "unsubscribed", "channel": channel.as_str()}).to_string())
+    Bytes::from(
+        serde_json::json!({"type": "unsubscribed", "channel": channel.as_str()}).to_string(),
+    )
 }
 
 fn gap_frame(channel: &ChannelName) -> Bytes {
@@ -489,7 +555,13 @@ mod tests {
     #[test]
     fn close_codes_match_the_spec() {
         assert_eq!(
-            [CLOSE_SHUTDOWN, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_INTERNAL, CLOSE_LAGGED],
+            [
+                CLOSE_SHUTDOWN,
+                CLOSE_POLICY,
+                CLOSE_TOO_BIG,
+                CLOSE_INTERNAL,
+                CLOSE_LAGGED
+            ],
             [1001, 1008, 1009, 1011, 1013]
         );
     }

@@ -58,7 +58,9 @@ impl PathPattern {
                     name,
                     suffix,
                 } => {
-                    let value = part.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
+                    let value = part
+                        .strip_prefix(prefix.as_str())?
+                        .strip_suffix(suffix.as_str())?;
                     if value.is_empty() {
                         return None;
                     }
@@ -145,13 +147,22 @@ mod tests {
     #[test]
     fn captures_whole_and_partial_segments() {
         let p = PathPattern::new("/live/{channel}");
-        assert_eq!(p.matches("/live/news"), Some(vec![("channel".into(), "news".into())]));
-        assert_eq!(p.matches("/live/a%3Ab"), Some(vec![("channel".into(), "a:b".into())]));
+        assert_eq!(
+            p.matches("/live/news"),
+            Some(vec![("channel".into(), "news".into())])
+        );
+        assert_eq!(
+            p.matches("/live/a%3Ab"),
+            Some(vec![("channel".into(), "a:b".into())])
+        );
         assert_eq!(p.matches("/live/"), None);
         assert_eq!(p.matches("/live/a/b"), None);
         assert_eq!(p.matches("/other/a"), None);
         let p = PathPattern::new("/u/user-{id}.json");
-        assert_eq!(p.matches("/u/user-7.json"), Some(vec![("id".into(), "7".into())]));
+        assert_eq!(
+            p.matches("/u/user-7.json"),
+            Some(vec![("id".into(), "7".into())])
+        );
         assert_eq!(p.matches("/u/user-.json"), None);
         assert_eq!(PathPattern::new("/a/b").matches("/a/b"), Some(vec![]));
         assert_eq!(PathPattern::new("/a/{x}").matches("/a/%zz"), None);

@@ -17,7 +17,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use pushgate::app::{self, Listeners, Running};
 use pushgate::config;
 use tokio::net::{TcpListener, TcpStream};
@@ -73,7 +73,8 @@ impl Pushgate {
     pub async fn start_in(dir: &Path, yaml: &str) -> Self {
         let path = dir.join("pushgate.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let config = config::parse(&path, yaml, &|_| None).unwrap_or_else(|e| panic!("test config: {e}"));
+        let config =
+            config::parse(&path, yaml, &|_| None).unwrap_or_else(|e| panic!("test config: {e}"));
         let listeners = Listeners::bind(&config).await.unwrap();
         let running = app::start(&config, listeners).unwrap();
         Self {
@@ -99,14 +100,21 @@ impl Pushgate {
     }
 
     /// POSTs a publish body; returns status and JSON.
-    pub async fn publish_raw(&self, token: Option<&str>, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    pub async fn publish_raw(
+        &self,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let mut request = self.client.post(self.internal_url("/publish")).json(body);
         if let Some(t) = token {
             request = request.bearer_auth(t);
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Publishes `data` to `channel`; returns the message id.
@@ -157,7 +165,9 @@ impl Drop for Pushgate {
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn body(text: impl Into<Bytes>) -> UpstreamBody {
-    Full::new(text.into()).map_err(|n| match n {}).boxed_unsync()
+    Full::new(text.into())
+        .map_err(|n| match n {})
+        .boxed_unsync()
 }
 
 /// A real HTTP/1.1 upstream on 127.0.0.1:0 answering with `handler`.
@@ -170,7 +180,9 @@ where
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |r| {
@@ -198,7 +210,12 @@ pub async fn echo_upstream() -> SocketAddr {
         let method = r.method().to_string();
         let uri = r.uri().to_string();
         let version = format!("{:?}", r.version());
-        let body_bytes = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body_bytes = r
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let json = serde_json::json!({
             "method": method,
             "uri": uri,
@@ -207,13 +224,17 @@ pub async fn echo_upstream() -> SocketAddr {
             "body": String::from_utf8_lossy(&body_bytes),
         });
         let mut response = Response::new(body(json.to_string()));
+        response.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        response.headers_mut().insert(
+            "connection",
+            http::HeaderValue::from_static("keep-alive, x-hop"),
+        );
         response
             .headers_mut()
-            .insert("content-type", http::HeaderValue::from_static("application/json"));
-        response
-            .headers_mut()
-            .insert("connection", http::HeaderValue::from_static("keep-alive, x-hop"));
-        response.headers_mut().insert("x-hop", http::HeaderValue::from_static("1"));
+            .insert("x-hop", http::HeaderValue::from_static("1"));
         response
     })
     .await
@@ -252,7 +273,9 @@ impl SseClient {
         let headers = response.headers().clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let comments = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let last = Arc::new(std::sync::Mutex::new(last_event_id.unwrap_or("").to_owned()));
+        let last = Arc::new(std::sync::Mutex::new(
+            last_event_id.unwrap_or("").to_owned(),
+        ));
         let retry = Arc::new(std::sync::Mutex::new(None));
         let mut parser = SseParser {
             comments: comments.clone(),
@@ -321,13 +344,16 @@ impl SseParser {
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         self.buffer.extend_from_slice(chunk);
         let mut out = Vec::new();
-        loop {
-            let Some(end) = self.buffer.iter().position(|&b| b == b'\n' || b == b'\r') else { break };
+        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n' || b == b'\r') {
             // A CR at the very end might be half of CRLF: wait for more.
             if self.buffer[end] == b'\r' && end + 1 == self.buffer.len() {
                 break;
             }
-            let skip = if self.buffer[end] == b'\r' && self.buffer.get(end + 1) == Some(&b'\n') { 2 } else { 1 };
+            let skip = if self.buffer[end] == b'\r' && self.buffer.get(end + 1) == Some(&b'\n') {
+                2
+            } else {
+                1
+            };
             let line: Vec<u8> = self.buffer.drain(..end + skip).take(end).collect();
             let mut line = String::from_utf8_lossy(&line).into_owned();
             if !self.started {
@@ -345,7 +371,10 @@ impl SseParser {
 
     fn line(&mut self, line: &str) -> Option<SseEvent> {
         if line.is_empty() {
-            let id = self.id_buffer.clone().unwrap_or_else(|| self.last_event_id.lock().unwrap().clone());
+            let id = self
+                .id_buffer
+                .clone()
+                .unwrap_or_else(|| self.last_event_id.lock().unwrap().clone());
             *self.last_event_id.lock().unwrap() = id.clone();
             if self.data.is_empty() {
                 self.event.clear();
@@ -355,7 +384,11 @@ impl SseParser {
                 self.data.pop();
             }
             let e = SseEvent {
-                event: if self.event.is_empty() { "message".into() } else { std::mem::take(&mut self.event) },
+                event: if self.event.is_empty() {
+                    "message".into()
+                } else {
+                    std::mem::take(&mut self.event)
+                },
                 data: std::mem::take(&mut self.data),
                 id,
             };
@@ -416,7 +449,9 @@ pub enum WsEvent {
 
 impl WsClient {
     pub async fn connect(addr: SocketAddr, path: &str) -> Self {
-        Self::try_connect(addr, path).await.unwrap_or_else(|e| panic!("WebSocket connect {path}: {e}"))
+        Self::try_connect(addr, path)
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket connect {path}: {e}"))
     }
 
     pub async fn try_connect(addr: SocketAddr, path: &str) -> Result<Self, String> {
@@ -427,13 +462,19 @@ impl WsClient {
             .header("host", addr.to_string())
             .header("upgrade", "websocket")
             .header("connection", "upgrade")
-            .header("sec-websocket-key", fastwebsockets::handshake::generate_key())
+            .header(
+                "sec-websocket-key",
+                fastwebsockets::handshake::generate_key(),
+            )
             .header("sec-websocket-version", "13")
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        let (mut ws, _) = within("WebSocket handshake", fastwebsockets::handshake::client(&SpawnExecutor, request, stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut ws, _) = within(
+            "WebSocket handshake",
+            fastwebsockets::handshake::client(&SpawnExecutor, request, stream),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         // Pings are answered by hand in tests that want to stay silent.
         ws.set_auto_pong(false);
         ws.set_auto_close(false);
@@ -458,7 +499,9 @@ impl WsClient {
                 let frame = self.ws.read_frame().await.expect("WebSocket read");
                 match frame.opcode {
                     OpCode::Text => {
-                        return WsEvent::Text(serde_json::from_slice(&frame.payload).expect("JSON text frame"));
+                        return WsEvent::Text(
+                            serde_json::from_slice(&frame.payload).expect("JSON text frame"),
+                        );
                     }
                     OpCode::Close => {
                         let code = if frame.payload.len() >= 2 {
@@ -466,7 +509,8 @@ impl WsClient {
                         } else {
                             1005
                         };
-                        let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[])).into_owned();
+                        let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[]))
+                            .into_owned();
                         return WsEvent::Close(code, reason);
                     }
                     OpCode::Ping => return WsEvent::Ping,
@@ -483,7 +527,10 @@ impl WsClient {
             match self.read().await {
                 WsEvent::Text(v) => return v,
                 WsEvent::Ping => {
-                    self.ws.write_frame(Frame::pong(Payload::Owned(vec![]))).await.unwrap();
+                    self.ws
+                        .write_frame(Frame::pong(Payload::Owned(vec![])))
+                        .await
+                        .unwrap();
                 }
                 WsEvent::Close(code, reason) => panic!("unexpected close {code} {reason}"),
             }
@@ -521,14 +568,24 @@ pub fn binary() -> &'static str {
 /// its address; returns (http, internal).
 pub async fn listening_addresses(
     stderr: tokio::process::ChildStderr,
-) -> (SocketAddr, SocketAddr, tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>) {
+) -> (
+    SocketAddr,
+    SocketAddr,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+) {
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     let (mut http, mut internal) = (None, None);
     within("listening log lines", async {
         while http.is_none() || internal.is_none() {
-            let line = lines.next_line().await.unwrap().expect("binary exited before listening");
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("binary exited before listening");
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
             if v["fields"]["message"] == "listening" {
                 let addr: SocketAddr = v["fields"]["addr"].as_str().unwrap().parse().unwrap();
                 match v["fields"]["listener"].as_str() {
