@@ -15,6 +15,39 @@ use crate::proxy::Proxy;
 use crate::realtime::Realtime;
 use crate::router::Router;
 
+/// The browser client, served by every public listener.
+pub const CLIENT_PATH: &str = "/_pushgate/client.js";
+
+/// The client's source, embedded so it always matches this server.
+pub const CLIENT_JS: &str = include_str!("../clients/js/pushgate.js");
+
+fn client_js(request: &Request<Incoming>) -> Response<Body> {
+    use http::HeaderValue;
+    const ETAG: &str = concat!("\"pushgate-client-", env!("CARGO_PKG_VERSION"), "\"");
+    if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
+        return HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET the client").into_response();
+    }
+    let cached = request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == ETAG.as_bytes());
+    let mut response = if cached {
+        let mut r = Response::new(crate::error::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else if request.method() == http::Method::HEAD {
+        Response::new(crate::error::empty())
+    } else {
+        Response::new(crate::error::full(CLIENT_JS))
+    };
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::ETAG, HeaderValue::from_static(ETAG));
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    response
+}
+
 pub struct Service {
     pub router: Router,
     pub proxy: Proxy,
@@ -49,6 +82,9 @@ impl Service {
             .map(str::to_owned)
             .or_else(|| request.uri().authority().map(|a| a.to_string()));
         let path = request.uri().path().to_owned();
+        if path == CLIENT_PATH {
+            return ("_pushgate".into(), client_js(&request));
+        }
         let Some(matched) = self.router.route(host.as_deref(), request.method(), &path) else {
             let response = HttpError::new(
                 StatusCode::NOT_FOUND,

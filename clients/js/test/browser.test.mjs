@@ -1,0 +1,300 @@
+// The client in real headless Chromium (Debian's chromium, driven by
+// playwright-core) against the real pushgate binary.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFile } from "node:child_process";
+import { createInterface } from "node:readline";
+import { mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import http from "node:http";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "../../..");
+const BIN = process.env.PUSHGATE_BIN || join(root, "target/debug/pushgate");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const SHOTS = join(root, "target/screenshots");
+
+let browser;
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function eventually(what, f, ms = 15000) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    try {
+      last = await f();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    await sleep(50);
+  }
+  throw new Error(`timed out waiting for ${what} (last: ${last})`);
+}
+
+function config(http, internal, dir) {
+  mkdirSync(join(dir, "public"), { recursive: true });
+  writeFileSync(join(dir, "public/blank.html"), "<!doctype html><title>blank</title><body>test page</body>");
+  return `
+listen: { http: ["${http}"] }
+internal: { listen: "${internal}" }
+realtime: { heartbeat: 1s, sse_retry: 500ms }
+routes:
+  - { name: live, match: { path: "/live/{channel}" }, realtime: { channels: ["{channel}"], longpoll_timeout: 2s } }
+  - { name: demo, match: { path: "/live/demo" }, realtime: { channels: ["demo"] } }
+  - { name: nows, match: { path: "/nows/{channel}" }, realtime: { channels: ["{channel}"], transports: [sse, longpoll] } }
+  - { name: poll, match: { path: "/poll/{channel}" }, realtime: { channels: ["{channel}"], transports: [longpoll], longpoll_timeout: 2s } }
+  - { name: chat, match: { path: "/chat/{room}" }, realtime: { channels: ["chat:{room}"], client_publish: ["chat:{room}"] } }
+  - { name: files, match: { path_prefix: "/" }, static: { dir: public, index: index.html } }
+`;
+}
+
+/** Starts the binary; resolves with its addresses once it listens. */
+async function startPushgate({ dir, http = "127.0.0.1:0", internal = "127.0.0.1:0", yaml } = {}) {
+  dir ??= mkdtempSync(join(tmpdir(), "pushgate-browser-"));
+  const file = join(dir, "pushgate.yaml");
+  writeFileSync(file, yaml ?? config(http, internal, dir));
+  const child = spawn(BIN, ["--log-format", "json", "--config", file], { stdio: ["ignore", "ignore", "pipe"] });
+  const addrs = {};
+  const lines = createInterface({ input: child.stderr });
+  await new Promise((resolveListen, reject) => {
+    child.on("exit", (code) => reject(new Error(`pushgate exited with ${code}`)));
+    lines.on("line", (line) => {
+      try {
+        const v = JSON.parse(line);
+        if (v.fields?.message === "listening") addrs[v.fields.listener] = v.fields.addr;
+        if (addrs.http && addrs.internal) resolveListen();
+      } catch {}
+    });
+  });
+  return { child, dir, base: `http://${addrs.http}`, http: addrs.http, internal: `http://${addrs.internal}` };
+}
+
+function stop(pg) {
+  pg.child.kill("SIGKILL");
+}
+
+async function publish(pg, channel, data) {
+  const r = await fetch(`${pg.internal}/publish`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ channel, data }),
+  });
+  assert.equal(r.status, 200);
+  return (await r.json()).results[0].id;
+}
+
+/** A page on `origin` with a subscription whose events land in window.log. */
+async function subscribedPage(origin, path, options = {}) {
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e));
+  await page.goto(`${origin}/blank.html`);
+  await page.evaluate(
+    async ({ path, options }) => {
+      const { subscribe } = await import("/_pushgate/client.js");
+      window.log = { messages: [], gaps: [], statuses: [] };
+      window.sub = subscribe(path, {
+        ...options,
+        onMessage: (m) => window.log.messages.push(m),
+        onGap: (c) => window.log.gaps.push(c),
+        onStatus: (s) => window.log.statuses.push(s),
+      });
+    },
+    { path, options },
+  );
+  return page;
+}
+
+const log = (page) => page.evaluate(() => window.log);
+const openOn = async (page) => {
+  const l = await log(page);
+  const s = l.statuses.at(-1);
+  return s?.state === "open" ? s.transport : null;
+};
+
+test("uses WebSocket by default", async () => {
+  const pg = await startPushgate();
+  try {
+    const page = await subscribedPage(pg.base, "/live/a");
+    assert.equal(await eventually("open", () => openOn(page)), "websocket");
+    await publish(pg, "a", { text: "over ws" });
+    const m = await eventually("a message", async () => (await log(page)).messages[0]);
+    assert.deepEqual([m.data, m.transport], [{ text: "over ws" }, "websocket"]);
+    const globalSet = await page.evaluate(() => typeof globalThis.pushgate?.subscribe);
+    assert.equal(globalSet, "function", "loading the module sets globalThis.pushgate");
+    await page.close();
+  } finally {
+    stop(pg);
+  }
+});
+
+test("a route without WebSocket ends on SSE", async () => {
+  const pg = await startPushgate();
+  try {
+    const page = await subscribedPage(pg.base, "/nows/b");
+    assert.equal(await eventually("open", () => openOn(page)), "sse");
+    await publish(pg, "b", "line one\nline two");
+    const m = await eventually("a message", async () => (await log(page)).messages[0]);
+    assert.deepEqual([m.data, m.transport], ["line one\nline two", "sse"]);
+    await page.close();
+  } finally {
+    stop(pg);
+  }
+});
+
+test("a long-poll-only route ends on long polling", async () => {
+  const pg = await startPushgate();
+  try {
+    const page = await subscribedPage(pg.base, "/poll/c");
+    assert.equal(await eventually("open", () => openOn(page)), "longpoll");
+    await sleep(200);
+    await publish(pg, "c", 1);
+    await publish(pg, "c", 2);
+    const got = await eventually("two messages", async () => {
+      const l = await log(page);
+      return l.messages.length >= 2 && l.messages.map((m) => m.data);
+    });
+    assert.deepEqual(got, [1, 2]);
+    await page.close();
+  } finally {
+    stop(pg);
+  }
+});
+
+/** A proxy that buffers each whole response and refuses upgrades. */
+function bufferingProxy(target) {
+  const server = http.createServer((req, res) => {
+    const upstream = http.request(`${target}${req.url}`, { method: req.method, headers: req.headers }, (up) => {
+      const chunks = [];
+      up.on("data", (c) => chunks.push(c));
+      up.on("end", () => {
+        const headers = { ...up.headers };
+        delete headers["transfer-encoding"];
+        res.writeHead(up.statusCode, headers);
+        res.end(Buffer.concat(chunks));
+      });
+    });
+    upstream.on("error", () => res.destroy());
+    res.on("close", () => upstream.destroy());
+    req.pipe(upstream);
+  });
+  server.on("upgrade", (_req, socket) => socket.destroy());
+  return new Promise((r) => server.listen(0, "127.0.0.1", () => r(server)));
+}
+
+test("an SSE stream held back by a buffering intermediary falls back to long polling", async () => {
+  const pg = await startPushgate();
+  const proxy = await bufferingProxy(pg.base);
+  try {
+    const origin = `http://127.0.0.1:${proxy.address().port}`;
+    const page = await subscribedPage(origin, "/live/d");
+    assert.equal(await eventually("open", () => openOn(page)), "longpoll");
+    const tried = (await log(page)).statuses.map((s) => s.transport);
+    assert.ok(!tried.includes("sse"), "SSE never opened through the buffer");
+    await sleep(200);
+    await publish(pg, "d", "through the buffer");
+    const m = await eventually("a message", async () => (await log(page)).messages[0]);
+    assert.deepEqual([m.data, m.transport], ["through the buffer", "longpoll"]);
+    await page.close();
+  } finally {
+    proxy.close();
+    stop(pg);
+  }
+});
+
+test("kill and restart pushgate mid-stream: the page reconnects and reports a gap, without duplicates", async () => {
+  let pg = await startPushgate();
+  const page = await subscribedPage(pg.base, "/live/k");
+  try {
+    assert.equal(await eventually("open", () => openOn(page)), "websocket");
+    for (const n of [1, 2, 3]) await publish(pg, "k", n);
+    await eventually("three messages", async () => (await log(page)).messages.length === 3);
+    stop(pg);
+    await eventually("reconnecting", async () => (await log(page)).statuses.at(-1).state === "reconnecting");
+    // The same addresses, a new process: history and epoch are gone.
+    pg = await startPushgate({ dir: pg.dir, http: pg.http, internal: pg.internal.replace("http://", "") });
+    await eventually("open again", async () => (await openOn(page)) === "websocket", 40000);
+    await eventually("the gap", async () => (await log(page)).gaps.length > 0);
+    for (const n of [4, 5]) await publish(pg, "k", n);
+    const got = await eventually("five messages", async () => {
+      const l = await log(page);
+      return l.messages.length >= 5 && l.messages.map((m) => m.data);
+    });
+    assert.deepEqual(got, [1, 2, 3, 4, 5], "every message once");
+    const reconnects = (await log(page)).statuses.filter((s) => s.state === "reconnecting").length;
+    assert.ok(reconnects >= 1);
+  } finally {
+    await page.close();
+    stop(pg);
+  }
+});
+
+test("chat between two pages over WebSocket", async () => {
+  const pg = await startPushgate();
+  try {
+    const alice = await subscribedPage(pg.base, "/chat/room1");
+    const bob = await subscribedPage(pg.base, "/chat/room1");
+    await eventually("both open", async () => (await openOn(alice)) && (await openOn(bob)));
+    const receipt = await alice.evaluate(() => window.sub.publish("chat:room1", { from: "alice", text: "hi bob" }));
+    assert.equal(receipt.type, "published");
+    const m = await eventually("bob hears alice", async () => (await log(bob)).messages[0]);
+    assert.deepEqual(m.data, { from: "alice", text: "hi bob" });
+    const denied = await bob.evaluate(() => window.sub.publish("chat:other", 1).then(() => "sent", (e) => e.code));
+    assert.equal(denied, "forbidden");
+    await alice.close();
+    await bob.close();
+  } finally {
+    stop(pg);
+  }
+});
+
+test("the demo page shows a message sent with `pushgate publish`", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "pushgate-demo-"));
+  // The shipped example config and demo page, on free ports.
+  const example = (await import("node:fs")).readFileSync(join(root, "config/example.yaml"), "utf8");
+  mkdirSync(join(dir, "public"), { recursive: true });
+  writeFileSync(join(dir, "public/index.html"), (await import("node:fs")).readFileSync(join(root, "config/public/index.html")));
+  const yaml = example
+    .replace("${PUSHGATE_HTTP:-127.0.0.1:8080}", "127.0.0.1:0")
+    .replace("${PUSHGATE_INTERNAL:-127.0.0.1:5561}", "127.0.0.1:0");
+  const pg = await startPushgate({ dir, yaml });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    await page.goto(`${pg.base}/`);
+    await eventually("the demo connected", async () => (await page.textContent("#state-text")) === "open");
+    assert.equal(await page.textContent("#transport"), "websocket");
+    const out = await new Promise((resolveRun, reject) =>
+      execFile(BIN, ["publish", "--url", pg.internal, "demo", "Hello from pushgate publish"], (err, stdout, stderr) =>
+        err ? reject(new Error(stderr)) : resolveRun(stdout),
+      ),
+    );
+    assert.equal(JSON.parse(out).results[0].channel, "demo");
+    await eventually("the message in the DOM", async () => (await page.textContent("#messages")).includes("Hello from pushgate publish"));
+    await page.fill("#text", "hello chat");
+    await page.click("#chat-form button");
+    await eventually("the chat message", async () => (await page.textContent("#chat")).includes("hello chat"));
+    mkdirSync(SHOTS, { recursive: true });
+    await page.screenshot({ path: join(SHOTS, "demo.png") });
+    await page.click('#force button[data-t="sse"]');
+    await eventually("forced SSE", async () => (await page.textContent("#transport")) === "sse" && (await page.textContent("#state-text")) === "open");
+    await page.close();
+  } finally {
+    stop(pg);
+  }
+});

@@ -1,0 +1,206 @@
+// Unit tests for the client's backoff, id tracking, SSE parsing and
+// transport choice, in Node with faked timers and fake transports.
+import { test, mock } from "node:test";
+import assert from "node:assert/strict";
+import { backoffDelay, chooseTransports, IdTracker, SseParser, subscribe } from "../pushgate.js";
+
+test("backoff doubles from 1 s to 30 s with ±25 % jitter", () => {
+  const mid = () => 0.5;
+  assert.deepEqual([0, 1, 2, 3, 4, 5, 6, 40].map((a) => backoffDelay(a, mid)), [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+  assert.equal(backoffDelay(0, () => 0), 750);
+  assert.equal(backoffDelay(0, () => 1), 1250);
+  assert.equal(backoffDelay(10, () => 0), 22500);
+});
+
+test("transport choice keeps the caller's order and the route's set", () => {
+  assert.deepEqual(chooseTransports(undefined, ["sse", "longpoll", "websocket"]), ["websocket", "sse", "longpoll"]);
+  assert.deepEqual(chooseTransports(["longpoll", "sse"], ["websocket", "sse", "longpoll"]), ["longpoll", "sse"]);
+  assert.deepEqual(chooseTransports(undefined, ["longpoll"]), ["longpoll"]);
+  assert.deepEqual(chooseTransports(["bogus", "sse"], undefined), ["sse"]);
+});
+
+test("ids: duplicates dropped, composite resume id in channel order", () => {
+  const ids = new IdTracker("a-1");
+  assert.equal(ids.since(), "a-1");
+  assert.equal(ids.fresh("x-1"), true);
+  assert.equal(ids.fresh("x-1"), false);
+  ids.position("zeta", "z-5");
+  ids.position("alpha", "a-7");
+  assert.equal(ids.since(), "a-7.z-5");
+  ids.connectionId("c-9");
+  assert.equal(ids.since(), "c-9");
+  const small = new IdTracker("", 2);
+  small.fresh("1");
+  small.fresh("2");
+  small.fresh("3");
+  assert.equal(small.fresh("1"), true, "the window is bounded");
+});
+
+test("SSE parser follows the WHATWG line rules", () => {
+  const events = [];
+  const p = new SseParser((e) => events.push(e));
+  p.push("retry: 2000\n: comment\nid: 1-0\n\n");
+  p.push("id: 1-1\r\nevent: greet\r\ndata: a\r\ndata: b\r");
+  p.push("\n\rdata:no-space\n\n");
+  assert.deepEqual(events, [
+    { id: "1-0", event: "message", data: "", dispatch: false },
+    { id: "1-1", event: "greet", data: "a\nb", dispatch: true },
+    { id: null, event: "message", data: "no-space", dispatch: true },
+  ]);
+});
+
+// --- subscribe() with fake transports and faked timers ---
+
+function response(body) {
+  return { ok: true, status: 200, json: async () => body, body: null };
+}
+
+function fakeEnv({ transports = ["websocket", "sse", "longpoll"], wsOpens = false, polls = [] } = {}) {
+  const calls = [];
+  const sockets = [];
+  class FakeWebSocket {
+    constructor(url) {
+      this.url = url;
+      this.readyState = 0;
+      this.sent = [];
+      sockets.push(this);
+      queueMicrotask(() => {
+        if (wsOpens) {
+          this.readyState = 1;
+          this.onopen && this.onopen();
+          this.onmessage && this.onmessage({ data: JSON.stringify({ type: "subscribed", channel: "c", id: "e-3" }) });
+        } else {
+          this.onerror && this.onerror(new Error("blocked"));
+        }
+      });
+    }
+    send(data) {
+      this.sent.push(data);
+    }
+    close() {
+      this.readyState = 3;
+    }
+  }
+  const fetch = async (url, init = {}) => {
+    const u = new URL(url);
+    const t = u.searchParams.get("transport");
+    calls.push({ transport: t, since: u.searchParams.get("since"), headers: init.headers });
+    if (t === "info") return response({ transports, heartbeat_ms: 1000, longpoll_timeout_ms: 5000 });
+    if (t === "sse") {
+      // A buffering intermediary: nothing ever arrives.
+      return new Promise((_, reject) => init.signal.addEventListener("abort", () => reject(new Error("aborted"))));
+    }
+    const next = polls.shift();
+    if (next) return response(next);
+    return new Promise((_, reject) => init.signal.addEventListener("abort", () => reject(new Error("aborted"))));
+  };
+  return { calls, sockets, env: { fetch, WebSocket: FakeWebSocket, setTimeout, clearTimeout } };
+}
+
+const flush = async () => {
+  for (let i = 0; i < 20; i++) await Promise.resolve();
+};
+
+test("falls back past a blocked WebSocket and a held SSE stream to long polling", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const { env, calls } = fakeEnv({ polls: [{ messages: [{ channel: "c", id: "e-4", data: "hi" }], last_id: "e-4" }] });
+    const statuses = [];
+    const messages = [];
+    const sub = subscribe("http://pg.test/live/c", {
+      env,
+      openTimeout: 3000,
+      onStatus: (s) => statuses.push(`${s.state}:${s.transport}`),
+      onMessage: (m) => messages.push(m),
+    });
+    await flush();
+    assert.ok(calls.some((c) => c.transport === "sse"), "SSE tried after the WebSocket failed");
+    mock.timers.tick(3000);
+    await flush();
+    assert.deepEqual(messages.map((m) => [m.data, m.transport]), [["hi", "longpoll"]]);
+    assert.ok(statuses.includes("open:longpoll"), statuses.join());
+    assert.equal(calls.filter((c) => c.transport === "longpoll")[1].since, "e-4", "the next poll resumes from last_id");
+    sub.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("reconnects with backoff when nothing answers", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    let infos = 0;
+    const env = {
+      fetch: async () => {
+        infos++;
+        throw new Error("offline");
+      },
+      setTimeout,
+      clearTimeout,
+    };
+    const statuses = [];
+    const sub = subscribe("http://pg.test/live/c", { env, random: () => 0.5, onStatus: (s) => statuses.push(s.state) });
+    await flush();
+    assert.equal(infos, 1);
+    mock.timers.tick(999);
+    await flush();
+    assert.equal(infos, 1, "not before 1 s");
+    mock.timers.tick(1);
+    await flush();
+    assert.equal(infos, 2);
+    mock.timers.tick(2000);
+    await flush();
+    assert.equal(infos, 3, "then 2 s");
+    assert.deepEqual(statuses.slice(0, 2), ["connecting", "reconnecting"]);
+    sub.close();
+    assert.equal(statuses.at(-1), "closed");
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("moves back to WebSocket when it works again", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const fake = fakeEnv({ transports: ["websocket", "longpoll"], polls: [{ messages: [], last_id: "e-2" }] });
+    const statuses = [];
+    const sub = subscribe("http://pg.test/live/c", {
+      env: fake.env,
+      upgradeInterval: 5000,
+      onStatus: (s) => statuses.push(`${s.state}:${s.transport}`),
+    });
+    await flush();
+    assert.ok(statuses.includes("open:longpoll"), statuses.join());
+    // From now on WebSockets get through.
+    fake.sockets.length = 0;
+    const upgraded = fakeEnv({ wsOpens: true });
+    fake.env.WebSocket = upgraded.env.WebSocket;
+    mock.timers.tick(5000);
+    await flush();
+    assert.equal(statuses.at(-1), "open:websocket");
+    assert.ok(upgraded.sockets[0].url.includes("since=e-2"), "the probe resumes from the current id");
+    sub.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("silence longer than two heartbeats counts as dead", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const fake = fakeEnv({ transports: ["websocket"], wsOpens: true });
+    const statuses = [];
+    const sub = subscribe("http://pg.test/live/c", { env: fake.env, onStatus: (s) => statuses.push(s.state) });
+    await flush();
+    assert.equal(statuses.at(-1), "open");
+    // JSON pings are sent every heartbeat; no frame comes back.
+    mock.timers.tick(1000);
+    assert.deepEqual(fake.sockets[0].sent, ['{"type":"ping"}']);
+    mock.timers.tick(2000);
+    await flush();
+    assert.equal(statuses.at(-1), "reconnecting");
+    sub.close();
+  } finally {
+    mock.timers.reset();
+  }
+});
