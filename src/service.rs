@@ -25,7 +25,12 @@ fn client_js(request: &Request<Incoming>) -> Response<Body> {
     use http::HeaderValue;
     const ETAG: &str = concat!("\"pushgate-client-", env!("CARGO_PKG_VERSION"), "\"");
     if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
-        return HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET the client").into_response();
+        return HttpError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "GET the client",
+        )
+        .into_response();
     }
     let cached = request
         .headers()
@@ -41,7 +46,10 @@ fn client_js(request: &Request<Incoming>) -> Response<Body> {
         Response::new(crate::error::full(CLIENT_JS))
     };
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(header::ETAG, HeaderValue::from_static(ETAG));
     h.insert("access-control-allow-origin", HeaderValue::from_static("*"));

@@ -21,17 +21,38 @@ async fn publishes_and_prints_the_receipt() {
     let pg = Pushgate::start(CONFIG).await;
     let mut sse = SseClient::connect(&pg.url("/live/news"), None).await;
     pg.wait_subscribers("news", 1).await;
-    let (code, stdout, stderr) =
-        run(pg.internal, &["--token", "s3cret", "--event", "note", "news", "hello from the CLI"], None, None).await;
+    let (code, stdout, stderr) = run(
+        pg.internal,
+        &[
+            "--token",
+            "s3cret",
+            "--event",
+            "note",
+            "news",
+            "hello from the CLI",
+        ],
+        None,
+        None,
+    )
+    .await;
     assert_eq!(code, 0, "{stderr}");
     let receipt: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(receipt["results"][0]["channel"], "news");
     assert_eq!(receipt["results"][0]["subscribers"], 1);
     let event = sse.next_message().await;
-    assert_eq!((event.event.as_str(), event.data.as_str()), ("note", "hello from the CLI"));
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("note", "hello from the CLI")
+    );
 
     // JSON data from stdin, token from the environment.
-    let (code, _, stderr) = run(pg.internal, &["--json", "news", "-"], Some("s3cret"), Some("{\"n\": 1}\n")).await;
+    let (code, _, stderr) = run(
+        pg.internal,
+        &["--json", "news", "-"],
+        Some("s3cret"),
+        Some("{\"n\": 1}\n"),
+    )
+    .await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(sse.next_message().await.data, r#"{"n":1}"#);
 }
@@ -39,18 +60,31 @@ async fn publishes_and_prints_the_receipt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_exits_non_zero_with_the_servers_error() {
     let pg = Pushgate::start(CONFIG).await;
-    let (code, stdout, stderr) = run(pg.internal, &["--token", "nope", "news", "x"], None, None).await;
+    let (code, stdout, stderr) =
+        run(pg.internal, &["--token", "nope", "news", "x"], None, None).await;
     assert_eq!(code, 1);
     assert!(stdout.is_empty());
-    assert!(stderr.contains("401") && stderr.contains("unauthorized"), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("unauthorized"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_channel_exits_non_zero_with_the_servers_error() {
     let pg = Pushgate::start(CONFIG).await;
-    let (code, _, stderr) = run(pg.internal, &["--token", "s3cret", "bad channel!", "x"], None, None).await;
+    let (code, _, stderr) = run(
+        pg.internal,
+        &["--token", "s3cret", "bad channel!", "x"],
+        None,
+        None,
+    )
+    .await;
     assert_eq!(code, 1);
-    assert!(stderr.contains("400") && stderr.contains("invalid_channel"), "{stderr}");
+    assert!(
+        stderr.contains("400") && stderr.contains("invalid_channel"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -65,14 +99,24 @@ fn an_unreachable_server_is_a_clear_error() {
 
 /// Runs `pushgate publish --url http://INTERNAL ARGS...` and returns
 /// (exit code, stdout, stderr).
-fn cli(internal: SocketAddr, args: &[&str], token_env: Option<&str>, stdin: Option<&str>) -> (i32, String, String) {
+fn cli(
+    internal: SocketAddr,
+    args: &[&str],
+    token_env: Option<&str>,
+    stdin: Option<&str>,
+) -> (i32, String, String) {
     let mut cmd = Command::new(support::binary());
-    cmd.arg("publish").arg("--url").arg(format!("http://{internal}")).args(args);
+    cmd.arg("publish")
+        .arg("--url")
+        .arg(format!("http://{internal}"))
+        .args(args);
     cmd.env_remove("PUSHGATE_PUBLISH_TOKEN");
     if let Some(t) = token_env {
         cmd.env("PUSHGATE_PUBLISH_TOKEN", t);
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     if let Some(s) = stdin {
@@ -88,6 +132,13 @@ fn cli(internal: SocketAddr, args: &[&str], token_env: Option<&str>, stdin: Opti
 }
 
 /// `cli` on a blocking thread, so the in-process server keeps running.
-async fn run(internal: SocketAddr, args: &'static [&'static str], token_env: Option<&'static str>, stdin: Option<&'static str>) -> (i32, String, String) {
-    tokio::task::spawn_blocking(move || cli(internal, args, token_env, stdin)).await.unwrap()
+async fn run(
+    internal: SocketAddr,
+    args: &'static [&'static str],
+    token_env: Option<&'static str>,
+    stdin: Option<&'static str>,
+) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || cli(internal, args, token_env, stdin))
+        .await
+        .unwrap()
 }
