@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use crate::backplane::Backplane;
 use crate::error::{Body, HttpError, full, json_response};
-use crate::listener::{ConnInfo, Handler};
+use crate::listener::{ConnInfo, Handler, RawIo};
 use crate::metrics::Metrics;
 use crate::publish::{self, Publisher};
 
@@ -26,6 +26,22 @@ pub struct Admin {
 }
 
 impl Handler for Admin {
+    /// The internal listener serves no long-lived streams.
+    type Claim = std::convert::Infallible;
+
+    fn claim(&self, _head: &Request<()>, _conn: &ConnInfo) -> Option<Self::Claim> {
+        None
+    }
+
+    async fn serve_claimed<IO: RawIo>(
+        self: Arc<Self>,
+        claim: Self::Claim,
+        _io: IO,
+        _conn: ConnInfo,
+    ) {
+        match claim {}
+    }
+
     async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,

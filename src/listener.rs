@@ -5,6 +5,7 @@
 //! This module does not look at routes, channels or credentials: it hands
 //! each request to a [`Handler`].
 
+pub mod prefixed;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -18,8 +19,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +29,8 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Body, HttpError};
 use crate::shutdown::Shutdown;
+
+use self::prefixed::Prefixed;
 
 /// What a request handler knows about its connection.
 #[derive(Clone, Debug)]
@@ -43,6 +47,7 @@ pub struct ConnInfo {
 /// connections gauge; released when the last holder drops it.
 #[derive(Debug)]
 pub struct ConnSlot {
+    /// `None`: over `max_connections`.
     _permit: Option<OwnedSemaphorePermit>,
     gauge: Gauge,
 }
@@ -53,13 +58,34 @@ impl Drop for ConnSlot {
     }
 }
 
+/// A raw client connection (plain or TLS).
+pub trait RawIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> RawIo for T {}
+
 /// Serves requests of one kind of listener (public or internal).
 pub trait Handler: Send + Sync + 'static {
+    /// What `claim` hands to `serve_claimed`.
+    type Claim: Send + 'static;
+
     fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + 'static;
+
+    /// Whether to serve the first HTTP/1 request of a connection on the raw
+    /// socket instead of through hyper. Long-lived streams (SSE,
+    /// WebSocket) are claimed so an idle subscriber keeps no HTTP buffers.
+    fn claim(&self, head: &Request<()>, conn: &ConnInfo) -> Option<Self::Claim>;
+
+    /// Serves a claimed request; owns the connection until it ends.
+    fn serve_claimed<IO: RawIo>(
+        self: Arc<Self>,
+        claim: Self::Claim,
+        io: IO,
+        conn: ConnInfo,
+    ) -> impl Future<Output = ()> + Send + 'static;
 }
 
 /// Per-listener settings.
@@ -108,6 +134,7 @@ pub async fn serve<H: Handler>(
             handler: handler.clone(),
             remote,
             permit,
+            tracker: shutdown.tracker.clone(),
         };
         let watcher = graceful.watcher();
         shutdown.tracker.spawn(connection.run(stream, watcher));
@@ -140,25 +167,92 @@ struct Connection<H> {
     remote: SocketAddr,
     /// `None`: over `max_connections`; every request is answered 503.
     permit: Option<OwnedSemaphorePermit>,
+    tracker: tokio_util::task::TaskTracker,
 }
 
 impl<H: Handler> Connection<H> {
-    async fn run(self, stream: TcpStream, watcher: hyper_util::server::graceful::Watcher) {
+    async fn run(mut self, stream: TcpStream, watcher: Watcher) {
         let scheme = if self.options.tls.is_some() {
             "https"
         } else {
             "http"
         };
-        let over_limit = self.permit.is_none();
         self.options.open_connections.inc();
         let info = ConnInfo {
             remote: self.remote,
             scheme,
             slot: Arc::new(ConnSlot {
-                _permit: self.permit,
+                _permit: self.permit.take(),
                 gauge: self.options.open_connections.clone(),
             }),
         };
+        match self.options.tls.clone() {
+            // Boxed: the task keeps only what the connection's kind needs
+            // (no TLS state on plain connections, and the reverse).
+            None => Box::pin(self.serve(stream, info, watcher, false)).await,
+            Some(acceptor) => {
+                // The handshake counts against the header read timeout, so a
+                // client cannot hold a socket by stalling TLS.
+                let handshake =
+                    tokio::time::timeout(self.options.header_read_timeout, acceptor.accept(stream))
+                        .await;
+                let tls = match handshake {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        debug!(%error, remote = %self.remote, "TLS handshake failed.");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(remote = %self.remote, "TLS handshake timed out.");
+                        return;
+                    }
+                };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                Box::pin(self.serve(tls, info, watcher, h2)).await;
+            }
+        }
+    }
+
+    /// Reads the first request head; a claimed request is served on the raw
+    /// connection, anything else (HTTP/2, other requests, bad heads) by
+    /// hyper with the bytes already read replayed first.
+    async fn serve<IO: RawIo>(self, mut io: IO, info: ConnInfo, watcher: Watcher, h2: bool) {
+        let over_limit = info.slot._permit.is_none();
+        let mut prefix = Vec::new();
+        if !h2 && !over_limit {
+            match read_head(
+                &mut io,
+                self.options.max_header,
+                self.options.header_read_timeout,
+            )
+            .await
+            {
+                FirstHead::Complete {
+                    buf,
+                    head_len,
+                    head,
+                } => {
+                    if let Some(claim) = self.handler.claim(&head, &info) {
+                        let rest = buf[head_len..].to_vec();
+                        drop(buf);
+                        // A task of its own, and this one ends: an idle
+                        // stream then holds only its session's state, not
+                        // the accept path's (TLS handshake, head parsing,
+                        // hyper's connection future).
+                        let handler = self.handler.clone();
+                        self.tracker.spawn(handler.serve_claimed(
+                            claim,
+                            Prefixed::new(rest, io),
+                            info,
+                        ));
+                        return;
+                    }
+                    prefix = buf;
+                }
+                FirstHead::Other(buf) => prefix = buf,
+                FirstHead::Closed => return,
+            }
+        }
         let handler = self.handler;
         let service = service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();
@@ -179,38 +273,83 @@ impl<H: Handler> Connection<H> {
                 Ok(handler.handle(request, info).await)
             }
         });
-        let result = match &self.options.tls {
-            None => {
-                let conn = self
-                    .builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                watcher.watch(conn.into_owned()).await
-            }
-            Some(acceptor) => {
-                // The handshake counts against the header read timeout, so a
-                // client cannot hold a socket by stalling TLS.
-                let handshake =
-                    tokio::time::timeout(self.options.header_read_timeout, acceptor.accept(stream))
-                        .await;
-                let tls = match handshake {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(error)) => {
-                        debug!(%error, remote = %self.remote, "TLS handshake failed.");
-                        return;
-                    }
-                    Err(_) => {
-                        debug!(remote = %self.remote, "TLS handshake timed out.");
-                        return;
-                    }
-                };
-                let conn = self
-                    .builder
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service);
-                watcher.watch(conn.into_owned()).await
-            }
-        };
+        let io = TokioIo::new(Prefixed::new(prefix, io));
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        let result = Box::pin(watcher.watch(conn.into_owned())).await;
         if let Err(error) = result {
             debug!(error = %error, remote = %self.remote, listener = self.options.name, "Connection ended with an error.");
         }
     }
+}
+
+/// What the first bytes of a connection turned out to be.
+#[allow(clippy::large_enum_variant)] // built once per connection, never stored
+enum FirstHead {
+    /// A complete HTTP/1 request head of `head_len` bytes at the start of `buf`.
+    Complete {
+        buf: Vec<u8>,
+        head_len: usize,
+        head: Request<()>,
+    },
+    /// Anything else, for hyper to serve or refuse: HTTP/2, a malformed or
+    /// oversize head.
+    Other(Vec<u8>),
+    /// The client left, or did not finish its head in time.
+    Closed,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+async fn read_head<IO: RawIo>(io: &mut IO, max: usize, timeout: Duration) -> FirstHead {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() == buf.capacity() {
+            if buf.len() >= max.max(8192) {
+                return FirstHead::Other(buf);
+            }
+            buf.reserve(buf.len());
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return FirstHead::Closed,
+            Ok(Ok(_)) => {}
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] == H2_PREFACE[..n] {
+            if n == H2_PREFACE.len() {
+                return FirstHead::Other(buf);
+            }
+            continue;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                return match to_request(&parsed) {
+                    Some(head) => FirstHead::Complete {
+                        buf,
+                        head_len,
+                        head,
+                    },
+                    None => FirstHead::Other(buf),
+                };
+            }
+            Ok(httparse::Status::Partial) => continue,
+            Err(_) => return FirstHead::Other(buf),
+        }
+    }
+}
+
+fn to_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
+    let mut request = Request::builder()
+        .method(parsed.method?)
+        .uri(parsed.path?)
+        .version(match parsed.version? {
+            0 => http::Version::HTTP_10,
+            _ => http::Version::HTTP_11,
+        });
+    for h in parsed.headers.iter() {
+        request = request.header(h.name, h.value);
+    }
+    request.body(()).ok()
 }

@@ -22,7 +22,7 @@ use crate::error::{Body, HttpError, json_response};
 use crate::hub::Hub;
 use crate::hub::message::{ChannelName, Position};
 use crate::hub::queue::{self, Queue};
-use crate::listener::ConnInfo;
+use crate::listener::{ConnInfo, RawIo};
 use crate::metrics::{Metrics, TransportLabels};
 use crate::router::pattern::{self, Captures};
 use crate::shutdown::Shutdown;
@@ -108,40 +108,48 @@ impl Query {
     }
 }
 
+/// A realtime request, validated and ready to become a session.
+pub struct Plan {
+    pub transport: Transport,
+    pub channels: Vec<ChannelName>,
+    pub since: Option<Vec<Position>>,
+    pub grants: Grants,
+    pub settings: RealtimeSettings,
+}
+
+/// What a realtime request asks for.
+pub enum Prepared {
+    /// `?transport=info`.
+    Info(Response<Body>),
+    Session(Plan),
+}
+
 impl Realtime {
-    pub async fn handle(
-        self: &Arc<Self>,
-        mut request: Request<Incoming>,
-        route_name: &str,
+    /// Negotiates the transport and resolves channels, grants and the
+    /// resume position, without side effects.
+    pub fn prepare(
+        &self,
+        headers: &http::HeaderMap,
+        uri: &http::Uri,
         route: &RealtimeRoute,
-        captures: Captures,
-        conn: ConnInfo,
-    ) -> Response<Body> {
-        let query = Query::parse(request.uri().query());
-        let choice =
-            match negotiate::choose(request.headers(), query.get("transport"), &route.transports) {
-                Ok(c) => c,
-                Err(e) => return e.into_response(),
-            };
-        let settings = route.settings;
-        let transport = match choice {
-            Choice::Info => return info(route),
+        captures: &Captures,
+    ) -> Result<Prepared, HttpError> {
+        let query = Query::parse(uri.query());
+        let transport = match negotiate::choose(headers, query.get("transport"), &route.transports)?
+        {
+            Choice::Info => return Ok(Prepared::Info(info(route))),
             Choice::Transport(t) => t,
         };
-        let (channels, grants) = match resolve_channels(route, &captures, &query) {
-            Ok(c) => c,
-            Err(e) => return e.into_response(),
-        };
-        let header_id = match request.headers().get("last-event-id").map(|v| v.to_str()) {
+        let (channels, grants) = resolve_channels(route, captures, &query)?;
+        let header_id = match headers.get("last-event-id").map(|v| v.to_str()) {
             None => None,
             Some(Ok(id)) => Some(id),
             Some(Err(_)) => {
-                return HttpError::new(
+                return Err(HttpError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_id",
                     "invalid resume id: Last-Event-ID is not ASCII",
-                )
-                .into_response();
+                ));
             }
         };
         let since = header_id
@@ -152,36 +160,66 @@ impl Realtime {
             None => None,
             Some(Ok(p)) => Some(p),
             Some(Err(e)) => {
-                return HttpError::new(
+                return Err(HttpError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_id",
                     format!("invalid resume id: {e}"),
-                )
-                .into_response();
+                ));
             }
         };
         if channels.is_empty() && transport != Transport::Websocket {
             // A WebSocket may subscribe later; a stream or poll needs a channel now.
-            return HttpError::new(
+            return Err(HttpError::new(
                 StatusCode::BAD_REQUEST,
                 "no_channel",
                 "name at least one channel with ?channel=",
-            )
-            .into_response();
+            ));
         }
-        match transport {
-            Transport::Sse => sse::respond(self, channels, since, settings, conn),
-            Transport::Longpoll => longpoll::respond(self, channels, since, settings).await,
-            Transport::Websocket => ws::respond(
-                self,
-                &mut request,
-                channels,
-                since,
-                grants,
-                settings,
-                conn,
-                route_name,
-            ),
+        Ok(Prepared::Session(Plan {
+            transport,
+            channels,
+            since,
+            grants,
+            settings: route.settings,
+        }))
+    }
+
+    /// Serves a realtime request through hyper.
+    pub async fn handle(
+        self: &Arc<Self>,
+        mut request: Request<Incoming>,
+        route: &RealtimeRoute,
+        captures: Captures,
+        conn: ConnInfo,
+    ) -> Response<Body> {
+        let plan = match self.prepare(request.headers(), request.uri(), route, &captures) {
+            Ok(Prepared::Info(response)) => return response,
+            Ok(Prepared::Session(plan)) => plan,
+            Err(e) => return e.into_response(),
+        };
+        match plan.transport {
+            Transport::Sse => sse::respond(self, plan, conn),
+            Transport::Longpoll => longpoll::respond(self, plan).await,
+            Transport::Websocket => ws::respond(self, &mut request, plan, conn),
+        }
+    }
+
+    /// Serves a claimed SSE or WebSocket request on the raw connection.
+    pub async fn serve_raw<IO: RawIo>(
+        self: &Arc<Self>,
+        plan: Plan,
+        ws_key: Option<http::HeaderValue>,
+        io: IO,
+        conn: ConnInfo,
+    ) {
+        match (plan.transport, ws_key) {
+            // Boxed so an SSE stream does not pay for the (larger)
+            // WebSocket state, and the reverse.
+            (Transport::Sse, _) => Box::pin(sse::serve_raw(self, plan, io, conn)).await,
+            (Transport::Websocket, Some(key)) => {
+                Box::pin(ws::serve_raw(self, plan, &key, io, conn)).await
+            }
+            _ => {}
         }
     }
 

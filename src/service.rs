@@ -6,13 +6,13 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::config::RouteAction;
+use crate::config::{RouteAction, Transport};
 use crate::error::{Body, HttpError};
 use crate::files;
-use crate::listener::{ConnInfo, Handler};
+use crate::listener::{ConnInfo, Handler, RawIo};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::proxy::Proxy;
-use crate::realtime::Realtime;
+use crate::realtime::{Plan, Prepared, Realtime};
 use crate::router::Router;
 
 /// The browser client, served by every public listener.
@@ -63,7 +63,67 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
 }
 
+/// A first request served on the raw connection: an SSE stream or a
+/// WebSocket session.
+pub struct Claimed {
+    route: String,
+    plan: Plan,
+    /// `Sec-WebSocket-Key` of a WebSocket handshake.
+    ws_key: Option<http::HeaderValue>,
+}
+
 impl Handler for Service {
+    type Claim = Claimed;
+
+    fn claim(&self, head: &Request<()>, _conn: &ConnInfo) -> Option<Claimed> {
+        if head.method() != http::Method::GET {
+            return None;
+        }
+        let host = head
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let matched = self.router.route(host, head.method(), head.uri().path())?;
+        let RouteAction::Realtime(rt) = &matched.route.action else {
+            return None;
+        };
+        // Anything else, including every error, is answered through hyper.
+        let Ok(Prepared::Session(plan)) =
+            self.realtime
+                .prepare(head.headers(), head.uri(), rt, &matched.captures)
+        else {
+            return None;
+        };
+        let claim = match plan.transport {
+            Transport::Sse => true,
+            Transport::Websocket => crate::realtime::ws::is_handshake(head),
+            Transport::Longpoll => false,
+        };
+        claim.then(|| Claimed {
+            route: matched.route.name.clone(),
+            plan,
+            ws_key: head.headers().get("sec-websocket-key").cloned(),
+        })
+    }
+
+    async fn serve_claimed<IO: RawIo>(self: Arc<Self>, claim: Claimed, io: IO, conn: ConnInfo) {
+        let status = if claim.plan.transport == Transport::Websocket {
+            101
+        } else {
+            200
+        };
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: claim.route,
+                status,
+            })
+            .inc();
+        self.realtime
+            .serve_raw(claim.plan, claim.ws_key, io, conn)
+            .await;
+    }
+
     async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let (route_name, response) = self.dispatch(request, conn).await;
         self.metrics
@@ -109,7 +169,7 @@ impl Service {
             }
             RouteAction::Realtime(rt) => {
                 self.realtime
-                    .handle(request, &route.name, rt, matched.captures, conn)
+                    .handle(request, rt, matched.captures, conn)
                     .await
             }
             RouteAction::Static(settings) => {

@@ -261,3 +261,58 @@ async fn negotiation_info_406_and_426() {
         .unwrap();
     assert_eq!(r.status(), 426);
 }
+
+#[tokio::test]
+async fn sse_on_a_reused_keep_alive_connection_and_over_h2c() {
+    // The first request of a connection is served on the raw socket; later
+    // ones, and HTTP/2, go through hyper. Both must behave the same.
+    let pg = Pushgate::start(CONFIG).await;
+    let h1 = pg.client().clone();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    for (name, client) in [("h1 keep-alive", h1), ("h2c", h2)] {
+        let info = client
+            .get(pg.url("/live/reuse?transport=info"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(info.status(), 200);
+        info.bytes().await.unwrap();
+        let response = client
+            .get(pg.url("/live/reuse"))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "{name}"
+        );
+        pg.wait_subscribers("reuse", 1).await;
+        let id = pg.publish("reuse", json!(name)).await;
+        let mut parser = support::SseParser::default();
+        let mut stream = futures_util::StreamExt::boxed(response.bytes_stream());
+        let event = support::within("the event", async {
+            loop {
+                let chunk = futures_util::StreamExt::next(&mut stream)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if let Some(e) = parser.feed(&chunk).into_iter().next() {
+                    return e;
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            (event.data.as_str(), event.id.as_str()),
+            (name, id.as_str())
+        );
+        drop(stream);
+        pg.wait_subscribers("reuse", 0).await;
+    }
+}

@@ -308,3 +308,33 @@ async fn a_peer_that_answers_pings_stays_connected() {
         "still connected after 3 pong timeouts"
     );
 }
+
+#[tokio::test]
+async fn websocket_upgrade_on_a_reused_keep_alive_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A second request on a connection is upgraded through hyper.
+    let pg = Pushgate::start(CONFIG).await;
+    let mut tcp = tokio::net::TcpStream::connect(pg.http).await.unwrap();
+    tcp.write_all(b"GET /live/k?transport=info HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tcp.write_all(
+        b"GET /live/k HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let n = tcp.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{answer}"
+    );
+    pg.wait_subscribers("k", 1).await;
+}

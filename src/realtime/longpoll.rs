@@ -7,18 +7,15 @@ use std::time::Instant;
 
 use http::{HeaderValue, Response, header};
 
-use super::{Realtime, Session};
-use crate::config::{LagPolicy, RealtimeSettings, Transport};
+use super::{Plan, Realtime, Session};
+use crate::config::{LagPolicy, Transport};
 use crate::error::Body;
-use crate::hub::message::{ChannelName, Message, Position};
+use crate::hub::message::{ChannelName, Message};
 use crate::hub::queue::Item;
 
-pub async fn respond(
-    realtime: &Arc<Realtime>,
-    channels: Vec<ChannelName>,
-    since: Option<Vec<Position>>,
-    settings: RealtimeSettings,
-) -> Response<Body> {
+pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
+    let settings = plan.settings;
+    let (channels, since) = (plan.channels, plan.since);
     // A poll answers as soon as anything is queued, so overflow only means
     // "answer now"; the rest is read from history by the next poll.
     let mut session = realtime.open(

@@ -11,35 +11,25 @@ use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
-use super::{Realtime, Session, cursor};
-use crate::config::{RealtimeSettings, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Plan, Realtime, Session, cursor};
+use crate::config::Transport;
 use crate::error::{Body, BoxError};
-use crate::hub::message::{ChannelName, Message, Position};
+use crate::hub::message::{ChannelName, Message};
 use crate::hub::queue::{Closed, Item};
-use crate::listener::{ConnInfo, ConnSlot};
+use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::metrics::Metrics;
 
 /// Cache slot of a message's single-channel SSE event in `Message`.
 pub const ENCODING_SLOT: usize = 0;
 
-pub fn respond(
-    realtime: &Arc<Realtime>,
-    channels: Vec<ChannelName>,
-    since: Option<Vec<Position>>,
-    settings: RealtimeSettings,
-    conn: ConnInfo,
-) -> Response<Body> {
-    let session = realtime.open(Transport::Sse, channels, since, &settings, settings.on_lag);
-    let stream = SseStream {
-        session,
-        heartbeat: settings.heartbeat,
-        retry: settings.sse_retry,
-        token: realtime.shutdown.token.clone(),
-        metrics: realtime.metrics.clone(),
-        items: Vec::new(),
-        phase: Phase::Opening,
-        _slot: conn.slot,
-    };
+/// The response head of a raw (hyper-less) SSE stream. The body is
+/// delimited by the connection's end: a stream has no length to announce.
+const RAW_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
+
+pub fn respond(realtime: &Arc<Realtime>, plan: Plan, conn: ConnInfo) -> Response<Body> {
+    let stream = SseStream::open(realtime, plan, conn.slot);
     let frames = futures_util::stream::unfold(stream, |mut s| async move {
         let chunk = s.next_chunk().await?;
         Some((Ok::<_, BoxError>(Frame::data(chunk)), s))
@@ -55,10 +45,63 @@ pub fn respond(
     response
 }
 
+/// Serves the stream on the raw connection: no HTTP buffers are kept while
+/// the subscriber is idle. Reads only to notice the client leaving.
+pub async fn serve_raw<IO: RawIo>(realtime: &Arc<Realtime>, plan: Plan, io: IO, conn: ConnInfo) {
+    let (mut reader, mut writer) = tokio::io::split(io);
+    if writer.write_all(RAW_HEAD).await.is_err() {
+        return;
+    }
+    let mut stream = SseStream::open(realtime, plan, conn.slot);
+    let mut probe = [0u8; 32];
+    loop {
+        let chunk = tokio::select! {
+            // `next_chunk` only awaits at cancel-safe points.
+            chunk = stream.next_chunk() => match chunk {
+                Some(chunk) => chunk,
+                None => break,
+            },
+            read = reader.read(&mut probe) => match read {
+                // A client sends nothing on an event stream; EOF or an
+                // error means it left.
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+        };
+        if writer.write_all(&chunk).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
 enum Phase {
     Opening,
     Streaming,
     Done,
+}
+
+impl SseStream {
+    fn open(realtime: &Arc<Realtime>, plan: Plan, slot: Arc<ConnSlot>) -> Self {
+        let settings = plan.settings;
+        let session = realtime.open(
+            Transport::Sse,
+            plan.channels,
+            plan.since,
+            &settings,
+            settings.on_lag,
+        );
+        Self {
+            session,
+            heartbeat: settings.heartbeat,
+            retry: settings.sse_retry,
+            token: realtime.shutdown.token.clone(),
+            metrics: realtime.metrics.clone(),
+            items: Vec::new(),
+            phase: Phase::Opening,
+            _slot: slot,
+        }
+    }
 }
 
 struct SseStream {

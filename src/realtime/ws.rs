@@ -10,25 +10,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{
+    Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
+};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{Grants, Realtime, Session, cursor};
+use super::{Grants, Plan, Realtime, Session, cursor};
 use crate::config::{RealtimeSettings, Transport};
 use crate::error::{Body, HttpError};
 use crate::hub::message::{
     ChannelName, EventName, Message, Payload as MessagePayload, Position, Publication,
 };
 use crate::hub::queue::{Closed, Item};
-use crate::listener::{ConnInfo, ConnSlot};
+use crate::listener::{ConnInfo, ConnSlot, RawIo};
 
 /// Cache slot of a message's WebSocket frame payload in `Message`.
 pub const ENCODING_SLOT: usize = 1;
@@ -42,18 +42,11 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_INTERNAL: u16 = 1011;
 pub const CLOSE_LAGGED: u16 = 1013;
 
-type Stream = TokioIo<Upgraded>;
-
-#[allow(clippy::too_many_arguments)]
 pub fn respond(
     realtime: &Arc<Realtime>,
     request: &mut Request<Incoming>,
-    channels: Vec<ChannelName>,
-    since: Option<Vec<Position>>,
-    grants: Grants,
-    settings: RealtimeSettings,
+    plan: Plan,
     conn: ConnInfo,
-    route: &str,
 ) -> Response<Body> {
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut *request) {
         Ok(pair) => pair,
@@ -67,37 +60,86 @@ pub fn respond(
         }
     };
     let realtime = realtime.clone();
-    let route = route.to_owned();
     let tracker = realtime.shutdown.tracker.clone();
     tracker.spawn(async move {
         let ws = match upgrade.await {
             Ok(ws) => ws,
             Err(error) => {
-                debug!(%error, %route, "WebSocket upgrade did not complete.");
+                debug!(%error, "WebSocket upgrade did not complete.");
                 return;
             }
         };
-        let (reader, writer) = ws.split(tokio::io::split);
-        let session = realtime.open(
-            Transport::Websocket,
-            channels,
-            since,
-            &settings,
-            settings.on_lag,
-        );
-        Connection {
-            realtime,
-            session: Arc::new(Mutex::new(session)),
-            grants,
-            settings,
-            last_seen: Arc::new(AtomicU64::new(0)),
-            started: Instant::now(),
-            _slot: conn.slot,
-        }
-        .run(reader, writer)
-        .await;
+        run(realtime, ws, plan, conn.slot).await;
     });
     response.map(|_| crate::error::empty())
+}
+
+/// Whether a request head is a WebSocket handshake we can answer.
+pub fn is_handshake(head: &Request<()>) -> bool {
+    let h = head.headers();
+    head.method() == http::Method::GET
+        && head.version() == http::Version::HTTP_11
+        && h.get("sec-websocket-key").is_some()
+        && h.get("sec-websocket-version").is_some_and(|v| v == "13")
+        && h.get(http::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// The `Sec-WebSocket-Accept` value for a key (RFC 6455 §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    use sha1::Digest;
+    let mut sha1 = sha1::Sha1::new();
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
+
+/// Answers the handshake on the raw connection and runs the session there,
+/// with no HTTP buffers left behind.
+pub async fn serve_raw<IO: RawIo>(
+    realtime: &Arc<Realtime>,
+    plan: Plan,
+    key: &http::HeaderValue,
+    mut io: IO,
+    conn: ConnInfo,
+) {
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+        accept_key(key.as_bytes())
+    );
+    if io.write_all(response.as_bytes()).await.is_err() || io.flush().await.is_err() {
+        return;
+    }
+    let ws = WebSocket::after_handshake(io, Role::Server);
+    run(realtime.clone(), ws, plan, conn.slot).await;
+}
+
+async fn run<S: RawIo>(realtime: Arc<Realtime>, ws: WebSocket<S>, plan: Plan, slot: Arc<ConnSlot>) {
+    let (reader, writer) = ws.split(tokio::io::split);
+    let settings = plan.settings;
+    let session = realtime.open(
+        Transport::Websocket,
+        plan.channels,
+        plan.since,
+        &settings,
+        settings.on_lag,
+    );
+    Connection {
+        realtime,
+        session: Arc::new(Mutex::new(session)),
+        grants: plan.grants,
+        settings,
+        last_seen: Arc::new(AtomicU64::new(0)),
+        started: Instant::now(),
+        _slot: slot,
+    }
+    .run(reader, writer)
+    .await;
 }
 
 /// Frames only the writer may send, asked for by the reader.
@@ -120,10 +162,10 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(
+    async fn run<S: RawIo>(
         self,
-        reader: WebSocketRead<ReadHalf<Stream>>,
-        mut writer: WebSocketWrite<WriteHalf<Stream>>,
+        reader: WebSocketRead<ReadHalf<S>>,
+        mut writer: WebSocketWrite<WriteHalf<S>>,
     ) {
         // Control frames from the reader; the reader waits when 16 are
         // pending (a peer cannot make us buffer pongs without bound).
@@ -246,7 +288,7 @@ struct Partial {
 }
 
 impl Reader {
-    async fn run(self, mut reader: WebSocketRead<ReadHalf<Stream>>, stop: CancellationToken) {
+    async fn run<S: RawIo>(self, mut reader: WebSocketRead<ReadHalf<S>>, stop: CancellationToken) {
         reader.set_auto_close(false);
         reader.set_auto_pong(false);
         reader.set_max_message_size(self.max_message.max(125));
@@ -549,6 +591,14 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"type":"message","channel":"news","id":"z-10","event":"update","data":{"a":1}})
+        );
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_6455() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
