@@ -115,15 +115,7 @@ async fn disconnect_policy_closes_the_slow_sse_stream_with_lagged() {
         next,
         n(events.iter().rev().find(|e| n(e).is_some()).unwrap()).unwrap() + 1
     );
-    let metrics = pg
-        .client()
-        .get(pg.internal_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = pg.metrics().await;
     assert!(
         metrics.contains("pushgate_lag_disconnects_total 1"),
         "{metrics}"

@@ -208,15 +208,7 @@ async fn targets_are_used_round_robin_and_failed_ones_are_skipped() {
         a >= 4 && b >= 4,
         "both healthy targets share the load: {a} / {b}"
     );
-    let metrics = pg
-        .client()
-        .get(pg.internal_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = pg.metrics().await;
     assert!(
         metrics.contains("pushgate_upstream_response_seconds_count{upstream=\"api\"} 10"),
         "{metrics}"

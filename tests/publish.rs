@@ -229,15 +229,7 @@ async fn health_readiness_and_metrics_on_the_internal_listener() {
     pg.wait_subscribers("m", 1).await;
     pg.publish_raw(Some("first-token"), &json!({"channel": "m", "data": 1}))
         .await;
-    let text = pg
-        .client()
-        .get(pg.internal_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = pg.metrics().await;
     for metric in [
         "pushgate_http_requests_total{route=\"live\",status=\"200\"}",
         "pushgate_open_connections{listener=\"http\"}",

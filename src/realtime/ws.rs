@@ -37,9 +37,7 @@ pub const ENCODING_SLOT: usize = 1;
 pub const CLOSE_SHUTDOWN: u16 = 1001;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_BAD_DATA: u16 = 1007;
-pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
-pub const CLOSE_INTERNAL: u16 = 1011;
 pub const CLOSE_LAGGED: u16 = 1013;
 
 pub fn respond(
@@ -607,12 +605,12 @@ mod tests {
         assert_eq!(
             [
                 CLOSE_SHUTDOWN,
-                CLOSE_POLICY,
+                CLOSE_PROTOCOL,
+                CLOSE_BAD_DATA,
                 CLOSE_TOO_BIG,
-                CLOSE_INTERNAL,
                 CLOSE_LAGGED
             ],
-            [1001, 1008, 1009, 1011, 1013]
+            [1001, 1002, 1007, 1009, 1013]
         );
     }
 }

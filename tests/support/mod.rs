@@ -126,6 +126,17 @@ impl Pushgate {
         body["results"][0]["id"].as_str().unwrap().to_owned()
     }
 
+    /// The Prometheus text from the internal listener.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(self.internal_url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    }
+
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
