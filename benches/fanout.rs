@@ -41,7 +41,7 @@ fn fanout(c: &mut Criterion) {
             hub.subscribe(q, &channel, None);
         }
         let p = [publication(&channel)];
-        let mut drained = Vec::new();
+        let mut drained = std::collections::VecDeque::new();
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_with_input(
             BenchmarkId::from_parameter(subscribers),

@@ -260,9 +260,9 @@ mod tests {
     }
 
     fn drain(queue: &Queue) -> Vec<Item> {
-        let mut out = Vec::new();
+        let mut out = std::collections::VecDeque::new();
         let _ = queue.drain(&mut out);
-        out
+        out.into()
     }
 
     fn data(items: &[Item]) -> Vec<String> {

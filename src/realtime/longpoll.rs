@@ -28,7 +28,7 @@ pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + settings.longpoll_timeout;
     let mut answer = Answer::default();
     loop {
-        let mut items = Vec::new();
+        let mut items = std::collections::VecDeque::new();
         let closed = session.queue.drain(&mut items).is_err();
         answer.take(&mut session, items, &realtime.metrics);
         if closed || !answer.is_empty() {
@@ -55,7 +55,12 @@ impl Answer {
         self.messages.is_empty() && self.gaps.is_empty()
     }
 
-    fn take(&mut self, session: &mut Session, items: Vec<Item>, metrics: &crate::metrics::Metrics) {
+    fn take(
+        &mut self,
+        session: &mut Session,
+        items: std::collections::VecDeque<Item>,
+        metrics: &crate::metrics::Metrics,
+    ) {
         let now = Instant::now();
         for item in items {
             match item {

@@ -3,6 +3,8 @@
 //! events. The response body reads the session queue directly: no task
 //! per connection.
 
+use std::collections::VecDeque;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{Plan, Realtime, Session, cursor};
 use crate::config::Transport;
@@ -45,34 +47,21 @@ pub fn respond(realtime: &Arc<Realtime>, plan: Plan, conn: ConnInfo) -> Response
     response
 }
 
-/// Serves the stream on the raw connection: no HTTP buffers are kept while
-/// the subscriber is idle. Reads only to notice the client leaving.
-pub async fn serve_raw<IO: RawIo>(realtime: &Arc<Realtime>, plan: Plan, io: IO, conn: ConnInfo) {
-    let (mut reader, mut writer) = tokio::io::split(io);
-    if writer.write_all(RAW_HEAD).await.is_err() {
+/// Serves the stream on the raw connection: writes the head, opens the
+/// session and hands the stream to a task of its own, so an idle
+/// subscriber keeps only [`SseStream`] and the socket (no HTTP buffers, no
+/// state of the request that opened it).
+pub async fn serve_raw<IO: RawIo>(
+    realtime: &Arc<Realtime>,
+    plan: Plan,
+    mut io: IO,
+    conn: ConnInfo,
+) {
+    if io.write_all(RAW_HEAD).await.is_err() {
         return;
     }
-    let mut stream = SseStream::open(realtime, plan, conn.slot);
-    let mut probe = [0u8; 32];
-    loop {
-        let chunk = tokio::select! {
-            // `next_chunk` only awaits at cancel-safe points.
-            chunk = stream.next_chunk() => match chunk {
-                Some(chunk) => chunk,
-                None => break,
-            },
-            read = reader.read(&mut probe) => match read {
-                // A client sends nothing on an event stream; EOF or an
-                // error means it left.
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            },
-        };
-        if writer.write_all(&chunk).await.is_err() || writer.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = writer.shutdown().await;
+    let stream = SseStream::open(realtime, plan, conn.slot);
+    realtime.shutdown.tracker.spawn(stream.run_raw(io));
 }
 
 enum Phase {
@@ -97,7 +86,6 @@ impl SseStream {
             retry: settings.sse_retry,
             token: realtime.shutdown.token.clone(),
             metrics: realtime.metrics.clone(),
-            items: Vec::new(),
             phase: Phase::Opening,
             _slot: slot,
         }
@@ -110,40 +98,117 @@ struct SseStream {
     retry: Duration,
     token: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
-    /// Reused drain buffer.
-    items: Vec<Item>,
     phase: Phase,
     _slot: Arc<ConnSlot>,
 }
 
+/// What one look at the queue found.
+enum Drained {
+    Nothing,
+    Chunk(Bytes),
+    /// The queue closed under `on_lag: disconnect`: the close event.
+    Lagged(Bytes),
+}
+
 impl SseStream {
+    fn opening(&self) -> Bytes {
+        // `id:` alone sets the client's last event id without dispatching
+        // an event, so even a client that sees no message before
+        // reconnecting resumes from here.
+        Bytes::from(format!(
+            "retry: {}\n: pushgate stream open\nid: {}\n\n",
+            self.retry.as_millis(),
+            self.session.cursor()
+        ))
+    }
+
+    /// Takes everything queued and encodes it as one chunk.
+    fn drain(&mut self) -> Drained {
+        let mut items = VecDeque::new();
+        if let Err(Closed::Lagged) = self.session.queue.drain(&mut items) {
+            return Drained::Lagged(close_event("lagged"));
+        }
+        if items.is_empty() {
+            return Drained::Nothing;
+        }
+        let chunk = self.encode_items(&items);
+        if chunk.is_empty() {
+            Drained::Nothing
+        } else {
+            Drained::Chunk(chunk)
+        }
+    }
+
+    /// The raw-socket loop. Reads only to notice the client leaving. The
+    /// shutdown and heartbeat futures live across iterations, so a
+    /// delivery does not touch the shared token's waiter list or the
+    /// timer wheel; the heartbeat timer is re-armed only when it fires.
+    async fn run_raw<IO: RawIo>(mut self, io: IO) {
+        let (mut reader, mut writer) = tokio::io::split(io);
+        let token = self.token.clone();
+        let queue = self.session.queue.clone();
+        let heartbeat = self.heartbeat;
+        let mut cancelled = pin!(token.cancelled());
+        let mut last_write = tokio::time::Instant::now();
+        let mut timer = pin!(tokio::time::sleep_until(last_write + heartbeat));
+        let mut probe = [0u8; 16];
+        let mut chunk = self.opening();
+        loop {
+            if !chunk.is_empty() {
+                if send(&mut writer, &chunk).await.is_err() {
+                    return;
+                }
+                last_write = tokio::time::Instant::now();
+            }
+            chunk = match self.drain() {
+                Drained::Chunk(chunk) => chunk,
+                Drained::Lagged(close) => {
+                    let _ = send(&mut writer, &close).await;
+                    break;
+                }
+                Drained::Nothing => {
+                    tokio::select! {
+                        biased;
+                        _ = &mut cancelled => {
+                            let _ = send(&mut writer, &close_event("shutdown")).await;
+                            break;
+                        }
+                        _ = queue.ready() => Bytes::new(),
+                        read = reader.read(&mut probe) => match read {
+                            // A client sends nothing on an event stream; EOF
+                            // or an error means it left.
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => Bytes::new(),
+                        },
+                        _ = &mut timer => {
+                            let now = tokio::time::Instant::now();
+                            let due = now >= last_write + heartbeat;
+                            timer.as_mut().reset(if due { now } else { last_write } + heartbeat);
+                            if due { Bytes::from_static(b":\n") } else { Bytes::new() }
+                        }
+                    }
+                }
+            };
+        }
+        let _ = writer.shutdown().await;
+    }
+
+    /// The hyper-served stream's next body chunk.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         match self.phase {
             Phase::Opening => {
                 self.phase = Phase::Streaming;
-                // `id:` alone sets the client's last event id without
-                // dispatching an event, so even a client that sees no
-                // message before reconnecting resumes from here.
-                let opening = format!(
-                    "retry: {}\n: pushgate stream open\nid: {}\n\n",
-                    self.retry.as_millis(),
-                    self.session.cursor()
-                );
-                Some(Bytes::from(opening))
+                Some(self.opening())
             }
             Phase::Done => None,
             Phase::Streaming => loop {
-                self.items.clear();
-                if let Err(Closed::Lagged) = self.session.queue.drain(&mut self.items) {
-                    self.phase = Phase::Done;
-                    return Some(close_event("lagged"));
-                }
-                if !self.items.is_empty() {
-                    let chunk = self.encode_items();
-                    if !chunk.is_empty() {
-                        return Some(chunk);
+                match self.drain() {
+                    Drained::Chunk(chunk) => return Some(chunk),
+                    Drained::Lagged(close) => {
+                        self.phase = Phase::Done;
+                        return Some(close);
                     }
-                    continue;
+                    Drained::Nothing => {}
                 }
                 tokio::select! {
                     biased;
@@ -159,13 +224,12 @@ impl SseStream {
     }
 
     /// Encodes the drained items into one chunk (one write for a burst).
-    fn encode_items(&mut self) -> Bytes {
-        let items = std::mem::take(&mut self.items);
+    fn encode_items(&mut self, items: &VecDeque<Item>) -> Bytes {
         let single = self.session.channels.len() == 1;
         let now = Instant::now();
-        let mut chunks: Vec<Bytes> = Vec::with_capacity(items.len());
+        let mut chunks = Coalesce::default();
         let mut delivered = 0;
-        for item in &items {
+        for item in items {
             match item {
                 Item::Message(m) => {
                     self.session.advance(&m.channel, m.position);
@@ -187,23 +251,46 @@ impl SseStream {
                 Item::Reply(_) => {}
             }
         }
-        self.items = items;
         self.metrics.delivered.inc_by(delivered);
-        concat(chunks)
+        chunks.finish()
     }
 }
 
-/// One buffer from several, without copying when there is one.
-pub fn concat(mut chunks: Vec<Bytes>) -> Bytes {
-    match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut out = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-            for c in chunks {
-                out.put(c);
+/// Writes and flushes (a TLS stream holds bytes until flushed).
+pub async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
+/// Joins encoded items into one buffer for one write, without copying
+/// (or allocating) when there is a single item, the common case.
+#[derive(Default)]
+pub struct Coalesce {
+    first: Option<Bytes>,
+    joined: Option<BytesMut>,
+}
+
+impl Coalesce {
+    pub fn push(&mut self, bytes: Bytes) {
+        if let Some(joined) = &mut self.joined {
+            joined.extend_from_slice(&bytes);
+            return;
+        }
+        match self.first.take() {
+            None => self.first = Some(bytes),
+            Some(first) => {
+                let mut joined = BytesMut::with_capacity(2 * (first.len() + bytes.len()));
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&bytes);
+                self.joined = Some(joined);
             }
-            out.freeze()
+        }
+    }
+
+    pub fn finish(self) -> Bytes {
+        match self.joined {
+            Some(joined) => joined.freeze(),
+            None => self.first.unwrap_or_default(),
         }
     }
 }
@@ -291,6 +378,21 @@ mod tests {
         );
         assert_eq!(encoded(None, None, ""), "data: \n\n");
         assert_eq!(encoded(None, None, "x\n"), "data: x\ndata: \n\n");
+    }
+
+    #[test]
+    fn coalesce_joins_in_order_and_keeps_a_lone_chunk() {
+        let lone = Bytes::from_static(b"abc");
+        let mut c = Coalesce::default();
+        c.push(lone.clone());
+        let out = c.finish();
+        assert_eq!(out.as_ptr(), lone.as_ptr(), "a lone chunk is not copied");
+        let mut c = Coalesce::default();
+        for part in ["a", "bc", "", "def"] {
+            c.push(Bytes::from(part));
+        }
+        assert_eq!(&c.finish()[..], b"abcdef");
+        assert!(Coalesce::default().finish().is_empty());
     }
 
     #[test]

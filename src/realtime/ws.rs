@@ -1,28 +1,32 @@
-//! WebSocket (SPEC §3.4) with fastwebsockets: a reader task and a writer
-//! loop over split halves (`read_frame` is not cancel-safe, so only the
-//! reader calls it and it is only cancelled when the socket is abandoned),
+//! WebSocket (SPEC §3.4) with fastwebsockets: one task per connection,
 //! the JSON frame protocol, client publish, pings and close codes.
+//!
+//! The socket is split: fastwebsockets' `WebSocketRead` owns the read half
+//! and its `read_frame` future lives across loop iterations (it is not
+//! cancel-safe, so it is only dropped when the connection ends); the task
+//! writes frames encoded by fastwebsockets (`Frame::write`) to the write
+//! half itself. Server frames are unmasked, so a message's frame is the
+//! same bytes for every subscriber: it is encoded once (`Message::encoded`)
+//! and a burst goes out in one write.
 //!
 //! Fragmented messages are reassembled here with our own size cap.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use fastwebsockets::{
-    Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tracing::debug;
 
+use super::sse::{Coalesce, send};
 use super::{Grants, Plan, Realtime, Session, cursor};
-use crate::config::{RealtimeSettings, Transport};
+use crate::config::Transport;
 use crate::error::{Body, HttpError};
 use crate::hub::message::{
     ChannelName, EventName, Message, Payload as MessagePayload, Position, Publication,
@@ -30,7 +34,7 @@ use crate::hub::message::{
 use crate::hub::queue::{Closed, Item};
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 
-/// Cache slot of a message's WebSocket frame payload in `Message`.
+/// Cache slot of a message's encoded WebSocket frame in `Message`.
 pub const ENCODING_SLOT: usize = 1;
 
 /// Close codes (SPEC §3.4).
@@ -67,7 +71,8 @@ pub fn respond(
                 return;
             }
         };
-        run(realtime, ws, plan, conn.slot).await;
+        // Nothing has been read past the handshake: the stream is clean.
+        run(realtime, ws.into_inner(), plan, conn.slot);
     });
     response.map(|_| crate::error::empty())
 }
@@ -113,12 +118,13 @@ pub async fn serve_raw<IO: RawIo>(
     if io.write_all(response.as_bytes()).await.is_err() || io.flush().await.is_err() {
         return;
     }
-    let ws = WebSocket::after_handshake(io, Role::Server);
-    run(realtime.clone(), ws, plan, conn.slot).await;
+    run(realtime.clone(), io, plan, conn.slot);
 }
 
-async fn run<S: RawIo>(realtime: Arc<Realtime>, ws: WebSocket<S>, plan: Plan, slot: Arc<ConnSlot>) {
-    let (reader, writer) = ws.split(tokio::io::split);
+/// Opens the session and runs the connection in a task of its own, so an
+/// idle connection keeps only [`Connection`]'s loop state and the socket,
+/// nothing of the request that opened it.
+fn run<S: RawIo>(realtime: Arc<Realtime>, io: S, plan: Plan, slot: Arc<ConnSlot>) {
     let settings = plan.settings;
     let session = realtime.open(
         Transport::Websocket,
@@ -127,271 +133,258 @@ async fn run<S: RawIo>(realtime: Arc<Realtime>, ws: WebSocket<S>, plan: Plan, sl
         &settings,
         settings.on_lag,
     );
-    Connection {
+    let tracker = realtime.shutdown.tracker.clone();
+    let connection = Connection {
         realtime,
-        session: Arc::new(Mutex::new(session)),
+        session,
         grants: plan.grants,
-        settings,
-        last_seen: Arc::new(AtomicU64::new(0)),
-        started: Instant::now(),
+        max_message: settings.max_message,
+        heartbeat: settings.heartbeat,
+        pong_timeout: settings.pong_timeout,
+        partial: None,
         _slot: slot,
-    }
-    .run(reader, writer)
-    .await;
+    };
+    tracker.spawn(connection.run(io));
 }
 
-/// Frames only the writer may send, asked for by the reader.
-#[derive(Debug)]
-enum Control {
-    Pong(Vec<u8>),
-    Close(u16, &'static str),
+type Reader<S> = WebSocketRead<ReadHalf<S>>;
+
+/// A frame read from the peer, owning its payload.
+struct Received {
+    fin: bool,
+    opcode: OpCode,
+    payload: BytesMut,
+}
+
+/// Reads one frame, taking the reader along so the future can be kept
+/// (not cancelled) across loop iterations and handed back when done.
+async fn next_frame<S: RawIo>(
+    mut reader: Reader<S>,
+) -> (Reader<S>, Result<Received, WebSocketError>) {
+    // Pongs and closes are written by the connection; nothing is obligated.
+    let mut no_obligated_send = |_| async { Ok::<(), WebSocketError>(()) };
+    let result = reader
+        .read_frame(&mut no_obligated_send)
+        .await
+        .map(|frame| Received {
+            fin: frame.fin,
+            opcode: frame.opcode,
+            payload: match frame.payload {
+                Payload::Bytes(bytes) => bytes,
+                other => BytesMut::from(&other[..]),
+            },
+        });
+    (reader, result)
+}
+
+/// What the connection does after a frame from the peer.
+enum Next {
+    Continue,
+    Pong(BytesMut),
+    Close(Option<(u16, &'static str)>),
 }
 
 struct Connection {
     realtime: Arc<Realtime>,
-    /// Locked briefly by the reader to (un)subscribe; never across `.await`.
-    session: Arc<Mutex<Session>>,
+    session: Session,
     grants: Grants,
-    settings: RealtimeSettings,
-    /// Milliseconds since `started` when the peer last sent a frame.
-    last_seen: Arc<AtomicU64>,
-    started: Instant,
+    max_message: usize,
+    heartbeat: Duration,
+    pong_timeout: Duration,
+    /// A fragmented message being reassembled.
+    partial: Option<Partial>,
     _slot: Arc<ConnSlot>,
 }
 
 impl Connection {
-    async fn run<S: RawIo>(
-        self,
-        reader: WebSocketRead<ReadHalf<S>>,
-        mut writer: WebSocketWrite<WriteHalf<S>>,
-    ) {
-        // Control frames from the reader; the reader waits when 16 are
-        // pending (a peer cannot make us buffer pongs without bound).
-        let (control_tx, mut control_rx) = mpsc::channel(16);
-        let stop = CancellationToken::new();
-        let reader_task = Reader {
-            realtime: self.realtime.clone(),
-            session: self.session.clone(),
-            grants: self.grants.clone(),
-            max_message: self.settings.max_message,
-            last_seen: self.last_seen.clone(),
-            started: self.started,
-            control: control_tx,
-        };
-        self.realtime
-            .shutdown
-            .tracker
-            .spawn(reader_task.run(reader, stop.clone()));
+    async fn run<S: RawIo>(mut self, io: S) {
+        let (read, mut write) = tokio::io::split(io);
+        let (mut reader, _) =
+            fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+        reader.set_auto_close(false);
+        reader.set_auto_pong(false);
+        reader.set_max_message_size(self.max_message.max(125));
 
-        let queue = lock(&self.session).queue.clone();
+        let queue = self.session.queue.clone();
         let token = self.realtime.shutdown.token.clone();
         let metrics = self.realtime.metrics.clone();
-        let mut items = Vec::new();
-        let mut next_ping = tokio::time::Instant::now() + self.settings.heartbeat;
+        let (heartbeat, pong_timeout) = (self.heartbeat, self.pong_timeout);
+
+        // Futures kept across iterations: registering with the shutdown
+        // token and the timer wheel once, not once per delivery.
+        let mut read = pin!(next_frame(reader));
+        let mut cancelled = pin!(token.cancelled());
+        let mut next_ping = tokio::time::Instant::now() + heartbeat;
+        let mut last_seen = tokio::time::Instant::now();
+        let mut timer = pin!(tokio::time::sleep_until(next_ping));
+
         let close = loop {
-            items.clear();
+            let mut items = VecDeque::new();
             let drained = queue.drain(&mut items);
             if !items.is_empty() {
                 let now = Instant::now();
-                let mut failed = false;
+                let mut delivered = 0;
+                let mut frames = Coalesce::default();
                 for item in &items {
-                    let bytes = match item {
+                    frames.push(match item {
                         Item::Message(m) => {
                             metrics.delivery_latency.observe(
                                 now.saturating_duration_since(m.published_at).as_secs_f64(),
                             );
-                            metrics.delivered.inc();
+                            delivered += 1;
                             m.encoded(ENCODING_SLOT, message_frame)
                         }
                         Item::Subscribed { channel, position } => {
-                            subscribed_frame(channel, *position)
+                            text_frame(&subscribed_json(channel, *position))
                         }
-                        Item::Gap(channel) => gap_frame(channel),
-                        Item::Reply(bytes) => bytes.clone(),
-                    };
-                    if writer
-                        .write_frame(Frame::text(Payload::Borrowed(&bytes)))
-                        .await
-                        .is_err()
-                    {
-                        failed = true;
-                        break;
-                    }
+                        Item::Gap(channel) => text_frame(&gap_json(channel)),
+                        Item::Reply(json) => text_frame(json),
+                    });
                 }
-                if failed || writer.flush().await.is_err() {
+                metrics.delivered.inc_by(delivered);
+                drop(items);
+                if send(&mut write, &frames.finish()).await.is_err() {
                     break None;
                 }
             }
             if let Err(Closed::Lagged) = drained {
                 break Some((CLOSE_LAGGED, "lagged"));
             }
-            let silent_until = self.started
-                + Duration::from_millis(self.last_seen.load(Ordering::Relaxed))
-                + self.settings.pong_timeout;
             tokio::select! {
                 biased;
-                _ = token.cancelled() => break Some((CLOSE_SHUTDOWN, "shutdown")),
-                control = control_rx.recv() => match control {
-                    Some(Control::Pong(payload)) => {
-                        let frame = Frame::pong(Payload::Owned(payload));
-                        if writer.write_frame(frame).await.is_err() || writer.flush().await.is_err() {
-                            break None;
+                _ = &mut cancelled => break Some((CLOSE_SHUTDOWN, "shutdown")),
+                (reader, frame) = &mut read => {
+                    last_seen = tokio::time::Instant::now();
+                    // Boxed: a frame from the peer is rare next to deliveries,
+                    // and its handling (client publish) would otherwise
+                    // widen every idle connection's state.
+                    let next = Box::pin(self.received(frame)).await;
+                    read.set(next_frame(reader));
+                    match next {
+                        Next::Continue => {}
+                        Next::Pong(payload) => {
+                            let frame = Frame::pong(Payload::Bytes(payload));
+                            if send_frame(&mut write, frame).await.is_err() {
+                                break None;
+                            }
                         }
+                        Next::Close(close) => break close,
                     }
-                    Some(Control::Close(code, reason)) => break Some((code, reason)),
-                    // The reader ended: the peer is gone.
-                    None => break None,
-                },
+                }
                 _ = queue.ready() => {}
-                _ = tokio::time::sleep_until(silent_until.into()) => {
-                    let seen = self.started + Duration::from_millis(self.last_seen.load(Ordering::Relaxed));
-                    if seen.elapsed() >= self.settings.pong_timeout {
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= last_seen + pong_timeout {
                         debug!("WebSocket peer silent past pong_timeout; closing.");
                         break Some((CLOSE_SHUTDOWN, "pong timeout"));
                     }
-                }
-                _ = tokio::time::sleep_until(next_ping) => {
-                    next_ping = tokio::time::Instant::now() + self.settings.heartbeat;
-                    let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
-                    if writer.write_frame(ping).await.is_err() || writer.flush().await.is_err() {
-                        break None;
+                    if now >= next_ping {
+                        next_ping = now + heartbeat;
+                        let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
+                        if send_frame(&mut write, ping).await.is_err() {
+                            break None;
+                        }
                     }
+                    // Re-armed here only: the peer's frames move `last_seen`
+                    // later, which this check sees when the timer fires.
+                    timer.as_mut().reset(next_ping.min(last_seen + pong_timeout));
                 }
             }
         };
         if let Some((code, reason)) = close {
-            let _ = writer
-                .write_frame(Frame::close(code, reason.as_bytes()))
-                .await;
-            let _ = writer.flush().await;
+            let _ = send_frame(&mut write, Frame::close(code, reason.as_bytes())).await;
         }
-        stop.cancel();
     }
-}
 
-struct Reader {
-    realtime: Arc<Realtime>,
-    session: Arc<Mutex<Session>>,
-    grants: Grants,
-    max_message: usize,
-    last_seen: Arc<AtomicU64>,
-    started: Instant,
-    control: mpsc::Sender<Control>,
+    /// Handles one frame (or read error) from the peer.
+    async fn received(&mut self, frame: Result<Received, WebSocketError>) -> Next {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(WebSocketError::FrameTooLarge) => {
+                return Next::Close(Some((CLOSE_TOO_BIG, "message too big")));
+            }
+            Err(
+                WebSocketError::ConnectionClosed
+                | WebSocketError::UnexpectedEOF
+                | WebSocketError::IoError(_),
+            ) => return Next::Close(None),
+            Err(error) => {
+                debug!(%error, "WebSocket protocol error.");
+                return Next::Close(Some((CLOSE_PROTOCOL, "protocol error")));
+            }
+        };
+        let complete = match frame.opcode {
+            OpCode::Close => return Next::Close(Some((1000, ""))),
+            OpCode::Ping => return Next::Pong(frame.payload),
+            OpCode::Pong => return Next::Continue,
+            OpCode::Text | OpCode::Binary => {
+                if self.partial.is_some() {
+                    return Next::Close(Some((
+                        CLOSE_PROTOCOL,
+                        "new message inside a fragmented one",
+                    )));
+                }
+                let partial = Partial {
+                    opcode: frame.opcode,
+                    data: frame.payload,
+                };
+                if !frame.fin {
+                    self.partial = Some(partial);
+                    return Next::Continue;
+                }
+                partial
+            }
+            OpCode::Continuation => {
+                let Some(p) = self.partial.as_mut() else {
+                    return Next::Close(Some((CLOSE_PROTOCOL, "continuation without a message")));
+                };
+                if p.data.len() + frame.payload.len() > self.max_message {
+                    return Next::Close(Some((CLOSE_TOO_BIG, "message too big")));
+                }
+                p.data.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    return Next::Continue;
+                }
+                match self.partial.take() {
+                    Some(p) => p,
+                    None => return Next::Continue,
+                }
+            }
+        };
+        if complete.data.len() > self.max_message {
+            return Next::Close(Some((CLOSE_TOO_BIG, "message too big")));
+        }
+        if complete.opcode == OpCode::Binary {
+            self.reply(error_json("binary_not_supported", "send JSON text frames"));
+            return Next::Continue;
+        }
+        match std::str::from_utf8(&complete.data) {
+            Ok(text) => {
+                self.handle_text(text).await;
+                Next::Continue
+            }
+            Err(_) => Next::Close(Some((CLOSE_BAD_DATA, "invalid UTF-8"))),
+        }
+    }
 }
 
 /// A message being reassembled from fragments.
 struct Partial {
     opcode: OpCode,
-    data: Vec<u8>,
+    data: BytesMut,
 }
 
-impl Reader {
-    async fn run<S: RawIo>(self, mut reader: WebSocketRead<ReadHalf<S>>, stop: CancellationToken) {
-        reader.set_auto_close(false);
-        reader.set_auto_pong(false);
-        reader.set_max_message_size(self.max_message.max(125));
-        let mut partial: Option<Partial> = None;
-        // Pongs and closes are sent by the writer; nothing is obligated here.
-        let mut no_obligated_send = |_| async { Ok::<(), WebSocketError>(()) };
-        let close = loop {
-            let frame = tokio::select! {
-                // Abandoning the socket: a half-read frame does not matter.
-                _ = stop.cancelled() => return,
-                frame = reader.read_frame(&mut no_obligated_send) => frame,
-            };
-            self.last_seen
-                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(WebSocketError::FrameTooLarge) => {
-                    break Some((CLOSE_TOO_BIG, "message too big"));
-                }
-                Err(
-                    WebSocketError::ConnectionClosed
-                    | WebSocketError::UnexpectedEOF
-                    | WebSocketError::IoError(_),
-                ) => {
-                    break None;
-                }
-                Err(error) => {
-                    debug!(%error, "WebSocket protocol error.");
-                    break Some((CLOSE_PROTOCOL, "protocol error"));
-                }
-            };
-            let complete = match frame.opcode {
-                OpCode::Close => break Some((1000, "")),
-                OpCode::Ping => {
-                    if self
-                        .control
-                        .send(Control::Pong(frame.payload.to_vec()))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    continue;
-                }
-                OpCode::Pong => continue,
-                OpCode::Text | OpCode::Binary => {
-                    if partial.is_some() {
-                        break Some((CLOSE_PROTOCOL, "new message inside a fragmented one"));
-                    }
-                    if frame.fin {
-                        Partial {
-                            opcode: frame.opcode,
-                            data: frame.payload.to_vec(),
-                        }
-                    } else {
-                        partial = Some(Partial {
-                            opcode: frame.opcode,
-                            data: frame.payload.to_vec(),
-                        });
-                        continue;
-                    }
-                }
-                OpCode::Continuation => {
-                    let Some(p) = partial.as_mut() else {
-                        break Some((CLOSE_PROTOCOL, "continuation without a message"));
-                    };
-                    if p.data.len() + frame.payload.len() > self.max_message {
-                        break Some((CLOSE_TOO_BIG, "message too big"));
-                    }
-                    p.data.extend_from_slice(&frame.payload);
-                    if !frame.fin {
-                        continue;
-                    }
-                    match partial.take() {
-                        Some(p) => p,
-                        None => continue,
-                    }
-                }
-            };
-            if complete.data.len() > self.max_message {
-                break Some((CLOSE_TOO_BIG, "message too big"));
-            }
-            if complete.opcode == OpCode::Binary {
-                self.reply(error_frame("binary_not_supported", "send JSON text frames"));
-                continue;
-            }
-            match String::from_utf8(complete.data) {
-                Ok(text) => self.handle_text(&text).await,
-                Err(_) => break Some((CLOSE_BAD_DATA, "invalid UTF-8")),
-            }
-        };
-        if let Some((code, reason)) = close {
-            let _ = self.control.send(Control::Close(code, reason)).await;
-        }
+impl Connection {
+    /// Queues a reply (JSON), in order with messages.
+    fn reply(&self, json: Bytes) {
+        self.session.queue.push(Item::Reply(json));
     }
 
-    fn reply(&self, frame: Bytes) {
-        lock(&self.session).queue.push(Item::Reply(frame));
-    }
-
-    async fn handle_text(&self, text: &str) {
+    async fn handle_text(&mut self, text: &str) {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => {
-                return self.reply(error_frame("bad_json", &format!("invalid JSON frame: {e}")));
+                return self.reply(error_json("bad_json", &format!("invalid JSON frame: {e}")));
             }
         };
         let channel = match frame.kind.as_str() {
@@ -401,13 +394,13 @@ impl Reader {
                     Some(Ok(c)) => c,
                     Some(Err(e)) => {
                         return self
-                            .reply(error_frame("bad_channel", &format!("invalid channel: {e}")));
+                            .reply(error_json("bad_channel", &format!("invalid channel: {e}")));
                     }
-                    None => return self.reply(error_frame("bad_request", "missing \"channel\"")),
+                    None => return self.reply(error_json("bad_request", "missing \"channel\"")),
                 }
             }
             other => {
-                return self.reply(error_frame(
+                return self.reply(error_json(
                     "unknown_type",
                     &format!("unknown frame type {other:?}: expected subscribe, unsubscribe, publish or ping"),
                 ));
@@ -416,7 +409,7 @@ impl Reader {
         match frame.kind.as_str() {
             "subscribe" => {
                 if !self.grants.may_subscribe(&channel) {
-                    return self.reply(error_frame(
+                    return self.reply(error_json(
                         "forbidden",
                         &format!("channel {channel} is not granted on this route"),
                     ));
@@ -430,15 +423,14 @@ impl Reader {
                     None => None,
                     Some(Ok(p)) => Some(p),
                     Some(Err(e)) => {
-                        return self.reply(error_frame("bad_id", &format!("invalid since: {e}")));
+                        return self.reply(error_json("bad_id", &format!("invalid since: {e}")));
                     }
                 };
-                let mut session = lock(&self.session);
+                let session = &mut self.session;
                 if session.channels.len() >= super::MAX_CHANNELS_PER_CONNECTION
                     && !session.channels.contains(&channel)
                 {
-                    drop(session);
-                    return self.reply(error_frame(
+                    return self.reply(error_json(
                         "too_many_channels",
                         "channel limit per connection reached",
                     ));
@@ -446,14 +438,10 @@ impl Reader {
                 session.subscribe(channel, since);
             }
             "unsubscribe" => {
-                let mut session = lock(&self.session);
-                if session.unsubscribe(&channel) {
-                    session
-                        .queue
-                        .push(Item::Reply(unsubscribed_frame(&channel)));
+                if self.session.unsubscribe(&channel) {
+                    self.reply(unsubscribed_json(&channel));
                 } else {
-                    drop(session);
-                    self.reply(error_frame(
+                    self.reply(error_json(
                         "not_subscribed",
                         &format!("not subscribed to {channel}"),
                     ));
@@ -470,16 +458,16 @@ impl Reader {
             } else {
                 "client publish is disabled on this route".to_owned()
             };
-            return self.reply(error_frame("forbidden", &why));
+            return self.reply(error_json("forbidden", &why));
         }
         let Some(data) = frame.data else {
-            return self.reply(error_frame("bad_request", "missing \"data\""));
+            return self.reply(error_json("bad_request", "missing \"data\""));
         };
         let event = match frame.event.as_deref().map(EventName::parse) {
             None => None,
             Some(Ok(e)) => Some(e),
             Some(Err(e)) => {
-                return self.reply(error_frame("bad_event", &format!("invalid event: {e}")));
+                return self.reply(error_json("bad_event", &format!("invalid event: {e}")));
             }
         };
         let publication = Publication {
@@ -500,7 +488,7 @@ impl Reader {
                     self.reply(Bytes::from(reply.to_string()));
                 }
             }
-            Err(e) => self.reply(error_frame("unavailable", &e.to_string())),
+            Err(e) => self.reply(error_json("unavailable", &e.to_string())),
         }
     }
 }
@@ -519,18 +507,19 @@ struct ClientFrame {
     event: Option<String>,
 }
 
-fn lock(session: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
-    session.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn quoted(out: &mut BytesMut, s: &str) {
     // Channel and event names and ids are ASCII without quotes or
     // backslashes (validated), but quote properly anyway.
     out.put_slice(serde_json::to_string(s).unwrap_or_default().as_bytes());
 }
 
-/// `{"type":"message","channel":C,"id":ID,"event":E,"data":D}`
+/// A message's whole text frame, shared by every subscriber.
 pub fn message_frame(m: &Message) -> Bytes {
+    text_frame(&message_json(m))
+}
+
+/// `{"type":"message","channel":C,"id":ID,"event":E,"data":D}`
+pub fn message_json(m: &Message) -> Bytes {
     let mut out = BytesMut::with_capacity(m.payload.json().len() + 96);
     out.put_slice(br#"{"type":"message","channel":"#);
     quoted(&mut out, m.channel.as_str());
@@ -547,28 +536,45 @@ pub fn message_frame(m: &Message) -> Bytes {
     out.freeze()
 }
 
+/// A server (unmasked) text frame carrying `json`.
+fn text_frame(json: &[u8]) -> Bytes {
+    frame_bytes(Frame::text(Payload::Borrowed(json)))
+}
+
+/// A frame's wire bytes, encoded by fastwebsockets.
+fn frame_bytes(mut frame: Frame<'_>) -> Bytes {
+    let mut out = Vec::new();
+    let len = frame.write(&mut out).len();
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+async fn send_frame<W: AsyncWrite + Unpin>(write: &mut W, frame: Frame<'_>) -> std::io::Result<()> {
+    send(write, &frame_bytes(frame)).await
+}
+
 fn cursor_into(out: &mut BytesMut, position: Position) {
     let mut s = String::with_capacity(16);
     cursor::push_one(&mut s, position);
     out.put_slice(s.as_bytes());
 }
 
-fn subscribed_frame(channel: &ChannelName, position: Position) -> Bytes {
+fn subscribed_json(channel: &ChannelName, position: Position) -> Bytes {
     let v = serde_json::json!({"type": "subscribed", "channel": channel.as_str(), "id": cursor::encode_one(position)});
     Bytes::from(v.to_string())
 }
 
-fn unsubscribed_frame(channel: &ChannelName) -> Bytes {
+fn unsubscribed_json(channel: &ChannelName) -> Bytes {
     Bytes::from(
         serde_json::json!({"type": "unsubscribed", "channel": channel.as_str()}).to_string(),
     )
 }
 
-fn gap_frame(channel: &ChannelName) -> Bytes {
+fn gap_json(channel: &ChannelName) -> Bytes {
     Bytes::from(serde_json::json!({"type": "gap", "channel": channel.as_str()}).to_string())
 }
 
-fn error_frame(code: &str, message: &str) -> Bytes {
+fn error_json(code: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::json!({"type": "error", "code": code, "message": message}).to_string())
 }
 
@@ -585,11 +591,24 @@ mod tests {
             MessagePayload::from_json(&serde_json::json!({"a": 1})),
             Instant::now(),
         );
-        let v: serde_json::Value = serde_json::from_slice(&message_frame(&m)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&message_json(&m)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type":"message","channel":"news","id":"z-10","event":"update","data":{"a":1}})
         );
+        let frame = message_frame(&m);
+        let json = message_json(&m);
+        assert_eq!(frame[0], 0x81, "FIN + text, one frame");
+        assert_eq!(usize::from(frame[1]), json.len(), "unmasked, short length");
+        assert_eq!(&frame[2..], &json[..]);
+    }
+
+    #[test]
+    fn long_frames_use_the_extended_length() {
+        let json = vec![b'x'; 300];
+        let frame = text_frame(&json);
+        assert_eq!(&frame[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(frame.len(), 304);
     }
 
     #[test]
