@@ -150,7 +150,7 @@ impl Hub {
         if let Some(entry) = self.channels.get(channel) {
             let channel = entry.value().clone();
             drop(entry);
-            lock(&channel).unsubscribe(queue.id(), Instant::now());
+            lock(&channel).unsubscribe(queue, Instant::now());
         }
     }
 

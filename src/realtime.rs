@@ -204,8 +204,9 @@ impl Realtime {
         }
     }
 
-    /// Serves a claimed SSE or WebSocket request on the raw connection.
-    pub async fn serve_raw<IO: RawIo>(
+    /// Starts a claimed SSE or WebSocket request on the raw connection, in
+    /// a task of its own that holds only the stream's state.
+    pub fn serve_raw<IO: RawIo>(
         self: &Arc<Self>,
         plan: Plan,
         ws_key: Option<http::HeaderValue>,
@@ -213,12 +214,8 @@ impl Realtime {
         conn: ConnInfo,
     ) {
         match (plan.transport, ws_key) {
-            // Boxed so an SSE stream does not pay for the (larger)
-            // WebSocket state, and the reverse.
-            (Transport::Sse, _) => Box::pin(sse::serve_raw(self, plan, io, conn)).await,
-            (Transport::Websocket, Some(key)) => {
-                Box::pin(ws::serve_raw(self, plan, &key, io, conn)).await
-            }
+            (Transport::Sse, _) => sse::serve_raw(self, plan, io, conn),
+            (Transport::Websocket, Some(key)) => ws::serve_raw(self, plan, &key, io, conn),
             _ => {}
         }
     }

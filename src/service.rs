@@ -119,9 +119,7 @@ impl Handler for Service {
                 status,
             })
             .inc();
-        self.realtime
-            .serve_raw(claim.plan, claim.ws_key, io, conn)
-            .await;
+        self.realtime.serve_raw(claim.plan, claim.ws_key, io, conn);
     }
 
     async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {

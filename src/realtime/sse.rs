@@ -47,19 +47,11 @@ pub fn respond(realtime: &Arc<Realtime>, plan: Plan, conn: ConnInfo) -> Response
     response
 }
 
-/// Serves the stream on the raw connection: writes the head, opens the
-/// session and hands the stream to a task of its own, so an idle
-/// subscriber keeps only [`SseStream`] and the socket (no HTTP buffers, no
-/// state of the request that opened it).
-pub async fn serve_raw<IO: RawIo>(
-    realtime: &Arc<Realtime>,
-    plan: Plan,
-    mut io: IO,
-    conn: ConnInfo,
-) {
-    if io.write_all(RAW_HEAD).await.is_err() {
-        return;
-    }
+/// Serves the stream on the raw connection: opens the session and hands
+/// the stream to a task of its own, so an idle subscriber keeps only
+/// [`SseStream`] and the socket (no HTTP buffers, no state of the request
+/// that opened it). The head goes out with the opening, in one write.
+pub fn serve_raw<IO: RawIo>(realtime: &Arc<Realtime>, plan: Plan, io: IO, conn: ConnInfo) {
     let stream = SseStream::open(realtime, plan, conn.slot);
     realtime.shutdown.tracker.spawn(stream.run_raw(io));
 }
@@ -152,7 +144,14 @@ impl SseStream {
         let mut last_write = tokio::time::Instant::now();
         let mut timer = pin!(tokio::time::sleep_until(last_write + heartbeat));
         let mut probe = [0u8; 16];
-        let mut chunk = self.opening();
+        // The response head and the opening in one write.
+        let mut chunk = {
+            let opening = self.opening();
+            let mut first = BytesMut::with_capacity(RAW_HEAD.len() + opening.len());
+            first.extend_from_slice(RAW_HEAD);
+            first.extend_from_slice(&opening);
+            first.freeze()
+        };
         loop {
             if !chunk.is_empty() {
                 if send(&mut writer, &chunk).await.is_err() {
@@ -285,6 +284,10 @@ impl Coalesce {
                 self.joined = Some(joined);
             }
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
     }
 
     pub fn finish(self) -> Bytes {

@@ -21,7 +21,7 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::io::{AsyncWrite, ReadHalf};
 use tracing::debug;
 
 use super::sse::{Coalesce, send};
@@ -72,7 +72,7 @@ pub fn respond(
             }
         };
         // Nothing has been read past the handshake: the stream is clean.
-        run(realtime, ws.into_inner(), plan, conn.slot);
+        run(realtime, ws.into_inner(), plan, conn.slot, None);
     });
     response.map(|_| crate::error::empty())
 }
@@ -104,27 +104,38 @@ pub fn accept_key(key: &[u8]) -> String {
 
 /// Answers the handshake on the raw connection and runs the session there,
 /// with no HTTP buffers left behind.
-pub async fn serve_raw<IO: RawIo>(
+/// The 101 goes out in the connection's first write, together with the
+/// `subscribed` frames (one write, not two, per handshake).
+pub fn serve_raw<IO: RawIo>(
     realtime: &Arc<Realtime>,
     plan: Plan,
     key: &http::HeaderValue,
-    mut io: IO,
+    io: IO,
     conn: ConnInfo,
 ) {
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
         accept_key(key.as_bytes())
     );
-    if io.write_all(response.as_bytes()).await.is_err() || io.flush().await.is_err() {
-        return;
-    }
-    run(realtime.clone(), io, plan, conn.slot);
+    run(
+        realtime.clone(),
+        io,
+        plan,
+        conn.slot,
+        Some(Bytes::from(response)),
+    );
 }
 
 /// Opens the session and runs the connection in a task of its own, so an
 /// idle connection keeps only [`Connection`]'s loop state and the socket,
 /// nothing of the request that opened it.
-fn run<S: RawIo>(realtime: Arc<Realtime>, io: S, plan: Plan, slot: Arc<ConnSlot>) {
+fn run<S: RawIo>(
+    realtime: Arc<Realtime>,
+    io: S,
+    plan: Plan,
+    slot: Arc<ConnSlot>,
+    greeting: Option<Bytes>,
+) {
     let settings = plan.settings;
     let session = realtime.open(
         Transport::Websocket,
@@ -144,7 +155,7 @@ fn run<S: RawIo>(realtime: Arc<Realtime>, io: S, plan: Plan, slot: Arc<ConnSlot>
         partial: None,
         _slot: slot,
     };
-    tracker.spawn(connection.run(io));
+    tracker.spawn(connection.run(io, greeting));
 }
 
 type Reader<S> = WebSocketRead<ReadHalf<S>>;
@@ -197,7 +208,9 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run<S: RawIo>(mut self, io: S) {
+    /// `greeting`: bytes to send before anything else (the handshake
+    /// response when it is ours to write).
+    async fn run<S: RawIo>(mut self, io: S, mut greeting: Option<Bytes>) {
         let (read, mut write) = tokio::io::split(io);
         let (mut reader, _) =
             fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
@@ -221,10 +234,13 @@ impl Connection {
         let close = loop {
             let mut items = VecDeque::new();
             let drained = queue.drain(&mut items);
-            if !items.is_empty() {
+            let mut frames = Coalesce::default();
+            if let Some(greeting) = greeting.take() {
+                frames.push(greeting);
+            }
+            if !items.is_empty() || !frames.is_empty() {
                 let now = Instant::now();
                 let mut delivered = 0;
-                let mut frames = Coalesce::default();
                 for item in &items {
                     frames.push(match item {
                         Item::Message(m) => {
