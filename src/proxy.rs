@@ -25,12 +25,14 @@ use crate::error::{Blame, Body, HttpError};
 use crate::listener::ConnInfo;
 use crate::metrics::{Metrics, UpstreamLabels};
 use crate::shutdown::Shutdown;
+use prometheus_client::metrics::histogram::Histogram;
 
 use self::upstream::Upstream;
 
 pub struct Proxy {
-    upstreams: HashMap<String, Upstream>,
-    metrics: Arc<Metrics>,
+    /// Each upstream with its latency histogram, looked up once here
+    /// instead of by label on every request.
+    upstreams: HashMap<String, (Upstream, Histogram)>,
     shutdown: Shutdown,
 }
 
@@ -44,12 +46,20 @@ impl Proxy {
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Self {
+        let upstreams = upstreams
+            .iter()
+            .map(|(name, s)| {
+                let latency = metrics
+                    .upstream_latency
+                    .get_or_create(&UpstreamLabels {
+                        upstream: name.clone(),
+                    })
+                    .clone();
+                (name.clone(), (Upstream::new(name, s), latency))
+            })
+            .collect();
         Self {
-            upstreams: upstreams
-                .iter()
-                .map(|(name, s)| (name.clone(), Upstream::new(name, s)))
-                .collect(),
-            metrics,
+            upstreams,
             shutdown,
         }
     }
@@ -61,7 +71,7 @@ impl Proxy {
         upstream: &str,
         conn: &ConnInfo,
     ) -> Response<Body> {
-        let Some(upstream) = self.upstreams.get(upstream) else {
+        let Some((upstream, latency)) = self.upstreams.get(upstream) else {
             return HttpError::blamed(
                 Blame::Internal,
                 "no_upstream",
@@ -93,7 +103,7 @@ impl Proxy {
             .map(str::to_owned)
             .or_else(|| parts.uri.authority().map(|a| a.to_string()));
 
-        let mut headers = parts.headers.clone();
+        let mut headers = parts.headers;
         headers::remove_hop_by_hop(&mut headers);
         headers::set_forwarded(
             &mut headers,
@@ -116,7 +126,7 @@ impl Proxy {
 
         let mut body = Some(body.map_err(Into::into).boxed_unsync());
         let mut last_error = None;
-        for _ in 0..attempts {
+        for attempt in 1..=attempts {
             let Some(target) = upstream.pick() else { break };
             let uri = Uri::builder()
                 .scheme(target.scheme.clone())
@@ -135,7 +145,11 @@ impl Proxy {
             *outgoing.method_mut() = parts.method.clone();
             *outgoing.uri_mut() = uri;
             *outgoing.version_mut() = Version::HTTP_11;
-            *outgoing.headers_mut() = headers.clone();
+            *outgoing.headers_mut() = if attempt == attempts {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
 
             let started = Instant::now();
             let sent =
@@ -169,12 +183,7 @@ impl Proxy {
                     .into_response();
                 }
                 Ok(Ok(mut response)) => {
-                    self.metrics
-                        .upstream_latency
-                        .get_or_create(&UpstreamLabels {
-                            upstream: upstream.name.clone(),
-                        })
-                        .observe(started.elapsed().as_secs_f64());
+                    latency.observe(started.elapsed().as_secs_f64());
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(downstream) = downstream_upgrade
                     {
