@@ -61,6 +61,59 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
+/// Fan-out must never block a publisher: with a tenth of the subscribers
+/// never draining (their queues full), a publish costs what it costs when
+/// everyone keeps up. `drop_oldest` replaces the oldest message of a full
+/// queue; `disconnect` closes it once and skips it afterwards.
+fn fanout_with_slow_subscribers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hub_fanout_10k_slow_tenth");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    let subscribers = 10_000usize;
+    for (name, policy, slow_every) in [
+        ("all_keep_up", LagPolicy::DropOldest, 0),
+        ("drop_oldest", LagPolicy::DropOldest, 10),
+        ("disconnect", LagPolicy::Disconnect, 10),
+    ] {
+        let hub = Hub::with_limits(HistoryLimits {
+            messages: 100,
+            max_age: Duration::from_secs(600),
+        });
+        let channel = ChannelName::parse("bench").unwrap();
+        let queues: Vec<Arc<Queue>> = (0..subscribers).map(|_| hub.queue(64, policy)).collect();
+        for q in &queues {
+            hub.subscribe(q, &channel, None);
+        }
+        let fast: Vec<&Arc<Queue>> = queues
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| slow_every == 0 || i % slow_every != 0)
+            .map(|(_, q)| q)
+            .collect();
+        let p = [publication(&channel)];
+        // Fill the slow queues before measuring.
+        for _ in 0..100 {
+            hub.publish(&p);
+            for q in &fast {
+                let _ = q.drain(&mut std::collections::VecDeque::new());
+            }
+        }
+        let mut drained = std::collections::VecDeque::new();
+        group.throughput(Throughput::Elements(subscribers as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                hub.publish(&p);
+                for q in &fast {
+                    drained.clear();
+                    let _ = q.drain(&mut drained);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 fn history_lookup(c: &mut Criterion) {
     let now = Instant::now();
     let channel = ChannelName::parse("h").unwrap();
@@ -108,5 +161,11 @@ fn encoding(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, fanout, history_lookup, encoding);
+criterion_group!(
+    benches,
+    fanout,
+    fanout_with_slow_subscribers,
+    history_lookup,
+    encoding
+);
 criterion_main!(benches);
