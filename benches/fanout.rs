@@ -23,23 +23,33 @@ fn publication(channel: &ChannelName) -> Publication {
     }
 }
 
+/// A hub with `subscribers` queues on one channel.
+fn subscribed(
+    subscribers: usize,
+    capacity: usize,
+    policy: LagPolicy,
+) -> (Hub, ChannelName, Vec<Arc<Queue>>) {
+    let hub = Hub::with_limits(HistoryLimits {
+        messages: 100,
+        max_age: Duration::from_secs(600),
+    });
+    let channel = ChannelName::parse("bench").unwrap();
+    let queues: Vec<Arc<Queue>> = (0..subscribers)
+        .map(|_| hub.queue(capacity, policy))
+        .collect();
+    for q in &queues {
+        hub.subscribe(q, &channel, None);
+    }
+    (hub, channel, queues)
+}
+
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("hub_fanout");
     group
         .measurement_time(Duration::from_secs(3))
         .sample_size(20);
     for subscribers in [1_000usize, 10_000, 100_000] {
-        let hub = Hub::with_limits(HistoryLimits {
-            messages: 100,
-            max_age: Duration::from_secs(600),
-        });
-        let channel = ChannelName::parse("bench").unwrap();
-        let queues: Vec<Arc<Queue>> = (0..subscribers)
-            .map(|_| hub.queue(1024, LagPolicy::Disconnect))
-            .collect();
-        for q in &queues {
-            hub.subscribe(q, &channel, None);
-        }
+        let (hub, channel, queues) = subscribed(subscribers, 1024, LagPolicy::Disconnect);
         let p = [publication(&channel)];
         let mut drained = std::collections::VecDeque::new();
         group.throughput(Throughput::Elements(subscribers as u64));
@@ -76,15 +86,7 @@ fn fanout_with_slow_subscribers(c: &mut Criterion) {
         ("drop_oldest", LagPolicy::DropOldest, 10),
         ("disconnect", LagPolicy::Disconnect, 10),
     ] {
-        let hub = Hub::with_limits(HistoryLimits {
-            messages: 100,
-            max_age: Duration::from_secs(600),
-        });
-        let channel = ChannelName::parse("bench").unwrap();
-        let queues: Vec<Arc<Queue>> = (0..subscribers).map(|_| hub.queue(64, policy)).collect();
-        for q in &queues {
-            hub.subscribe(q, &channel, None);
-        }
+        let (hub, channel, queues) = subscribed(subscribers, 64, policy);
         let fast: Vec<&Arc<Queue>> = queues
             .iter()
             .enumerate()

@@ -38,7 +38,6 @@ pub const IDLE_CHANNEL_GRACE: Duration = Duration::from_secs(30);
 pub struct Hub {
     channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
     history_policy: HistoryPolicy,
-    next_queue_id: AtomicU64,
     epoch_seed: std::collections::hash_map::RandomState,
     epoch_counter: AtomicU64,
     metrics: HubMetrics,
@@ -89,7 +88,6 @@ impl Hub {
         Self {
             channels: DashMap::new(),
             history_policy,
-            next_queue_id: AtomicU64::new(1),
             epoch_seed: std::collections::hash_map::RandomState::new(),
             epoch_counter: AtomicU64::new(0),
             metrics: HubMetrics::default(),
@@ -107,11 +105,7 @@ impl Hub {
 
     /// A new queue for one subscriber (a session).
     pub fn queue(&self, capacity: usize, policy: LagPolicy) -> Arc<Queue> {
-        Queue::new(
-            self.next_queue_id.fetch_add(1, Ordering::Relaxed),
-            capacity,
-            policy,
-        )
+        Queue::new(capacity, policy)
     }
 
     /// Publishes each publication in order; one receipt each.

@@ -73,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(args)
 }
+
 /// mimalloc keeps same-size objects together: hundreds of thousands of
 /// long-lived connection states interleaved with short-lived handshake
 /// buffers fragment glibc's heap (28 % of it free at 10k idle WebSocket

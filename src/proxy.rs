@@ -18,6 +18,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::histogram::Histogram;
 use tracing::{debug, warn};
 
 use crate::config::{RouteSettings, UpstreamSettings};
@@ -25,7 +26,6 @@ use crate::error::{Blame, Body, HttpError};
 use crate::listener::ConnInfo;
 use crate::metrics::{Metrics, UpstreamLabels};
 use crate::shutdown::Shutdown;
-use prometheus_client::metrics::histogram::Histogram;
 
 use self::upstream::Upstream;
 

@@ -154,11 +154,10 @@ impl Channel {
     }
 
     pub fn unsubscribe(&mut self, queue: &Queue, now: Instant) {
-        let target: *const Queue = queue;
         if let Some(index) = self
             .subscribers
             .iter()
-            .position(|q| std::ptr::eq(Arc::as_ptr(q), target))
+            .position(|q| std::ptr::eq(&**q, queue))
         {
             self.subscribers.swap_remove(index);
         }

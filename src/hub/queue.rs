@@ -65,7 +65,6 @@ pub enum Offer {
 /// session task (consumer).
 #[derive(Debug)]
 pub struct Queue {
-    id: u64,
     capacity: usize,
     policy: LagPolicy,
     state: Mutex<State>,
@@ -85,17 +84,12 @@ struct State {
 
 impl Queue {
     /// A queue holding at most `capacity` (≥ 1) messages.
-    pub fn new(id: u64, capacity: usize, policy: LagPolicy) -> Arc<Self> {
+    pub fn new(capacity: usize, policy: LagPolicy) -> Arc<Self> {
         Arc::new(Self {
-            id,
             capacity: capacity.max(1),
             policy,
             state: Mutex::new(State::default()),
         })
-    }
-
-    pub fn id(&self) -> u64 {
-        self.id
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -166,8 +160,7 @@ impl Queue {
         state.messages = 0;
         let closed = state.closed;
         drop(state);
-        let was_empty = out.is_empty();
-        if was_empty {
+        if out.is_empty() {
             *out = items;
         } else {
             out.extend(items);
@@ -284,7 +277,7 @@ mod tests {
 
     #[test]
     fn disconnect_closes_after_queued_messages() {
-        let q = Queue::new(1, 2, LagPolicy::Disconnect);
+        let q = Queue::new(2, LagPolicy::Disconnect);
         assert_eq!(q.offer(&message("a", 1)), Offer::Queued);
         assert_eq!(q.offer(&message("a", 2)), Offer::Queued);
         assert_eq!(q.offer(&message("a", 3)), Offer::Lagged);
@@ -298,7 +291,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_leaves_one_gap_marker() {
-        let q = Queue::new(1, 2, LagPolicy::DropOldest);
+        let q = Queue::new(2, LagPolicy::DropOldest);
         for seq in 1..=5 {
             q.offer(&message("a", seq));
         }
@@ -309,7 +302,7 @@ mod tests {
 
     #[test]
     fn keep_latest_keeps_newest_per_channel() {
-        let q = Queue::new(1, 2, LagPolicy::KeepLatest);
+        let q = Queue::new(2, LagPolicy::KeepLatest);
         q.offer(&message("a", 1));
         q.offer(&message("b", 1));
         q.offer(&message("a", 2));
@@ -321,7 +314,7 @@ mod tests {
 
     #[test]
     fn control_items_do_not_count_against_capacity() {
-        let q = Queue::new(1, 1, LagPolicy::Disconnect);
+        let q = Queue::new(1, LagPolicy::Disconnect);
         q.push(Item::Reply(Bytes::from_static(b"x")));
         q.push(Item::Gap(ChannelName::parse("a").unwrap()));
         assert_eq!(q.offer(&message("a", 1)), Offer::Queued);
@@ -329,7 +322,7 @@ mod tests {
 
     #[tokio::test]
     async fn ready_is_immediate_when_items_wait_and_drain_keeps_no_buffer() {
-        let q = Queue::new(1, 4, LagPolicy::Disconnect);
+        let q = Queue::new(4, LagPolicy::Disconnect);
         q.offer(&message("a", 1));
         q.ready().await;
         let mut out = VecDeque::new();
@@ -346,7 +339,7 @@ mod tests {
 
     #[tokio::test]
     async fn ready_wakes_on_first_push() {
-        let q = Queue::new(1, 4, LagPolicy::Disconnect);
+        let q = Queue::new(4, LagPolicy::Disconnect);
         let waiter = {
             let q = q.clone();
             tokio::spawn(async move { q.ready().await })

@@ -1,7 +1,8 @@
 //! Server-Sent Events (SPEC §3.3): the opening `retry:` and comment sent at
 //! once, `id`/`event`/`data` framing, heartbeat comments, gap and close
-//! events. The response body reads the session queue directly: no task
-//! per connection.
+//! events. A claimed (raw-socket) stream runs in a task of its own
+//! (`run_raw`); a hyper-served one is a response body that reads the
+//! session queue directly.
 
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -13,9 +14,9 @@ use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Plan, Realtime, Session, cursor};
+use super::{Coalesce, Plan, Realtime, Session, cursor, send};
 use crate::config::Transport;
 use crate::error::{Body, BoxError};
 use crate::hub::message::{ChannelName, Message};
@@ -146,11 +147,10 @@ impl SseStream {
         let mut probe = [0u8; 16];
         // The response head and the opening in one write.
         let mut chunk = {
-            let opening = self.opening();
-            let mut first = BytesMut::with_capacity(RAW_HEAD.len() + opening.len());
-            first.extend_from_slice(RAW_HEAD);
-            first.extend_from_slice(&opening);
-            first.freeze()
+            let mut first = Coalesce::default();
+            first.push(Bytes::from_static(RAW_HEAD));
+            first.push(self.opening());
+            first.finish()
         };
         loop {
             if !chunk.is_empty() {
@@ -255,49 +255,6 @@ impl SseStream {
     }
 }
 
-/// Writes and flushes (a TLS stream holds bytes until flushed).
-pub async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    writer.write_all(bytes).await?;
-    writer.flush().await
-}
-
-/// Joins encoded items into one buffer for one write, without copying
-/// (or allocating) when there is a single item, the common case.
-#[derive(Default)]
-pub struct Coalesce {
-    first: Option<Bytes>,
-    joined: Option<BytesMut>,
-}
-
-impl Coalesce {
-    pub fn push(&mut self, bytes: Bytes) {
-        if let Some(joined) = &mut self.joined {
-            joined.extend_from_slice(&bytes);
-            return;
-        }
-        match self.first.take() {
-            None => self.first = Some(bytes),
-            Some(first) => {
-                let mut joined = BytesMut::with_capacity(2 * (first.len() + bytes.len()));
-                joined.extend_from_slice(&first);
-                joined.extend_from_slice(&bytes);
-                self.joined = Some(joined);
-            }
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.first.is_none()
-    }
-
-    pub fn finish(self) -> Bytes {
-        match self.joined {
-            Some(joined) => joined.freeze(),
-            None => self.first.unwrap_or_default(),
-        }
-    }
-}
-
 /// `id`, optional `event`, one `data:` line per payload line, blank line.
 pub fn event_bytes(id: &str, message: &Message) -> Bytes {
     let mut out = BytesMut::with_capacity(message.payload.text().len() + id.len() + 32);
@@ -381,21 +338,6 @@ mod tests {
         );
         assert_eq!(encoded(None, None, ""), "data: \n\n");
         assert_eq!(encoded(None, None, "x\n"), "data: x\ndata: \n\n");
-    }
-
-    #[test]
-    fn coalesce_joins_in_order_and_keeps_a_lone_chunk() {
-        let lone = Bytes::from_static(b"abc");
-        let mut c = Coalesce::default();
-        c.push(lone.clone());
-        let out = c.finish();
-        assert_eq!(out.as_ptr(), lone.as_ptr(), "a lone chunk is not copied");
-        let mut c = Coalesce::default();
-        for part in ["a", "bc", "", "def"] {
-            c.push(Bytes::from(part));
-        }
-        assert_eq!(&c.finish()[..], b"abcdef");
-        assert!(Coalesce::default().finish().is_empty());
     }
 
     #[test]

@@ -24,8 +24,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncWrite, ReadHalf};
 use tracing::debug;
 
-use super::sse::{Coalesce, send};
-use super::{Grants, Plan, Realtime, Session, cursor};
+use super::{Coalesce, Grants, Plan, Realtime, Session, cursor, send};
 use crate::config::Transport;
 use crate::error::{Body, HttpError};
 use crate::hub::message::{
@@ -33,6 +32,7 @@ use crate::hub::message::{
 };
 use crate::hub::queue::{Closed, Item};
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
+use crate::metrics::Metrics;
 
 /// Cache slot of a message's encoded WebSocket frame in `Message`.
 pub const ENCODING_SLOT: usize = 1;
@@ -238,30 +238,9 @@ impl Connection {
             if let Some(greeting) = greeting.take() {
                 frames.push(greeting);
             }
-            if !items.is_empty() || !frames.is_empty() {
-                let now = Instant::now();
-                let mut delivered = 0;
-                for item in &items {
-                    frames.push(match item {
-                        Item::Message(m) => {
-                            metrics.delivery_latency.observe(
-                                now.saturating_duration_since(m.published_at).as_secs_f64(),
-                            );
-                            delivered += 1;
-                            m.encoded(ENCODING_SLOT, message_frame)
-                        }
-                        Item::Subscribed { channel, position } => {
-                            text_frame(&subscribed_json(channel, *position))
-                        }
-                        Item::Gap(channel) => text_frame(&gap_json(channel)),
-                        Item::Reply(json) => text_frame(json),
-                    });
-                }
-                metrics.delivered.inc_by(delivered);
-                drop(items);
-                if send(&mut write, &frames.finish()).await.is_err() {
-                    break None;
-                }
+            encode_items(items, &mut frames, &metrics);
+            if !frames.is_empty() && send(&mut write, &frames.finish()).await.is_err() {
+                break None;
             }
             if let Err(Closed::Lagged) = drained {
                 break Some((CLOSE_LAGGED, "lagged"));
@@ -527,6 +506,32 @@ fn quoted(out: &mut BytesMut, s: &str) {
     // Channel and event names and ids are ASCII without quotes or
     // backslashes (validated), but quote properly anyway.
     out.put_slice(serde_json::to_string(s).unwrap_or_default().as_bytes());
+}
+
+/// Appends the frames for drained items (one write for a burst).
+fn encode_items(items: VecDeque<Item>, frames: &mut Coalesce, metrics: &Metrics) {
+    if items.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let mut delivered = 0;
+    for item in &items {
+        frames.push(match item {
+            Item::Message(m) => {
+                metrics
+                    .delivery_latency
+                    .observe(now.saturating_duration_since(m.published_at).as_secs_f64());
+                delivered += 1;
+                m.encoded(ENCODING_SLOT, message_frame)
+            }
+            Item::Subscribed { channel, position } => {
+                text_frame(&subscribed_json(channel, *position))
+            }
+            Item::Gap(channel) => text_frame(&gap_json(channel)),
+            Item::Reply(json) => text_frame(json),
+        });
+    }
+    metrics.delivered.inc_by(delivered);
 }
 
 /// A message's whole text frame, shared by every subscriber.
