@@ -239,7 +239,7 @@ fn history_policy(config: &Config) -> crate::hub::HistoryPolicy {
             messages: rt.settings.history_messages,
             max_age: rt.settings.history_max_age,
         };
-        rules.extend(rt.channels.iter().map(|t| (template_glob(t), limits)));
+        rules.extend(rt.channels.iter().map(|t| (t.to_glob(), limits)));
         if rt.query_channels {
             rules.push(("*".to_owned(), limits));
         }
@@ -256,19 +256,6 @@ fn history_policy(config: &Config) -> crate::hub::HistoryPolicy {
     })
 }
 
-/// `user:{id}` → `user:*`.
-fn template_glob(template: &str) -> String {
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        out.push('*');
-        rest = rest[open..].split_once('}').map_or("", |(_, r)| r);
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Prunes history by age and drops idle channels, once a second.
 async fn sweep(hub: Arc<Hub>, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -278,17 +265,5 @@ async fn sweep(hub: Arc<Hub>, shutdown: Shutdown) {
             _ = shutdown.token.cancelled() => return,
             _ = tick.tick() => hub.sweep(Instant::now()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_become_globs() {
-        assert_eq!(template_glob("{channel}"), "*");
-        assert_eq!(template_glob("user:{id}:feed"), "user:*:feed");
-        assert_eq!(template_glob("static"), "static");
     }
 }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use self::units::{ByteSize, DurationValue};
+use crate::router::pattern::{PathPattern, Template};
 
 // === schema (what the YAML file holds) ===
 
@@ -258,8 +259,8 @@ pub struct RouteSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
-    /// A path template with `{name}` captures, each one whole segment.
-    Template(String),
+    /// A path template with `{name}` captures, at most one per segment.
+    Template(PathPattern),
     Prefix(String),
 }
 
@@ -273,7 +274,7 @@ pub enum RouteAction {
 #[derive(Debug, Clone)]
 pub struct RealtimeRoute {
     /// Channel templates over the path's captures, such as `"{channel}"`.
-    pub channels: Vec<String>,
+    pub channels: Vec<Template>,
     pub query_channels: bool,
     pub transports: Vec<Transport>,
     pub client_publish: ClientPublish,
@@ -306,7 +307,7 @@ pub enum ClientPublish {
     Granted,
     /// Channels matching one of these patterns (`*` matches any run of
     /// characters, `{name}` a path capture).
-    Patterns(Vec<String>),
+    Patterns(Vec<Template>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -737,13 +738,24 @@ impl<'a> Validator<'a> {
         if !names.insert(name.clone()) {
             self.error(&r.name, format!("duplicate route name {name:?}"));
         }
+        // The names the path captures; on a bad path template, those its
+        // placeholders would capture, so no follow-on error is reported.
+        let mut captures: Vec<String> = Vec::new();
         let path = match (&r.matcher.path, &r.matcher.path_prefix) {
-            (Some(p), None) => {
-                if let Err(e) = check_template(&p.value) {
-                    self.error(p, format!("invalid path template {:?}: {e}", p.value));
+            (Some(p), None) => match PathPattern::parse(&p.value) {
+                Ok(pattern) => {
+                    captures = pattern.names().map(str::to_owned).collect();
+                    PathMatch::Template(pattern)
                 }
-                PathMatch::Template(p.value.clone())
-            }
+                Err(e) => {
+                    // Reported; the rest of the route is still checked.
+                    self.error(p, format!("invalid path template {:?}: {e}", p.value));
+                    if let Ok(t) = Template::parse(&p.value) {
+                        captures = t.names().map(str::to_owned).collect();
+                    }
+                    PathMatch::Prefix("/".into())
+                }
+            },
             (None, Some(p)) => {
                 if !p.value.starts_with('/') {
                     self.error(p, format!("path_prefix {:?} must start with '/'", p.value));
@@ -758,10 +770,6 @@ impl<'a> Validator<'a> {
                 return None;
             }
             (None, None) => PathMatch::Prefix("/".into()),
-        };
-        let captures = match &path {
-            PathMatch::Template(t) => template_names(t),
-            PathMatch::Prefix(_) => Vec::new(),
         };
         let mut methods = Vec::new();
         for m in &r.matcher.methods {
@@ -865,15 +873,17 @@ impl<'a> Validator<'a> {
         captures: &[String],
         defaults: &RealtimeSettings,
     ) -> RealtimeRoute {
+        let mut channels = Vec::new();
         for c in &rt.channels {
-            match check_template(&c.value) {
+            match Template::parse(&c.value) {
                 Err(e) => self.error(c, format!("invalid channel template {:?}: {e}", c.value)),
-                Ok(()) => {
-                    for n in template_names(&c.value) {
-                        if !captures.contains(&n) {
+                Ok(template) => {
+                    for n in template.names() {
+                        if !captures.iter().any(|c| c == n) {
                             self.error(c, format!("channel template {:?} uses {{{n}}}, which the route's path does not capture", c.value));
                         }
                     }
+                    channels.push(template);
                 }
             }
         }
@@ -898,7 +908,23 @@ impl<'a> Validator<'a> {
         let client_publish = match rt.client_publish.as_ref().map(|c| &c.value) {
             None | Some(ClientPublishConfig::All(false)) => ClientPublish::Denied,
             Some(ClientPublishConfig::All(true)) => ClientPublish::Granted,
-            Some(ClientPublishConfig::Patterns(p)) => ClientPublish::Patterns(p.clone()),
+            Some(ClientPublishConfig::Patterns(patterns)) => {
+                let at = rt
+                    .client_publish
+                    .as_ref()
+                    .map(Position::from)
+                    .unwrap_or_default();
+                let mut parsed = Vec::new();
+                for p in patterns {
+                    match Template::parse(p) {
+                        Ok(t) => parsed.push(t),
+                        Err(e) => {
+                            self.error(at, format!("invalid client_publish pattern {p:?}: {e}"))
+                        }
+                    }
+                }
+                ClientPublish::Patterns(parsed)
+            }
         };
         let settings = resolve_realtime(*defaults, rt);
         if settings.queue == 0 {
@@ -908,7 +934,7 @@ impl<'a> Validator<'a> {
             );
         }
         RealtimeRoute {
-            channels: rt.channels.iter().map(|c| c.value.clone()).collect(),
+            channels,
             query_channels,
             transports,
             client_publish,
@@ -943,39 +969,6 @@ fn resolve_realtime(base: RealtimeSettings, o: &RealtimeBlock) -> RealtimeSettin
             .map_or(base.history_max_age, |d| d.0),
         max_message: o.max_message.map_or(base.max_message, |b| b.0),
     }
-}
-
-/// Checks `{name}` placeholders: balanced, non-empty, identifier names.
-pub fn check_template(t: &str) -> Result<(), String> {
-    let mut rest = t;
-    while let Some(open) = rest.find(['{', '}']) {
-        if rest.as_bytes()[open] == b'}' {
-            return Err("'}' without '{'".into());
-        }
-        let after = &rest[open + 1..];
-        let close = after.find('}').ok_or("'{' without '}'")?;
-        let name = &after[..close];
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!(
-                "bad placeholder {{{name}}}: use letters, digits and _"
-            ));
-        }
-        rest = &after[close + 1..];
-    }
-    Ok(())
-}
-
-/// The placeholder names of a valid template, in order.
-pub fn template_names(t: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else { break };
-        names.push(after[..close].to_owned());
-        rest = &after[close + 1..];
-    }
-    names
 }
 
 #[cfg(test)]

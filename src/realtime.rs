@@ -64,7 +64,7 @@ impl Grants {
             ClientPublish::Denied => false,
             ClientPublish::Granted => self.may_subscribe(channel),
             ClientPublish::Patterns(patterns) => patterns.iter().any(|p| {
-                pattern::render(p, &self.captures)
+                p.render(&self.captures)
                     .is_some_and(|p| pattern::glob(&p, channel.as_str()))
             }),
         }
@@ -295,7 +295,7 @@ fn resolve_channels(
     };
     let mut route_channels = Vec::new();
     for template in &route.channels {
-        let name = pattern::render(template, captures).ok_or_else(|| {
+        let name = template.render(captures).ok_or_else(|| {
             HttpError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_channel",

@@ -54,7 +54,7 @@ impl Router {
                     None => HostMatch::Exact(h.clone()),
                 }),
                 path: match &r.path {
-                    PathMatch::Template(t) => PathRule::Template(PathPattern::new(t)),
+                    PathMatch::Template(t) => PathRule::Template(t.clone()),
                     PathMatch::Prefix(p) => PathRule::Prefix(p.clone()),
                 },
             })

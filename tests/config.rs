@@ -110,6 +110,14 @@ fn every_bad_config_is_reported_at_its_place() {
             "invalid path template \"/x/{id\"",
         ),
         (
+            // Regression: this used to pass `check`, then every request to
+            // /x/foo-bar answered no_route.
+            &format!(
+                "{BASE}routes:\n  - {{ name: a, match: {{ path: \"/x/{{a}}-{{b}}\" }}, realtime: {{ channels: [\"{{a}}\"] }} }}\n"
+            ),
+            "FILE:3:31: invalid path template \"/x/{a}-{b}\": path segment \"{a}-{b}\" has more than one placeholder",
+        ),
+        (
             &format!(
                 "{BASE}routes:\n  - {{ name: a, match: {{ path: \"/x/{{id}}\" }}, realtime: {{ channels: [\"{{room}}\"] }} }}\n"
             ),
