@@ -18,6 +18,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use self::units::{ByteSize, DurationValue};
+use crate::hub::queue::LagPolicy;
+use crate::realtime::negotiate::Transport;
 use crate::router::pattern::{PathPattern, Template};
 
 // === schema (what the YAML file holds) ===
@@ -150,7 +152,7 @@ struct RealtimeBlock {
     #[serde(default)]
     queue: Option<usize>,
     #[serde(default)]
-    on_lag: Option<LagPolicyConfig>,
+    on_lag: Option<LagPolicy>,
     #[serde(default)]
     history: Option<HistoryConfig>,
     #[serde(default)]
@@ -164,14 +166,6 @@ struct HistoryConfig {
     messages: Option<usize>,
     #[serde(default)]
     max_age: Option<DurationValue>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum LagPolicyConfig {
-    Disconnect,
-    DropOldest,
-    KeepLatest,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,24 +275,6 @@ pub struct RealtimeRoute {
     pub settings: RealtimeSettings,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Websocket,
-    Sse,
-    Longpoll,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Websocket => "websocket",
-            Transport::Sse => "sse",
-            Transport::Longpoll => "longpoll",
-        }
-    }
-}
-
 /// Which channels a WebSocket client may publish to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientPublish {
@@ -308,13 +284,6 @@ pub enum ClientPublish {
     /// Channels matching one of these patterns (`*` matches any run of
     /// characters, `{name}` a path capture).
     Patterns(Vec<Template>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LagPolicy {
-    Disconnect,
-    DropOldest,
-    KeepLatest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -955,12 +924,7 @@ fn resolve_realtime(base: RealtimeSettings, o: &RealtimeBlock) -> RealtimeSettin
         longpoll_timeout: o.longpoll_timeout.map_or(base.longpoll_timeout, |d| d.0),
         sse_retry: o.sse_retry.map_or(base.sse_retry, |d| d.0),
         queue: o.queue.unwrap_or(base.queue),
-        on_lag: match o.on_lag {
-            None => base.on_lag,
-            Some(LagPolicyConfig::Disconnect) => LagPolicy::Disconnect,
-            Some(LagPolicyConfig::DropOldest) => LagPolicy::DropOldest,
-            Some(LagPolicyConfig::KeepLatest) => LagPolicy::KeepLatest,
-        },
+        on_lag: o.on_lag.unwrap_or(base.on_lag),
         history_messages: history
             .and_then(|h| h.messages)
             .unwrap_or(base.history_messages),

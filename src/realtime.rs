@@ -20,13 +20,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::backplane::Backplane;
-use crate::config::{ClientPublish, LagPolicy, RealtimeRoute, RealtimeSettings, Transport};
+use crate::config::{ClientPublish, RealtimeRoute, RealtimeSettings};
 use crate::error::{Body, HttpError, json_response};
 use crate::hub::Hub;
 use crate::hub::message::{ChannelName, Position};
-use crate::hub::queue::{self, Queue};
+use crate::hub::queue::LagPolicy;
+use crate::hub::queue::Queue;
 use crate::listener::{ConnInfo, RawIo};
 use crate::metrics::{Metrics, TransportLabels};
+use crate::realtime::negotiate::Transport;
 use crate::router::pattern::{self, Captures};
 use crate::shutdown::Shutdown;
 
@@ -232,7 +234,7 @@ impl Realtime {
         settings: &RealtimeSettings,
         policy: LagPolicy,
     ) -> Session {
-        let queue = self.hub.queue(settings.queue, lag_policy(policy));
+        let queue = self.hub.queue(settings.queue, policy);
         let positions = channels
             .iter()
             .enumerate()
@@ -252,14 +254,6 @@ impl Realtime {
             positions,
             gauge: gauge.clone(),
         }
-    }
-}
-
-fn lag_policy(p: LagPolicy) -> queue::LagPolicy {
-    match p {
-        LagPolicy::Disconnect => queue::LagPolicy::Disconnect,
-        LagPolicy::DropOldest => queue::LagPolicy::DropOldest,
-        LagPolicy::KeepLatest => queue::LagPolicy::KeepLatest,
     }
 }
 

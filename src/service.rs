@@ -6,12 +6,13 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::config::{RouteAction, Transport};
+use crate::config::RouteAction;
 use crate::error::{Body, HttpError};
 use crate::files;
 use crate::listener::{ConnInfo, Handler, RawIo};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::proxy::Proxy;
+use crate::realtime::negotiate::Transport;
 use crate::realtime::{Plan, Prepared, Realtime};
 use crate::router::Router;
 

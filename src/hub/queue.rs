@@ -12,8 +12,10 @@ use bytes::Bytes;
 
 use super::message::{ChannelName, Message, Position};
 
-/// What a full queue does with the next message (SPEC §3.6 `on_lag`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What a full queue does with the next message (SPEC §3.6 `on_lag`; the
+/// config names the variants in snake_case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LagPolicy {
     /// Close the subscriber with the lag signal; it resumes from its id.
     #[default]

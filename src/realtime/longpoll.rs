@@ -8,10 +8,11 @@ use std::time::Instant;
 use http::{HeaderValue, Response, header};
 
 use super::{Plan, Realtime, Session};
-use crate::config::{LagPolicy, Transport};
 use crate::error::Body;
 use crate::hub::message::{ChannelName, Message};
 use crate::hub::queue::Item;
+use crate::hub::queue::LagPolicy;
+use crate::realtime::negotiate::Transport;
 
 pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
     let settings = plan.settings;

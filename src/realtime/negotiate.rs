@@ -4,8 +4,26 @@
 
 use http::{HeaderMap, StatusCode, header};
 
-use crate::config::Transport;
 use crate::error::HttpError;
+
+/// A realtime transport; the config names them in lowercase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Websocket,
+    Sse,
+    Longpoll,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Websocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::Longpoll => "longpoll",
+        }
+    }
+}
 
 /// What the client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,12 +17,12 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Coalesce, Plan, Realtime, Session, cursor, send};
-use crate::config::Transport;
 use crate::error::{Body, BoxError};
 use crate::hub::message::{ChannelName, Message};
 use crate::hub::queue::{Closed, Item};
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::metrics::Metrics;
+use crate::realtime::negotiate::Transport;
 
 /// Cache slot of a message's single-channel SSE event in `Message`.
 pub const ENCODING_SLOT: usize = 0;

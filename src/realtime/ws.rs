@@ -25,7 +25,6 @@ use tokio::io::{AsyncWrite, ReadHalf};
 use tracing::debug;
 
 use super::{Coalesce, Grants, Plan, Realtime, Session, cursor, send};
-use crate::config::Transport;
 use crate::error::{Body, HttpError};
 use crate::hub::message::{
     ChannelName, EventName, Message, Payload as MessagePayload, Position, Publication,
@@ -33,6 +32,7 @@ use crate::hub::message::{
 use crate::hub::queue::{Closed, Item};
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::metrics::Metrics;
+use crate::realtime::negotiate::Transport;
 
 /// Cache slot of a message's encoded WebSocket frame in `Message`.
 pub const ENCODING_SLOT: usize = 1;
