@@ -13,7 +13,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::backplane::Backplane;
-use crate::error::{Body, HttpError, full, json_response};
+use crate::error::{Body, ErrorCode, HttpError, full, json_response};
 use crate::listener::{ConnInfo, Handler, RawIo};
 use crate::metrics::Metrics;
 use crate::publish::{self, Publisher};
@@ -72,18 +72,11 @@ impl Handler for Admin {
                 }
                 response
             }
-            (_, "/publish" | "/healthz" | "/readyz" | "/metrics") => HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed",
-            )
-            .into_response(),
-            _ => HttpError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no internal endpoint {path}"),
-            )
-            .into_response(),
+            (_, "/publish" | "/healthz" | "/readyz" | "/metrics") => {
+                HttpError::new(ErrorCode::MethodNotAllowed, "method not allowed").into_response()
+            }
+            _ => HttpError::new(ErrorCode::NotFound, format!("no internal endpoint {path}"))
+                .into_response(),
         }
     }
 }

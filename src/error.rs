@@ -21,34 +21,189 @@ pub enum Blame {
     Internal,
 }
 
+/// Every error code pushgate answers with, on every listener and
+/// transport: the `code` of a JSON error body and of a WebSocket `error`
+/// frame. Each code has one HTTP status; docs/errors.md lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    // The downstream client's fault (4xx).
+    InvalidRequest,
+    InvalidJson,
+    InvalidChannel,
+    InvalidEvent,
+    InvalidId,
+    InvalidTransport,
+    InvalidUpgrade,
+    InvalidPath,
+    InvalidBody,
+    NoChannel,
+    UnknownType,
+    BinaryNotSupported,
+    NotSubscribed,
+    TooManySubscriptions,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    NoRoute,
+    MethodNotAllowed,
+    TransportNotAllowed,
+    BodyTooLarge,
+    MessageTooLarge,
+    UnsupportedMediaType,
+    UpgradeRequired,
+    RateLimited,
+    // Ours (5xx).
+    NoUpstream,
+    TooManyConnections,
+    BackplaneUnavailable,
+    // The upstream's (502/504).
+    UpstreamUnreachable,
+    UpstreamError,
+    UpstreamTimeout,
+}
+
+impl ErrorCode {
+    /// Every code, in the order docs/errors.md lists them.
+    pub const ALL: [ErrorCode; 31] = [
+        Self::InvalidRequest,
+        Self::InvalidJson,
+        Self::InvalidChannel,
+        Self::InvalidEvent,
+        Self::InvalidId,
+        Self::InvalidTransport,
+        Self::InvalidUpgrade,
+        Self::InvalidPath,
+        Self::InvalidBody,
+        Self::NoChannel,
+        Self::UnknownType,
+        Self::BinaryNotSupported,
+        Self::NotSubscribed,
+        Self::TooManySubscriptions,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::NoRoute,
+        Self::MethodNotAllowed,
+        Self::TransportNotAllowed,
+        Self::BodyTooLarge,
+        Self::MessageTooLarge,
+        Self::UnsupportedMediaType,
+        Self::UpgradeRequired,
+        Self::RateLimited,
+        Self::NoUpstream,
+        Self::TooManyConnections,
+        Self::BackplaneUnavailable,
+        Self::UpstreamUnreachable,
+        Self::UpstreamError,
+        Self::UpstreamTimeout,
+    ];
+
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidChannel => "invalid_channel",
+            Self::InvalidEvent => "invalid_event",
+            Self::InvalidId => "invalid_id",
+            Self::InvalidTransport => "invalid_transport",
+            Self::InvalidUpgrade => "invalid_upgrade",
+            Self::InvalidPath => "invalid_path",
+            Self::InvalidBody => "invalid_body",
+            Self::NoChannel => "no_channel",
+            Self::UnknownType => "unknown_type",
+            Self::BinaryNotSupported => "binary_not_supported",
+            Self::NotSubscribed => "not_subscribed",
+            Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::NoRoute => "no_route",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::TransportNotAllowed => "transport_not_allowed",
+            Self::BodyTooLarge => "body_too_large",
+            Self::MessageTooLarge => "message_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UpgradeRequired => "upgrade_required",
+            Self::RateLimited => "rate_limited",
+            Self::NoUpstream => "no_upstream",
+            Self::TooManyConnections => "too_many_connections",
+            Self::BackplaneUnavailable => "backplane_unavailable",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The HTTP status this code answers with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest
+            | Self::InvalidJson
+            | Self::InvalidChannel
+            | Self::InvalidEvent
+            | Self::InvalidId
+            | Self::InvalidTransport
+            | Self::InvalidUpgrade
+            | Self::InvalidPath
+            | Self::InvalidBody
+            | Self::NoChannel
+            | Self::UnknownType
+            | Self::BinaryNotSupported
+            | Self::NotSubscribed
+            | Self::TooManySubscriptions => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TransportNotAllowed => StatusCode::NOT_ACCEPTABLE,
+            Self::BodyTooLarge | Self::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::NoUpstream => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::TooManyConnections | Self::BackplaneUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::UpstreamUnreachable | Self::UpstreamError => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Who is to blame, from the status class (pingora's rule).
+    pub fn blame(self) -> Blame {
+        match self.status().as_u16() {
+            400..=499 => Blame::Downstream,
+            502 | 504 => Blame::Upstream,
+            _ => Blame::Internal,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A failure ready to become a response.
 #[derive(Debug, Clone)]
 pub struct HttpError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Extra fields merged into the `error` object.
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl HttpError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: code.status(),
             code,
             message: message.into(),
             extra: None,
         }
-    }
-
-    /// A failure with no specific status, mapped by blame.
-    pub fn blamed(blame: Blame, code: &'static str, message: impl Into<String>) -> Self {
-        let status = match blame {
-            Blame::Downstream => StatusCode::BAD_REQUEST,
-            Blame::Upstream => StatusCode::BAD_GATEWAY,
-            Blame::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::new(status, code, message)
     }
 
     pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
@@ -60,7 +215,7 @@ impl HttpError {
 
     pub fn into_response(self) -> Response<Body> {
         let mut error = serde_json::Map::new();
-        error.insert("code".into(), self.code.into());
+        error.insert("code".into(), self.code.as_str().into());
         error.insert("message".into(), self.message.into());
         if let Some(extra) = self.extra {
             error.extend(extra);
@@ -92,4 +247,37 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// An empty body.
 pub fn empty() -> Body {
     full(Bytes::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_blamed_by_status() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "{s} twice");
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
+            let status = code.status().as_u16();
+            match code.blame() {
+                Blame::Downstream => assert!((400..500).contains(&status), "{s}"),
+                Blame::Upstream => assert!(status == 502 || status == 504, "{s}"),
+                Blame::Internal => assert!(status >= 500, "{s}"),
+            }
+        }
+    }
+
+    #[test]
+    fn docs_list_every_code_with_its_status() {
+        let doc = include_str!("../docs/errors.md");
+        for code in ErrorCode::ALL {
+            let row = format!("| `{}` | {} |", code.as_str(), code.status().as_u16());
+            assert!(doc.contains(&row), "docs/errors.md lacks the row {row}");
+        }
+    }
 }

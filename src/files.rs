@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::config::StaticSettings;
-use crate::error::{Body, HttpError, empty, full};
+use crate::error::{Body, ErrorCode, HttpError, empty, full};
 use crate::router::pattern::percent_decode;
 
 /// Largest file served (static routes are for pages and assets).
@@ -22,15 +22,13 @@ pub async fn serve(
 ) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
         return HttpError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "static files answer GET and HEAD",
         )
         .into_response();
     }
     let Some(relative) = safe_relative(path) else {
-        return HttpError::new(StatusCode::BAD_REQUEST, "bad_path", "invalid file path")
-            .into_response();
+        return HttpError::new(ErrorCode::InvalidPath, "invalid file path").into_response();
     };
     let mut file = settings.dir.join(&relative);
     if relative.as_os_str().is_empty() || path.ends_with('/') {
@@ -108,7 +106,7 @@ pub async fn serve(
 }
 
 fn not_found() -> Response<Body> {
-    HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such file").into_response()
+    HttpError::new(ErrorCode::NotFound, "no such file").into_response()
 }
 
 /// The decoded path as a relative path with only normal components, or

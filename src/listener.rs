@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::error::{Body, HttpError};
+use crate::error::{Body, ErrorCode, HttpError};
 use crate::shutdown::Shutdown;
 
 use self::prefixed::Prefixed;
@@ -260,8 +260,7 @@ impl<H: Handler> Connection<H> {
             async move {
                 if over_limit {
                     let mut response = HttpError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too_many_connections",
+                        ErrorCode::TooManyConnections,
                         "connection limit reached; retry later",
                     )
                     .into_response();

@@ -22,7 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tracing::{debug, warn};
 
 use crate::config::{RouteSettings, UpstreamSettings};
-use crate::error::{Blame, Body, HttpError};
+use crate::error::{Body, ErrorCode, HttpError};
 use crate::listener::ConnInfo;
 use crate::metrics::{Metrics, UpstreamLabels};
 use crate::shutdown::Shutdown;
@@ -72,12 +72,8 @@ impl Proxy {
         conn: &ConnInfo,
     ) -> Response<Body> {
         let Some((upstream, latency)) = self.upstreams.get(upstream) else {
-            return HttpError::blamed(
-                Blame::Internal,
-                "no_upstream",
-                "route names no known upstream",
-            )
-            .into_response();
+            return HttpError::new(ErrorCode::NoUpstream, "route names no known upstream")
+                .into_response();
         };
         let upgrade = request
             .headers()
@@ -134,9 +130,8 @@ impl Proxy {
                 .path_and_query(path.clone())
                 .build();
             let Ok(uri) = uri else {
-                return HttpError::blamed(
-                    Blame::Downstream,
-                    "bad_request",
+                return HttpError::new(
+                    ErrorCode::InvalidRequest,
                     "request path cannot be forwarded",
                 )
                 .into_response();
@@ -158,8 +153,7 @@ impl Proxy {
                 Err(_) => {
                     warn!(upstream = %upstream.name, target = %target.authority, "Upstream timed out before response headers.");
                     return HttpError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
+                        ErrorCode::UpstreamTimeout,
                         format!(
                             "upstream {} did not answer within {:?}",
                             upstream.name, upstream.timeout
@@ -175,9 +169,8 @@ impl Proxy {
                 }
                 Ok(Err(error)) => {
                     warn!(upstream = %upstream.name, target = %target.authority, error = %error_chain(&error), "Upstream request failed.");
-                    return HttpError::blamed(
-                        Blame::Upstream,
-                        "upstream_error",
+                    return HttpError::new(
+                        ErrorCode::UpstreamError,
                         format!("upstream {} failed to answer", upstream.name),
                     )
                     .into_response();
@@ -214,7 +207,7 @@ impl Proxy {
             ),
             None => format!("upstream {} has no targets", upstream.name),
         };
-        HttpError::blamed(Blame::Upstream, "upstream_unreachable", message).into_response()
+        HttpError::new(ErrorCode::UpstreamUnreachable, message).into_response()
     }
 }
 
@@ -252,7 +245,7 @@ fn rewrite_path(uri: &Uri, strip_prefix: Option<&str>) -> Result<PathAndQuery, H
         None => stripped.to_owned(),
     };
     full.parse()
-        .map_err(|_| HttpError::blamed(Blame::Downstream, "bad_request", "invalid request path"))
+        .map_err(|_| HttpError::new(ErrorCode::InvalidRequest, "invalid request path"))
 }
 
 /// `error: cause: cause` for logs.

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
 use crate::backplane::Backplane;
-use crate::error::{Body, HttpError};
+use crate::error::{Body, ErrorCode, HttpError};
 use crate::hub::message::{ChannelName, EventName, Payload, Publication, Receipt};
 use crate::realtime::cursor;
 
@@ -57,15 +57,13 @@ impl Publisher {
             .to_ascii_lowercase();
         if mime != "application/json" {
             return Err(HttpError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send Content-Type: application/json",
             ));
         }
         let too_large = || {
             HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 format!(
                     "publish body is larger than limits.max_body ({} bytes)",
                     self.max_body
@@ -88,20 +86,17 @@ impl Publisher {
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
             Err(_) => {
                 return Err(HttpError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
+                    ErrorCode::InvalidBody,
                     "request body could not be read",
                 ));
             }
         };
         let publications = decode(&body, self.max_message)?;
-        let receipts = self.backplane.publish(publications).await.map_err(|e| {
-            HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "backplane_unavailable",
-                e.to_string(),
-            )
-        })?;
+        let receipts = self
+            .backplane
+            .publish(publications)
+            .await
+            .map_err(|e| HttpError::new(ErrorCode::BackplaneUnavailable, e.to_string()))?;
         Ok(receipts_response(&receipts))
     }
 
@@ -131,11 +126,7 @@ impl Publisher {
             } else {
                 "missing Authorization: Bearer token"
             };
-            Err(HttpError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                message,
-            ))
+            Err(HttpError::new(ErrorCode::Unauthorized, message))
         }
     }
 }
@@ -147,15 +138,11 @@ pub fn challenge() -> HeaderValue {
 
 /// Decodes and validates a publish body into publications, in order.
 pub fn decode(body: &[u8], max_message: usize) -> Result<Vec<Publication>, HttpError> {
-    let bad = |message: String| HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", message);
+    let bad = |message: String| HttpError::new(ErrorCode::InvalidRequest, message);
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("invalid JSON: {e}"),
-        )
-        .with("line", e.line().into())
-        .with("column", e.column().into())
+        HttpError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
+            .with("line", e.line().into())
+            .with("column", e.column().into())
     })?;
     let Value::Object(object) = value else {
         return Err(bad("body must be a JSON object".into()));
@@ -227,7 +214,7 @@ fn message(
     now: Instant,
     out: &mut Vec<Publication>,
 ) -> Result<(), HttpError> {
-    let bad = |message: String| HttpError::new(StatusCode::BAD_REQUEST, "invalid_request", message);
+    let bad = |message: String| HttpError::new(ErrorCode::InvalidRequest, message);
     if let Some(k) = m.keys().find(|k| {
         !matches!(
             k.as_str(),
@@ -238,8 +225,7 @@ fn message(
     }
     let channel_error = |name: &str, e: &dyn std::fmt::Display| {
         HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_channel",
+            ErrorCode::InvalidChannel,
             format!("invalid channel {name:?}: {e}"),
         )
     };
@@ -274,8 +260,7 @@ fn message(
     let payload = Payload::from_json(data);
     if payload.len() > max_message {
         return Err(HttpError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "message_too_large",
+            ErrorCode::MessageTooLarge,
             format!("message data is larger than realtime.max_message ({max_message} bytes)"),
         ));
     }
@@ -283,8 +268,7 @@ fn message(
         None | Some(Value::Null) => None,
         Some(Value::String(e)) => Some(EventName::parse(e).map_err(|err| {
             HttpError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_event",
+                ErrorCode::InvalidEvent,
                 format!("invalid event {e:?}: {err}"),
             )
         })?),
@@ -316,6 +300,7 @@ fn message(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     fn err(body: &str) -> HttpError {
         decode(body.as_bytes(), 1024).unwrap_err()
@@ -371,19 +356,24 @@ mod tests {
     #[test]
     fn rejects_bad_bodies_with_reasons() {
         let e = err("{\"channel\":\n\"a\",");
-        assert_eq!(e.code, "invalid_json");
+        assert_eq!(e.code.as_str(), "invalid_json");
         assert_eq!(e.extra.as_ref().unwrap()["line"], 2);
-        assert_eq!(err(r#"{"channel":"a b","data":1}"#).code, "invalid_channel");
+        assert_eq!(
+            err(r#"{"channel":"a b","data":1}"#).code.as_str(),
+            "invalid_channel"
+        );
         assert_eq!(err(r#"{"channel":"a"}"#).message, "missing \"data\"");
         assert_eq!(
             err(r#"{"channel":"a","data":1,"x":1}"#).message,
             "unknown field \"x\""
         );
         assert_eq!(
-            err(r#"{"channel":"a","data":1,"event":"a b"}"#).code,
+            err(r#"{"channel":"a","data":1,"event":"a b"}"#)
+                .code
+                .as_str(),
             "invalid_event"
         );
-        assert_eq!(err(r#"[1]"#).code, "invalid_request");
+        assert_eq!(err(r#"[1]"#).code.as_str(), "invalid_request");
         let e = err(r#"{"messages":[{"channel":"a","data":1},{"channel":"!","data":1}]}"#);
         assert!(e.message.starts_with("messages[1]: "), "{}", e.message);
         let e = decode(br#"{"channel":"a","data":"xxxxxxxxxx"}"#, 5).unwrap_err();

@@ -21,7 +21,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::backplane::Backplane;
 use crate::config::{ClientPublish, RealtimeRoute, RealtimeSettings};
-use crate::error::{Body, HttpError, json_response};
+use crate::error::{Body, ErrorCode, HttpError, json_response};
 use crate::hub::Hub;
 use crate::hub::message::{ChannelName, Position};
 use crate::hub::queue::LagPolicy;
@@ -151,8 +151,7 @@ impl Realtime {
             Some(Ok(id)) => Some(id),
             Some(Err(_)) => {
                 return Err(HttpError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_id",
+                    ErrorCode::InvalidId,
                     "invalid resume id: Last-Event-ID is not ASCII",
                 ));
             }
@@ -166,8 +165,7 @@ impl Realtime {
             Some(Ok(p)) => Some(p),
             Some(Err(e)) => {
                 return Err(HttpError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_id",
+                    ErrorCode::InvalidId,
                     format!("invalid resume id: {e}"),
                 ));
             }
@@ -175,8 +173,7 @@ impl Realtime {
         if channels.is_empty() && transport != Transport::Websocket {
             // A WebSocket may subscribe later; a stream or poll needs a channel now.
             return Err(HttpError::new(
-                StatusCode::BAD_REQUEST,
-                "no_channel",
+                ErrorCode::NoChannel,
                 "name at least one channel with ?channel=",
             ));
         }
@@ -282,19 +279,14 @@ fn resolve_channels(
 ) -> Result<(Vec<ChannelName>, Grants), HttpError> {
     let bad = |name: &str, e: &dyn std::fmt::Display| {
         HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_channel",
+            ErrorCode::InvalidChannel,
             format!("invalid channel {name:?}: {e}"),
         )
     };
     let mut route_channels = Vec::new();
     for template in &route.channels {
         let name = template.render(captures).ok_or_else(|| {
-            HttpError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_channel",
-                "channel template has no value",
-            )
+            HttpError::new(ErrorCode::InvalidChannel, "channel template has no value")
         })?;
         route_channels.push(ChannelName::parse(&name).map_err(|e| bad(&name, &e))?);
     }
@@ -308,8 +300,7 @@ fn resolve_channels(
     channels.dedup();
     if channels.len() > MAX_CHANNELS_PER_CONNECTION {
         return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "too_many_channels",
+            ErrorCode::TooManySubscriptions,
             format!("at most {MAX_CHANNELS_PER_CONNECTION} channels per connection"),
         ));
     }

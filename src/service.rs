@@ -7,7 +7,7 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::config::RouteAction;
-use crate::error::{Body, HttpError};
+use crate::error::{Body, ErrorCode, HttpError};
 use crate::files;
 use crate::listener::{ConnInfo, Handler, RawIo};
 use crate::metrics::{Metrics, RequestLabels};
@@ -26,12 +26,7 @@ fn client_js(request: &Request<Incoming>) -> Response<Body> {
     use http::HeaderValue;
     const ETAG: &str = concat!("\"pushgate-client-", env!("CARGO_PKG_VERSION"), "\"");
     if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
-        return HttpError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "GET the client",
-        )
-        .into_response();
+        return HttpError::new(ErrorCode::MethodNotAllowed, "GET the client").into_response();
     }
     let cached = request
         .headers()
@@ -153,12 +148,8 @@ impl Service {
             return ("_pushgate".into(), client_js(&request));
         }
         let Some(matched) = self.router.route(host.as_deref(), request.method(), &path) else {
-            let response = HttpError::new(
-                StatusCode::NOT_FOUND,
-                "no_route",
-                format!("no route for {path}"),
-            )
-            .into_response();
+            let response =
+                HttpError::new(ErrorCode::NoRoute, format!("no route for {path}")).into_response();
             return (String::new(), response);
         };
         let route = matched.route.clone();

@@ -201,7 +201,7 @@ async fn garbage_last_event_id_is_a_clear_400_and_harms_no_one() {
             .unwrap();
         assert_eq!(response.status(), 400, "{garbage}");
         let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "bad_id");
+        assert_eq!(body["error"]["code"], "invalid_id");
     }
     pg.publish("h", json!("still here")).await;
     assert_eq!(healthy.next_message().await.data, "still here");

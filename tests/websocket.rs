@@ -176,19 +176,19 @@ async fn bad_input_gets_error_frames_and_the_connection_survives() {
     let pg = Pushgate::start(CONFIG).await;
     let mut ws = WsClient::connect(pg.http, "/any").await;
     let cases: [(&str, &str); 7] = [
-        ("{not json", "bad_json"),
+        ("{not json", "invalid_json"),
         (r#"{"type":"dance"}"#, "unknown_type"),
-        (r#"{"type":"subscribe","channel":"a b"}"#, "bad_channel"),
-        (r#"{"type":"subscribe"}"#, "bad_request"),
+        (r#"{"type":"subscribe","channel":"a b"}"#, "invalid_channel"),
+        (r#"{"type":"subscribe"}"#, "invalid_request"),
         (
             r#"{"type":"subscribe","channel":"a","since":"garbage"}"#,
-            "bad_id",
+            "invalid_id",
         ),
         (
             r#"{"type":"unsubscribe","channel":"never"}"#,
             "not_subscribed",
         ),
-        (r#"[1,2,3]"#, "bad_json"),
+        (r#"[1,2,3]"#, "invalid_json"),
     ];
     for (frame, code) in cases {
         ws.send_text(frame).await;

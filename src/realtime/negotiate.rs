@@ -2,9 +2,9 @@
 //! websocket`, else `?transport=`, else `Accept: text/event-stream`, else
 //! long polling. Pure.
 
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, header};
 
-use crate::error::HttpError;
+use crate::error::{ErrorCode, HttpError};
 
 /// A realtime transport; the config names them in lowercase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -52,8 +52,7 @@ pub fn choose(
             Some("websocket") => {
                 if allowed.contains(&Transport::Websocket) {
                     return Err(HttpError::new(
-                        StatusCode::UPGRADE_REQUIRED,
-                        "upgrade_required",
+                        ErrorCode::UpgradeRequired,
                         "transport=websocket needs an Upgrade: websocket request",
                     ));
                 }
@@ -63,8 +62,7 @@ pub fn choose(
             Some("longpoll") => Transport::Longpoll,
             Some(other) => {
                 return Err(HttpError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_transport",
+                    ErrorCode::InvalidTransport,
                     format!(
                         "unknown transport {other:?}: expected websocket, sse, longpoll or info"
                     ),
@@ -92,8 +90,7 @@ pub fn choose(
 
 fn not_allowed(wanted: Transport, allowed: &[Transport]) -> HttpError {
     HttpError::new(
-        StatusCode::NOT_ACCEPTABLE,
-        "transport_not_allowed",
+        ErrorCode::TransportNotAllowed,
         format!("transport {} is not enabled on this route", wanted.as_str()),
     )
     .with(
@@ -110,6 +107,7 @@ fn not_allowed(wanted: Transport, allowed: &[Transport]) -> HttpError {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use http::StatusCode;
 
     const ALL: [Transport; 3] = [Transport::Websocket, Transport::Sse, Transport::Longpoll];
 
@@ -154,7 +152,7 @@ mod tests {
     fn disabled_transport_is_406_and_missing_upgrade_426() {
         let e = choose(&HeaderMap::new(), Some("sse"), &[Transport::Longpoll]).unwrap_err();
         assert_eq!(e.status, StatusCode::NOT_ACCEPTABLE);
-        assert_eq!(e.code, "transport_not_allowed");
+        assert_eq!(e.code.as_str(), "transport_not_allowed");
         let e = choose(&HeaderMap::new(), Some("websocket"), &ALL).unwrap_err();
         assert_eq!(e.status, StatusCode::UPGRADE_REQUIRED);
         let e = choose(&HeaderMap::new(), Some("bogus"), &ALL).unwrap_err();

@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::io::{AsyncWrite, ReadHalf};
 use tracing::debug;
 
 use super::{Coalesce, Grants, Plan, Realtime, Session, cursor, send};
-use crate::error::{Body, HttpError};
+use crate::error::{Body, ErrorCode, HttpError};
 use crate::hub::message::{
     ChannelName, EventName, Message, Payload as MessagePayload, Position, Publication,
 };
@@ -54,8 +54,7 @@ pub fn respond(
         Ok(pair) => pair,
         Err(error) => {
             return HttpError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_upgrade",
+                ErrorCode::InvalidUpgrade,
                 format!("invalid WebSocket upgrade: {error}"),
             )
             .into_response();
@@ -350,7 +349,10 @@ impl Connection {
             return Next::Close(Some((CLOSE_TOO_BIG, "message too big")));
         }
         if complete.opcode == OpCode::Binary {
-            self.reply(error_json("binary_not_supported", "send JSON text frames"));
+            self.reply(error_json(
+                ErrorCode::BinaryNotSupported,
+                "send JSON text frames",
+            ));
             return Next::Continue;
         }
         match std::str::from_utf8(&complete.data) {
@@ -379,7 +381,10 @@ impl Connection {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => {
-                return self.reply(error_json("bad_json", &format!("invalid JSON frame: {e}")));
+                return self.reply(error_json(
+                    ErrorCode::InvalidJson,
+                    &format!("invalid JSON frame: {e}"),
+                ));
             }
         };
         let channel = match frame.kind.as_str() {
@@ -388,15 +393,19 @@ impl Connection {
                 match frame.channel.as_deref().map(ChannelName::parse) {
                     Some(Ok(c)) => c,
                     Some(Err(e)) => {
-                        return self
-                            .reply(error_json("bad_channel", &format!("invalid channel: {e}")));
+                        return self.reply(error_json(
+                            ErrorCode::InvalidChannel,
+                            &format!("invalid channel: {e}"),
+                        ));
                     }
-                    None => return self.reply(error_json("bad_request", "missing \"channel\"")),
+                    None => {
+                        return self
+                            .reply(error_json(ErrorCode::InvalidRequest, "missing \"channel\""));
+                    }
                 }
             }
             other => {
-                return self.reply(error_json(
-                    "unknown_type",
+                return self.reply(error_json(ErrorCode::UnknownType,
                     &format!("unknown frame type {other:?}: expected subscribe, unsubscribe, publish or ping"),
                 ));
             }
@@ -405,7 +414,7 @@ impl Connection {
             "subscribe" => {
                 if !self.grants.may_subscribe(&channel) {
                     return self.reply(error_json(
-                        "forbidden",
+                        ErrorCode::Forbidden,
                         &format!("channel {channel} is not granted on this route"),
                     ));
                 }
@@ -418,7 +427,10 @@ impl Connection {
                     None => None,
                     Some(Ok(p)) => Some(p),
                     Some(Err(e)) => {
-                        return self.reply(error_json("bad_id", &format!("invalid since: {e}")));
+                        return self.reply(error_json(
+                            ErrorCode::InvalidId,
+                            &format!("invalid since: {e}"),
+                        ));
                     }
                 };
                 let session = &mut self.session;
@@ -426,7 +438,7 @@ impl Connection {
                     && !session.channels.contains(&channel)
                 {
                     return self.reply(error_json(
-                        "too_many_channels",
+                        ErrorCode::TooManySubscriptions,
                         "channel limit per connection reached",
                     ));
                 }
@@ -437,7 +449,7 @@ impl Connection {
                     self.reply(unsubscribed_json(&channel));
                 } else {
                     self.reply(error_json(
-                        "not_subscribed",
+                        ErrorCode::NotSubscribed,
                         &format!("not subscribed to {channel}"),
                     ));
                 }
@@ -453,16 +465,19 @@ impl Connection {
             } else {
                 "client publish is disabled on this route".to_owned()
             };
-            return self.reply(error_json("forbidden", &why));
+            return self.reply(error_json(ErrorCode::Forbidden, &why));
         }
         let Some(data) = frame.data else {
-            return self.reply(error_json("bad_request", "missing \"data\""));
+            return self.reply(error_json(ErrorCode::InvalidRequest, "missing \"data\""));
         };
         let event = match frame.event.as_deref().map(EventName::parse) {
             None => None,
             Some(Ok(e)) => Some(e),
             Some(Err(e)) => {
-                return self.reply(error_json("bad_event", &format!("invalid event: {e}")));
+                return self.reply(error_json(
+                    ErrorCode::InvalidEvent,
+                    &format!("invalid event: {e}"),
+                ));
             }
         };
         let publication = Publication {
@@ -483,7 +498,7 @@ impl Connection {
                     self.reply(Bytes::from(reply.to_string()));
                 }
             }
-            Err(e) => self.reply(error_json("unavailable", &e.to_string())),
+            Err(e) => self.reply(error_json(ErrorCode::BackplaneUnavailable, &e.to_string())),
         }
     }
 }
@@ -595,8 +610,10 @@ fn gap_json(channel: &ChannelName) -> Bytes {
     Bytes::from(serde_json::json!({"type": "gap", "channel": channel.as_str()}).to_string())
 }
 
-fn error_json(code: &str, message: &str) -> Bytes {
-    Bytes::from(serde_json::json!({"type": "error", "code": code, "message": message}).to_string())
+fn error_json(code: ErrorCode, message: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({"type": "error", "code": code.as_str(), "message": message}).to_string(),
+    )
 }
 
 #[cfg(test)]
