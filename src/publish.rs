@@ -223,23 +223,15 @@ fn message(
     }) {
         return Err(bad(format!("unknown field {k:?}")));
     }
-    let channel_error = |name: &str, e: &dyn std::fmt::Display| {
-        HttpError::new(
-            ErrorCode::InvalidChannel,
-            format!("invalid channel {name:?}: {e}"),
-        )
-    };
     let mut channels = Vec::new();
     match (m.get("channel"), m.get("channels")) {
-        (Some(Value::String(c)), None) => {
-            channels.push(ChannelName::parse(c).map_err(|e| channel_error(c, &e))?)
-        }
+        (Some(Value::String(c)), None) => channels.push(channel(c)?),
         (None, Some(Value::Array(list))) if !list.is_empty() => {
             for c in list {
                 let Value::String(c) = c else {
                     return Err(bad("\"channels\" must be an array of strings".into()));
                 };
-                let name = ChannelName::parse(c).map_err(|e| channel_error(c, &e))?;
+                let name = channel(c)?;
                 if !channels.contains(&name) {
                     channels.push(name);
                 }
@@ -254,47 +246,91 @@ fn message(
         }
         (None, None) => return Err(bad("missing \"channel\"".into())),
     }
-    let data = m
-        .get("data")
-        .ok_or_else(|| bad("missing \"data\"".into()))?;
-    let payload = Payload::from_json(data);
-    if payload.len() > max_message {
-        return Err(HttpError::new(
-            ErrorCode::MessageTooLarge,
-            format!("message data is larger than realtime.max_message ({max_message} bytes)"),
-        ));
-    }
-    let event = match m.get("event") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(e)) => Some(EventName::parse(e).map_err(|err| {
-            HttpError::new(
-                ErrorCode::InvalidEvent,
-                format!("invalid event {e:?}: {err}"),
-            )
-        })?),
-        Some(_) => return Err(bad("\"event\" must be a string".into())),
-    };
-    let idempotency_key = match m.get("idempotency_key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => {
-            Some(Arc::from(k.as_str()))
-        }
-        Some(_) => {
-            return Err(bad(format!(
-                "\"idempotency_key\" must be a string of 1 to {MAX_IDEMPOTENCY_KEY} bytes"
-            )));
-        }
-    };
-    for channel in channels {
-        out.push(Publication {
-            channel,
-            event: event.clone(),
-            payload: payload.clone(),
-            idempotency_key: idempotency_key.clone(),
-            accepted_at: now,
-        });
-    }
+    let content = Content::validate(
+        m.get("data"),
+        m.get("event"),
+        m.get("idempotency_key"),
+        max_message,
+    )?;
+    out.extend(channels.into_iter().map(|c| content.publication(c, now)));
     Ok(())
+}
+
+/// A channel name from a client, or `invalid_channel`.
+pub fn channel(name: &str) -> Result<ChannelName, HttpError> {
+    ChannelName::parse(name).map_err(|e| {
+        HttpError::new(
+            ErrorCode::InvalidChannel,
+            format!("invalid channel {name:?}: {e}"),
+        )
+    })
+}
+
+/// What a publication carries besides its channel, validated: the one
+/// check for `/publish` and WebSocket client publish alike.
+#[derive(Debug, Clone)]
+pub struct Content {
+    event: Option<EventName>,
+    payload: Payload,
+    idempotency_key: Option<Arc<str>>,
+}
+
+impl Content {
+    /// Validates the `data`, `event` and `idempotency_key` fields as a
+    /// client sent them; `data` is encoded once here.
+    pub fn validate(
+        data: Option<&Value>,
+        event: Option<&Value>,
+        idempotency_key: Option<&Value>,
+        max_message: usize,
+    ) -> Result<Self, HttpError> {
+        let bad = |message: String| HttpError::new(ErrorCode::InvalidRequest, message);
+        let data = data.ok_or_else(|| bad("missing \"data\"".into()))?;
+        let payload = Payload::from_json(data);
+        if payload.len() > max_message {
+            return Err(HttpError::new(
+                ErrorCode::MessageTooLarge,
+                format!("message data is larger than realtime.max_message ({max_message} bytes)"),
+            ));
+        }
+        let event = match event {
+            None | Some(Value::Null) => None,
+            Some(Value::String(e)) => Some(EventName::parse(e).map_err(|err| {
+                HttpError::new(
+                    ErrorCode::InvalidEvent,
+                    format!("invalid event {e:?}: {err}"),
+                )
+            })?),
+            Some(_) => return Err(bad("\"event\" must be a string".into())),
+        };
+        let idempotency_key = match idempotency_key {
+            None | Some(Value::Null) => None,
+            Some(Value::String(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => {
+                Some(Arc::from(k.as_str()))
+            }
+            Some(_) => {
+                return Err(bad(format!(
+                    "\"idempotency_key\" must be a string of 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+                )));
+            }
+        };
+        Ok(Self {
+            event,
+            payload,
+            idempotency_key,
+        })
+    }
+
+    /// The publication of this content to `channel`.
+    pub fn publication(&self, channel: ChannelName, accepted_at: Instant) -> Publication {
+        Publication {
+            channel,
+            event: self.event.clone(),
+            payload: self.payload.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            accepted_at,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,12 +26,11 @@ use tracing::debug;
 
 use super::{Coalesce, Grants, Plan, Realtime, Session, cursor, send};
 use crate::error::{Body, ErrorCode, HttpError};
-use crate::hub::message::{
-    ChannelName, EventName, Message, Payload as MessagePayload, Position, Publication,
-};
+use crate::hub::message::{ChannelName, Message, Position};
 use crate::hub::queue::{Closed, Item};
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::metrics::Metrics;
+use crate::publish::{self, Content};
 use crate::realtime::negotiate::Transport;
 
 /// Cache slot of a message's encoded WebSocket frame in `Message`.
@@ -390,14 +389,9 @@ impl Connection {
         let channel = match frame.kind.as_str() {
             "ping" => return self.reply(Bytes::from_static(br#"{"type":"pong"}"#)),
             "subscribe" | "unsubscribe" | "publish" => {
-                match frame.channel.as_deref().map(ChannelName::parse) {
+                match frame.channel.as_deref().map(publish::channel) {
                     Some(Ok(c)) => c,
-                    Some(Err(e)) => {
-                        return self.reply(error_json(
-                            ErrorCode::InvalidChannel,
-                            &format!("invalid channel: {e}"),
-                        ));
-                    }
+                    Some(Err(e)) => return self.reply(error_json(e.code, &e.message)),
                     None => {
                         return self
                             .reply(error_json(ErrorCode::InvalidRequest, "missing \"channel\""));
@@ -467,26 +461,16 @@ impl Connection {
             };
             return self.reply(error_json(ErrorCode::Forbidden, &why));
         }
-        let Some(data) = frame.data else {
-            return self.reply(error_json(ErrorCode::InvalidRequest, "missing \"data\""));
+        let content = match Content::validate(
+            frame.data.as_ref(),
+            frame.event.as_ref(),
+            None,
+            self.max_message,
+        ) {
+            Ok(content) => content,
+            Err(e) => return self.reply(error_json(e.code, &e.message)),
         };
-        let event = match frame.event.as_deref().map(EventName::parse) {
-            None => None,
-            Some(Ok(e)) => Some(e),
-            Some(Err(e)) => {
-                return self.reply(error_json(
-                    ErrorCode::InvalidEvent,
-                    &format!("invalid event: {e}"),
-                ));
-            }
-        };
-        let publication = Publication {
-            channel: channel.clone(),
-            event,
-            payload: MessagePayload::from_json(&data),
-            idempotency_key: None,
-            accepted_at: Instant::now(),
-        };
+        let publication = content.publication(channel, Instant::now());
         match self.realtime.backplane.publish(vec![publication]).await {
             Ok(receipts) => {
                 if let Some(r) = receipts.first() {
@@ -514,7 +498,7 @@ struct ClientFrame {
     #[serde(default)]
     data: Option<serde_json::Value>,
     #[serde(default)]
-    event: Option<String>,
+    event: Option<serde_json::Value>,
 }
 
 fn quoted(out: &mut BytesMut, s: &str) {
@@ -619,6 +603,7 @@ fn error_json(code: ErrorCode, message: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::message::{EventName, Payload as MessagePayload};
 
     #[test]
     fn message_frame_is_the_spec_json() {
