@@ -5,6 +5,7 @@
 //! Wire formats live in the transport modules (`sse`, `ws`, `longpoll`).
 
 pub mod cursor;
+pub mod deliver;
 pub mod longpoll;
 pub mod negotiate;
 pub mod sse;

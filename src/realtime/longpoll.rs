@@ -3,14 +3,13 @@
 //! next poll resumes exactly where this one ended.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderValue, Response, header};
 
+use super::deliver::Encoder;
 use super::{Plan, Realtime, Session};
 use crate::error::Body;
 use crate::hub::message::{ChannelName, Message};
-use crate::hub::queue::Item;
 use crate::hub::queue::LagPolicy;
 use crate::realtime::negotiate::Transport;
 
@@ -29,9 +28,7 @@ pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + settings.longpoll_timeout;
     let mut answer = Answer::default();
     loop {
-        let mut items = std::collections::VecDeque::new();
-        let closed = session.queue.drain(&mut items).is_err();
-        answer.take(&mut session, items, &realtime.metrics);
+        let closed = session.deliver(&realtime.metrics, &mut answer).is_err();
         if closed || !answer.is_empty() {
             break;
         }
@@ -54,34 +51,6 @@ struct Answer {
 impl Answer {
     fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.gaps.is_empty()
-    }
-
-    fn take(
-        &mut self,
-        session: &mut Session,
-        items: std::collections::VecDeque<Item>,
-        metrics: &crate::metrics::Metrics,
-    ) {
-        let now = Instant::now();
-        for item in items {
-            match item {
-                Item::Subscribed { channel, position } => session.advance(&channel, position),
-                Item::Gap(channel) => {
-                    if !self.gaps.contains(&channel) {
-                        self.gaps.push(channel);
-                    }
-                }
-                Item::Message(m) => {
-                    session.advance(&m.channel, m.position);
-                    metrics
-                        .delivery_latency
-                        .observe(now.saturating_duration_since(m.published_at).as_secs_f64());
-                    metrics.delivered.inc();
-                    self.messages.push((m, session.cursor()));
-                }
-                Item::Reply(_) => {}
-            }
-        }
     }
 
     fn into_response(self, session: &Session) -> Response<Body> {
@@ -124,5 +93,17 @@ impl Answer {
             HeaderValue::from_static("no-cache, no-store"),
         );
         response
+    }
+}
+
+impl Encoder for Answer {
+    fn message(&mut self, session: &Session, m: &Arc<Message>) {
+        self.messages.push((m.clone(), session.cursor()));
+    }
+
+    fn gap(&mut self, channel: &ChannelName) {
+        if !self.gaps.contains(channel) {
+            self.gaps.push(channel.clone());
+        }
     }
 }

@@ -4,10 +4,9 @@
 //! (`run_raw`); a hyper-served one is a response body that reads the
 //! session queue directly.
 
-use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Response, header};
@@ -16,10 +15,11 @@ use hyper::body::Frame;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::deliver::Encoder;
 use super::{Coalesce, Plan, Realtime, Session, cursor, send};
 use crate::error::{Body, BoxError};
 use crate::hub::message::{ChannelName, Message};
-use crate::hub::queue::{Closed, Item};
+use crate::hub::queue::Closed;
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::metrics::Metrics;
 use crate::realtime::negotiate::Transport;
@@ -117,14 +117,14 @@ impl SseStream {
 
     /// Takes everything queued and encodes it as one chunk.
     fn drain(&mut self) -> Drained {
-        let mut items = VecDeque::new();
-        if let Err(Closed::Lagged) = self.session.queue.drain(&mut items) {
+        let mut events = SseEncoder {
+            single: self.session.channels.len() == 1,
+            chunks: Coalesce::default(),
+        };
+        if let Err(Closed::Lagged) = self.session.deliver(&self.metrics, &mut events) {
             return Drained::Lagged(close_event("lagged"));
         }
-        if items.is_empty() {
-            return Drained::Nothing;
-        }
-        let chunk = self.encode_items(&items);
+        let chunk = events.chunks.finish();
         if chunk.is_empty() {
             Drained::Nothing
         } else {
@@ -221,37 +221,31 @@ impl SseStream {
             },
         }
     }
+}
 
-    /// Encodes the drained items into one chunk (one write for a burst).
-    fn encode_items(&mut self, items: &VecDeque<Item>) -> Bytes {
-        let single = self.session.channels.len() == 1;
-        let now = Instant::now();
-        let mut chunks = Coalesce::default();
-        let mut delivered = 0;
-        for item in items {
-            match item {
-                Item::Message(m) => {
-                    self.session.advance(&m.channel, m.position);
-                    let bytes = if single {
-                        m.encoded(ENCODING_SLOT, |m| {
-                            event_bytes(&cursor::encode_one(m.position), m)
-                        })
-                    } else {
-                        event_bytes(&self.session.cursor(), m)
-                    };
-                    chunks.push(bytes);
-                    delivered += 1;
-                    self.metrics
-                        .delivery_latency
-                        .observe(now.saturating_duration_since(m.published_at).as_secs_f64());
-                }
-                Item::Gap(channel) => chunks.push(gap_event(std::slice::from_ref(channel))),
-                Item::Subscribed { channel, position } => self.session.advance(channel, *position),
-                Item::Reply(_) => {}
-            }
-        }
-        self.metrics.delivered.inc_by(delivered);
-        chunks.finish()
+/// SSE events for drained items, joined into one chunk (one write for a
+/// burst).
+struct SseEncoder {
+    /// One channel: a message's event is the same for every subscriber,
+    /// so it is encoded once and shared.
+    single: bool,
+    chunks: Coalesce,
+}
+
+impl Encoder for SseEncoder {
+    fn message(&mut self, session: &Session, m: &Arc<Message>) {
+        let bytes = if self.single {
+            m.encoded(ENCODING_SLOT, |m| {
+                event_bytes(&cursor::encode_one(m.position), m)
+            })
+        } else {
+            event_bytes(&session.cursor(), m)
+        };
+        self.chunks.push(bytes);
+    }
+
+    fn gap(&mut self, channel: &ChannelName) {
+        self.chunks.push(gap_event(std::slice::from_ref(channel)));
     }
 }
 

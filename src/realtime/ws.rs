@@ -11,7 +11,6 @@
 //!
 //! Fragmented messages are reassembled here with our own size cap.
 
-use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,12 +23,12 @@ use serde::Deserialize;
 use tokio::io::{AsyncWrite, ReadHalf};
 use tracing::debug;
 
+use super::deliver::Encoder;
 use super::{Coalesce, Grants, Plan, Realtime, Session, cursor, send};
 use crate::error::{Body, ErrorCode, HttpError};
 use crate::hub::message::{ChannelName, Message, Position};
 use crate::hub::queue::{Closed, Item};
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
-use crate::metrics::Metrics;
 use crate::publish::{self, Content};
 use crate::realtime::negotiate::Transport;
 
@@ -230,13 +229,12 @@ impl Connection {
         let mut timer = pin!(tokio::time::sleep_until(next_ping));
 
         let close = loop {
-            let mut items = VecDeque::new();
-            let drained = queue.drain(&mut items);
-            let mut frames = Coalesce::default();
+            let mut frames = WsEncoder(Coalesce::default());
             if let Some(greeting) = greeting.take() {
-                frames.push(greeting);
+                frames.0.push(greeting);
             }
-            encode_items(items, &mut frames, &metrics);
+            let drained = self.session.deliver(&metrics, &mut frames);
+            let frames = frames.0;
             if !frames.is_empty() && send(&mut write, &frames.finish()).await.is_err() {
                 break None;
             }
@@ -507,30 +505,25 @@ fn quoted(out: &mut BytesMut, s: &str) {
     out.put_slice(serde_json::to_string(s).unwrap_or_default().as_bytes());
 }
 
-/// Appends the frames for drained items (one write for a burst).
-fn encode_items(items: VecDeque<Item>, frames: &mut Coalesce, metrics: &Metrics) {
-    if items.is_empty() {
-        return;
+/// The frames for drained items, joined (one write for a burst).
+struct WsEncoder(Coalesce);
+
+impl Encoder for WsEncoder {
+    fn message(&mut self, _: &Session, m: &Arc<Message>) {
+        self.0.push(m.encoded(ENCODING_SLOT, message_frame));
     }
-    let now = Instant::now();
-    let mut delivered = 0;
-    for item in &items {
-        frames.push(match item {
-            Item::Message(m) => {
-                metrics
-                    .delivery_latency
-                    .observe(now.saturating_duration_since(m.published_at).as_secs_f64());
-                delivered += 1;
-                m.encoded(ENCODING_SLOT, message_frame)
-            }
-            Item::Subscribed { channel, position } => {
-                text_frame(&subscribed_json(channel, *position))
-            }
-            Item::Gap(channel) => text_frame(&gap_json(channel)),
-            Item::Reply(json) => text_frame(json),
-        });
+
+    fn gap(&mut self, channel: &ChannelName) {
+        self.0.push(text_frame(&gap_json(channel)));
     }
-    metrics.delivered.inc_by(delivered);
+
+    fn subscribed(&mut self, channel: &ChannelName, position: Position) {
+        self.0.push(text_frame(&subscribed_json(channel, position)));
+    }
+
+    fn reply(&mut self, json: &Bytes) {
+        self.0.push(text_frame(json));
+    }
 }
 
 /// A message's whole text frame, shared by every subscriber.
