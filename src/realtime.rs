@@ -223,6 +223,20 @@ impl Realtime {
         }
     }
 
+    /// Opens `plan`'s session under its route's lag policy; hands back
+    /// the grants and settings the transport still needs.
+    pub fn open_plan(&self, plan: Plan) -> (Session, Grants, RealtimeSettings) {
+        let settings = plan.settings;
+        let session = self.open(
+            plan.transport,
+            plan.channels,
+            plan.since,
+            &settings,
+            settings.on_lag,
+        );
+        (session, plan.grants, settings)
+    }
+
     /// Opens a session subscribed to `channels` (resuming from `since`).
     pub fn open(
         &self,

@@ -22,7 +22,6 @@ use crate::hub::message::{ChannelName, Message};
 use crate::hub::queue::Closed;
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::metrics::Metrics;
-use crate::realtime::negotiate::Transport;
 
 /// Cache slot of a message's single-channel SSE event in `Message`.
 pub const ENCODING_SLOT: usize = 0;
@@ -65,14 +64,7 @@ enum Phase {
 
 impl SseStream {
     fn open(realtime: &Arc<Realtime>, plan: Plan, slot: Arc<ConnSlot>) -> Self {
-        let settings = plan.settings;
-        let session = realtime.open(
-            Transport::Sse,
-            plan.channels,
-            plan.since,
-            &settings,
-            settings.on_lag,
-        );
+        let (session, _, settings) = realtime.open_plan(plan);
         Self {
             session,
             heartbeat: settings.heartbeat,

@@ -30,7 +30,6 @@ use crate::hub::message::{ChannelName, Message, Position};
 use crate::hub::queue::{Closed, Item};
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::publish::{self, Content};
-use crate::realtime::negotiate::Transport;
 
 /// Cache slot of a message's encoded WebSocket frame in `Message`.
 pub const ENCODING_SLOT: usize = 1;
@@ -133,19 +132,12 @@ fn run<S: RawIo>(
     slot: Arc<ConnSlot>,
     greeting: Option<Bytes>,
 ) {
-    let settings = plan.settings;
-    let session = realtime.open(
-        Transport::Websocket,
-        plan.channels,
-        plan.since,
-        &settings,
-        settings.on_lag,
-    );
+    let (session, grants, settings) = realtime.open_plan(plan);
     let tracker = realtime.shutdown.tracker.clone();
     let connection = Connection {
         realtime,
         session,
-        grants: plan.grants,
+        grants,
         max_message: settings.max_message,
         heartbeat: settings.heartbeat,
         pong_timeout: settings.pong_timeout,
