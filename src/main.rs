@@ -149,14 +149,19 @@ fn check_tls(config: &config::Config) -> Result<(), ExitCode> {
         })
 }
 
+/// The config `run` and `check` both need: parsed, and its certificates
+/// loadable.
+fn load_checked(args: &Args) -> Result<config::Config, ExitCode> {
+    let config = load(args)?;
+    check_tls(&config)?;
+    Ok(config)
+}
+
 fn check(args: &Args) -> ExitCode {
-    let config = match load(args) {
+    let config = match load_checked(args) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(code) = check_tls(&config) {
-        return code;
-    }
     println!(
         "{}: ok ({} routes, {} upstreams, {} listeners)",
         config.source.display(),
@@ -175,13 +180,10 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn run(args: &Args) -> ExitCode {
-    let config = match load(args) {
+    let config = match load_checked(args) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(code) = check_tls(&config) {
-        return code;
-    }
     runtime().block_on(async move {
         let listeners = match app::Listeners::bind(&config).await {
             Ok(l) => l,
