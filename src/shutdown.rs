@@ -69,3 +69,29 @@ pub async fn signal() {
         info!("Received Ctrl-C, draining.");
     }
 }
+
+/// Runs `reload` on every SIGHUP, one at a time, for the life of the
+/// process.
+pub fn on_hangup<F, Fut>(mut reload: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(error) => {
+                warn!(%error, "Cannot listen for SIGHUP; reload with POST /admin/reload.");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            info!("Received SIGHUP, reloading the config.");
+            reload().await;
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = &mut reload;
+}
