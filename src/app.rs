@@ -181,18 +181,27 @@ pub(crate) fn build_admin(config: &Config, shared: &Shared, control: Weak<Contro
 }
 
 impl Running {
-    /// Drains in order: not ready, stop accepting, close sessions politely,
-    /// let in-flight requests finish, all by the grace deadline (of the
-    /// config serving now). Returns whether everything finished in time.
+    /// Drains in order: not ready, stop accepting, close sessions politely
+    /// spread over `drain_window`, let in-flight requests finish, all by
+    /// the grace deadline (of the config serving now). Returns whether
+    /// everything finished in time.
     pub async fn drain(self) -> bool {
-        let grace = self.control.config().shutdown_grace;
-        self.drain_within(grace).await
+        let config = self.control.config();
+        self.drain_paced(config.shutdown_grace, config.drain_window)
+            .await
     }
 
+    /// Drains within `grace`, pacing closes over at most half of it.
     pub async fn drain_within(self, grace: Duration) -> bool {
+        let window = self.control.config().drain_window.min(grace / 2);
+        self.drain_paced(grace, window).await
+    }
+
+    async fn drain_paced(self, grace: Duration, window: Duration) -> bool {
         self.ready.store(false, Ordering::Release);
         let started = Instant::now();
-        let clean = self.shutdown.drain(grace).await;
+        let sessions = self.control.open_sessions();
+        let clean = self.shutdown.drain_paced(grace, window, sessions).await;
         let rest = grace
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(100));

@@ -30,7 +30,6 @@ use crate::error::{Body, HttpError, json_response};
 use crate::listener::{self, ConnInfo, Handler, HeadLimits, RawIo, tls};
 use crate::metrics::ListenerLabels;
 use crate::service::Service;
-use crate::shutdown::Shutdown;
 
 /// A handler that a reload replaces: each request (and each claimed
 /// connection) uses the generation current when it arrived.
@@ -291,6 +290,21 @@ impl Control {
         self.config.load_full()
     }
 
+    /// Realtime sessions open now, over every transport.
+    pub(crate) fn open_sessions(&self) -> usize {
+        use crate::config::Transport;
+        [Transport::Sse, Transport::Websocket, Transport::Longpoll]
+            .into_iter()
+            .map(|t| {
+                let labels = crate::metrics::TransportLabels {
+                    transport: t.as_str(),
+                };
+                self.shared.metrics.sessions.get_or_create(&labels).get()
+            })
+            .sum::<i64>()
+            .max(0) as usize
+    }
+
     /// The bound addresses: (http, https, internal).
     pub(crate) fn addresses(&self) -> (Vec<SocketAddr>, Vec<SocketAddr>, Option<SocketAddr>) {
         let Ok(state) = self.state.try_lock() else {
@@ -323,11 +337,8 @@ impl Control {
         };
         // Cancelled with the whole drain, or alone when the config drops
         // this address; connections are tracked by the parent either way.
-        let stop = parent.token.child_token();
-        let shutdown = Shutdown {
-            token: stop.clone(),
-            tracker: parent.tracker.clone(),
-        };
+        let shutdown = parent.child();
+        let stop = shutdown.token.clone();
         let name = kind.name();
         let options = listener::Options {
             name,

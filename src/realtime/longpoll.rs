@@ -27,6 +27,7 @@ pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
     );
     let deadline = tokio::time::Instant::now() + settings.longpoll_timeout;
     let mut answer = Answer::default();
+    let mut turn = None;
     loop {
         let mut items = std::collections::VecDeque::new();
         let closed = session.queue.drain(&mut items).is_err();
@@ -36,7 +37,7 @@ pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
         }
         tokio::select! {
             biased;
-            _ = realtime.shutdown.token.cancelled() => break,
+            _ = realtime.shutdown.turn(&mut turn) => break,
             _ = tokio::time::sleep_until(deadline) => break,
             _ = session.queue.ready() => {}
         }

@@ -227,14 +227,15 @@ impl Connection {
         reader.set_max_message_size(self.max_message.max(125));
 
         let queue = self.session.queue.clone();
-        let token = self.realtime.shutdown.token.clone();
+        let shutdown = self.realtime.shutdown.clone();
+        let mut turn = None;
         let metrics = self.realtime.metrics.clone();
         let (heartbeat, pong_timeout) = (self.heartbeat, self.pong_timeout);
 
         // Futures kept across iterations: registering with the shutdown
         // token and the timer wheel once, not once per delivery.
         let mut read = pin!(next_frame(reader));
-        let mut cancelled = pin!(token.cancelled());
+        let mut cancelled = pin!(shutdown.turn(&mut turn));
         let mut next_ping = tokio::time::Instant::now() + heartbeat;
         let mut last_seen = tokio::time::Instant::now();
         let mut timer = pin!(tokio::time::sleep_until(next_ping));
