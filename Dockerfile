@@ -4,8 +4,11 @@
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
+# Dependencies first, so source edits do not rebuild them. vendor/ holds
+# the patched fastwebsockets (a path dependency): cargo cannot resolve the
+# graph without it. scripts/check-dockerfile replays this stage in CI.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && echo 'fn main() {}' > benches/fanout.rs && echo 'fn main() {}' > benches/router.rs \

@@ -5,9 +5,11 @@
 //! * `GET /readyz` -- listeners bound, backplane connected, not draining.
 //! * `GET /metrics` -- Prometheus text.
 //! * `POST /publish` -- the publish webhook (`publish`).
+//! * `POST /admin/reload` -- reload the config file (`reload`); takes the
+//!   publish tokens when they are set.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -17,12 +19,14 @@ use crate::error::{Body, ErrorCode, HttpError, full, json_response};
 use crate::listener::{ConnInfo, Handler, RawIo};
 use crate::metrics::Metrics;
 use crate::publish::{self, Publisher};
+use crate::reload::{self, Control};
 
 pub struct Admin {
     pub ready: Arc<AtomicBool>,
     pub backplane: Arc<dyn Backplane>,
     pub metrics: Arc<Metrics>,
     pub publisher: Publisher,
+    pub(crate) control: Weak<Control>,
 }
 
 impl Handler for Admin {
@@ -72,7 +76,17 @@ impl Handler for Admin {
                 }
                 response
             }
-            (_, "/publish" | "/healthz" | "/readyz" | "/metrics") => {
+            (&Method::POST, "/admin/reload") => {
+                if let Err(e) = self.publisher.authorize(request.headers()) {
+                    let mut response = e.into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, publish::challenge());
+                    return response;
+                }
+                reload::respond(&self.control).await
+            }
+            (_, "/publish" | "/healthz" | "/readyz" | "/metrics" | "/admin/reload") => {
                 HttpError::new(ErrorCode::MethodNotAllowed, "method not allowed").into_response()
             }
             _ => HttpError::new(ErrorCode::NotFound, format!("no internal endpoint {path}"))

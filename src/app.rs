@@ -2,15 +2,13 @@
 //! and drain order. The only module that knows all the others.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
-use tracing::info;
 
 use crate::admin::Admin;
 use crate::backplane::Backplane;
@@ -19,11 +17,12 @@ use crate::config::{BackplaneKind, Config, RouteAction};
 use crate::hub::Hub;
 use crate::hub::history::HistoryLimits;
 use crate::hub::message::ChannelName;
-use crate::listener::{self, tls};
-use crate::metrics::{ListenerLabels, Metrics};
+use crate::listener::tls;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::publish::Publisher;
 use crate::realtime::Realtime;
+use crate::reload::{Control, Reloader};
 use crate::router::{Router, pattern};
 use crate::service::Service;
 use crate::shutdown::Shutdown;
@@ -81,13 +80,26 @@ pub struct Running {
     shutdown: Shutdown,
     internal_shutdown: Shutdown,
     ready: Arc<AtomicBool>,
-    grace: Duration,
+    control: Arc<Control>,
+}
+
+/// Components built once and shared by every config generation: a reload
+/// swaps what is built from the config around them.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) backplane: Arc<dyn Backplane>,
+    pub(crate) realtime: Arc<Realtime>,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) internal_shutdown: Shutdown,
+    pub(crate) ready: Arc<AtomicBool>,
 }
 
 /// Starts serving on `listeners` until [`Running::drain`].
 pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     let shutdown = Shutdown::new();
-    let hub = Arc::new(Hub::new(history_policy(config)));
+    let history = Arc::new(ArcSwap::from_pointee(HistoryRules::new(config)));
+    let hub = Arc::new(Hub::new(history_policy(history.clone())));
     let metrics = Arc::new(Metrics::new(hub.metrics().clone()));
     let backplane: Arc<dyn Backplane> = match config.backplane {
         BackplaneKind::Memory => Arc::new(MemoryBackplane::new(hub.clone())),
@@ -99,12 +111,51 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
-    let service = Arc::new(Service {
-        router: Router::new(&config.routes),
-        proxy: Proxy::new(&config.upstreams, metrics.clone(), shutdown.clone()),
+    // The internal listener outlives the public drain, so /readyz can
+    // report "not ready" while sessions close.
+    let internal_shutdown = Shutdown::new();
+    let shared = Shared {
+        metrics,
+        backplane,
         realtime,
-        metrics: metrics.clone(),
-    });
+        shutdown: shutdown.clone(),
+        internal_shutdown: internal_shutdown.clone(),
+        ready: ready.clone(),
+    };
+    let certificates = Arc::new(tls::Certificates::new(tls::load_all(&config.certificates)?));
+    let control = Control::start(config, shared, certificates, history, listeners)?;
+    let (http, https, internal) = control.addresses();
+    let sweeper = sweep(hub.clone(), shutdown.clone());
+    shutdown.tracker.spawn(sweeper);
+    ready.store(true, Ordering::Release);
+    Ok(Running {
+        http,
+        https,
+        internal: internal.unwrap_or(config.internal.listen),
+        hub,
+        shutdown,
+        internal_shutdown,
+        ready,
+        control,
+    })
+}
+
+/// The public listeners' handler for `config`.
+pub(crate) fn build_service(config: &Config, shared: &Shared) -> Service {
+    Service {
+        router: Router::new(&config.routes),
+        proxy: Proxy::new(
+            &config.upstreams,
+            shared.metrics.clone(),
+            shared.shutdown.clone(),
+        ),
+        realtime: shared.realtime.clone(),
+        metrics: shared.metrics.clone(),
+    }
+}
+
+/// The internal listener's handler for `config`.
+pub(crate) fn build_admin(config: &Config, shared: &Shared, control: Weak<Control>) -> Admin {
     let max_message = config
         .routes
         .iter()
@@ -115,97 +166,42 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         .chain([config.realtime.max_message])
         .max()
         .unwrap_or(config.realtime.max_message);
-    let admin = Arc::new(Admin {
-        ready: ready.clone(),
-        backplane: backplane.clone(),
-        metrics: metrics.clone(),
+    Admin {
+        ready: shared.ready.clone(),
+        backplane: shared.backplane.clone(),
+        metrics: shared.metrics.clone(),
         publisher: Publisher {
-            backplane,
+            backplane: shared.backplane.clone(),
             tokens: config.internal.tokens.clone(),
             max_body: config.limits.max_body,
             max_message,
         },
-    });
-
-    let connections = Arc::new(Semaphore::new(
-        config.limits.max_connections.min(Semaphore::MAX_PERMITS),
-    ));
-    let options = |name: &'static str, tls: Option<TlsAcceptor>, connections: Arc<Semaphore>| {
-        listener::Options {
-            name,
-            tls,
-            max_header: config.limits.max_header,
-            header_read_timeout: config.limits.header_read_timeout,
-            connections,
-            open_connections: metrics
-                .open_connections
-                .get_or_create(&ListenerLabels { listener: name })
-                .clone(),
-        }
-    };
-    let tls = if listeners.https.is_empty() {
-        None
-    } else {
-        Some(TlsAcceptor::from(tls::server_config(&config.certificates)?))
-    };
-
-    let addr = |l: &TcpListener| l.local_addr().ok();
-    let http: Vec<SocketAddr> = listeners.http.iter().filter_map(addr).collect();
-    let https: Vec<SocketAddr> = listeners.https.iter().filter_map(addr).collect();
-    let internal = addr(&listeners.internal).unwrap_or(config.internal.listen);
-
-    for l in listeners.http {
-        let o = options("http", None, connections.clone());
-        info!(listener = "http", addr = %l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "listening");
-        shutdown
-            .tracker
-            .spawn(listener::serve(l, o, service.clone(), shutdown.clone()));
+        control,
     }
-    for l in listeners.https {
-        let o = options("https", tls.clone(), connections.clone());
-        info!(listener = "https", addr = %l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "listening");
-        shutdown
-            .tracker
-            .spawn(listener::serve(l, o, service.clone(), shutdown.clone()));
-    }
-    // The internal listener outlives the public drain, so /readyz can
-    // report "not ready" while sessions close.
-    let internal_shutdown = Shutdown::new();
-    info!(listener = "internal", addr = %internal, "listening");
-    internal_shutdown.tracker.spawn(listener::serve(
-        listeners.internal,
-        options("internal", None, Arc::new(Semaphore::new(1024))),
-        admin,
-        internal_shutdown.clone(),
-    ));
-    let sweeper = sweep(hub.clone(), shutdown.clone());
-    shutdown.tracker.spawn(sweeper);
-    ready.store(true, Ordering::Release);
-    Ok(Running {
-        http,
-        https,
-        internal,
-        hub,
-        shutdown,
-        internal_shutdown,
-        ready,
-        grace: config.shutdown_grace,
-    })
 }
 
 impl Running {
-    /// Drains in order: not ready, stop accepting, close sessions politely,
-    /// let in-flight requests finish, all by the grace deadline. Returns
-    /// whether everything finished in time.
+    /// Drains in order: not ready, stop accepting, close sessions politely
+    /// spread over `drain_window`, let in-flight requests finish, all by
+    /// the grace deadline (of the config serving now). Returns whether
+    /// everything finished in time.
     pub async fn drain(self) -> bool {
-        let grace = self.grace;
-        self.drain_within(grace).await
+        let config = self.control.config();
+        self.drain_paced(config.shutdown_grace, config.drain_window)
+            .await
     }
 
+    /// Drains within `grace`, pacing closes over at most half of it.
     pub async fn drain_within(self, grace: Duration) -> bool {
+        let window = self.control.config().drain_window.min(grace / 2);
+        self.drain_paced(grace, window).await
+    }
+
+    async fn drain_paced(self, grace: Duration, window: Duration) -> bool {
         self.ready.store(false, Ordering::Release);
         let started = Instant::now();
-        let clean = self.shutdown.drain(grace).await;
+        let sessions = self.control.open_sessions();
+        let clean = self.shutdown.drain_paced(grace, window, sessions).await;
         let rest = grace
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(100));
@@ -220,40 +216,59 @@ impl Running {
             self.drain().await
         })
     }
+
+    /// Reloads the config file (SIGHUP, `POST /admin/reload`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.control.clone())
+    }
 }
 
 /// History limits per channel: those of the realtime route whose channel
 /// template matches the channel most specifically (most literal
 /// characters; the first such route on a tie), else the defaults.
-fn history_policy(config: &Config) -> crate::hub::HistoryPolicy {
-    let default = HistoryLimits {
-        messages: config.realtime.history_messages,
-        max_age: config.realtime.history_max_age,
-    };
-    let mut rules: Vec<(String, HistoryLimits)> = Vec::new();
-    for route in &config.routes {
-        let RouteAction::Realtime(rt) = &route.action else {
-            continue;
+pub(crate) struct HistoryRules {
+    default: HistoryLimits,
+    rules: Vec<(String, HistoryLimits)>,
+}
+
+impl HistoryRules {
+    pub(crate) fn new(config: &Config) -> Self {
+        let default = HistoryLimits {
+            messages: config.realtime.history_messages,
+            max_age: config.realtime.history_max_age,
         };
-        let limits = HistoryLimits {
-            messages: rt.settings.history_messages,
-            max_age: rt.settings.history_max_age,
-        };
-        rules.extend(rt.channels.iter().map(|t| (t.to_glob(), limits)));
-        if rt.query_channels {
-            rules.push(("*".to_owned(), limits));
+        let mut rules: Vec<(String, HistoryLimits)> = Vec::new();
+        for route in &config.routes {
+            let RouteAction::Realtime(rt) = &route.action else {
+                continue;
+            };
+            let limits = HistoryLimits {
+                messages: rt.settings.history_messages,
+                max_age: rt.settings.history_max_age,
+            };
+            rules.extend(rt.channels.iter().map(|t| (t.to_glob(), limits)));
+            if rt.query_channels {
+                rules.push(("*".to_owned(), limits));
+            }
         }
+        Self { default, rules }
     }
-    Box::new(move |channel: &ChannelName| {
+
+    fn limits(&self, channel: &ChannelName) -> HistoryLimits {
         let mut best: Option<(usize, HistoryLimits)> = None;
-        for (glob, limits) in &rules {
+        for (glob, limits) in &self.rules {
             let literal = glob.chars().filter(|c| *c != '*').count();
             if pattern::glob(glob, channel.as_str()) && best.is_none_or(|(b, _)| literal > b) {
                 best = Some((literal, *limits));
             }
         }
-        best.map_or(default, |(_, limits)| limits)
-    })
+        best.map_or(self.default, |(_, limits)| limits)
+    }
+}
+
+/// The hub's history policy: the rules of the config serving now.
+fn history_policy(rules: Arc<ArcSwap<HistoryRules>>) -> crate::hub::HistoryPolicy {
+    Box::new(move |channel: &ChannelName| rules.load().limits(channel))
 }
 
 /// Prunes history by age and drops idle channels, once a second.

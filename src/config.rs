@@ -45,6 +45,8 @@ struct FileConfig {
     backplane: BackplaneConfig,
     #[serde(default)]
     shutdown_grace: Option<DurationValue>,
+    #[serde(default)]
+    drain_window: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +215,9 @@ pub struct Config {
     pub limits: Limits,
     pub backplane: BackplaneKind,
     pub shutdown_grace: Duration,
+    /// SIGTERM closes realtime connections spread over this (default:
+    /// half of `shutdown_grace`).
+    pub drain_window: Duration,
 }
 
 /// A certificate and key path, with where the config names them (so a file
@@ -670,6 +675,19 @@ impl<'a> Validator<'a> {
             }
         };
 
+        let shutdown_grace = file.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0);
+        let drain_window = match &file.drain_window {
+            Some(w) if w.value.0 > shutdown_grace => {
+                self.error(
+                    w,
+                    format!("drain_window must not exceed shutdown_grace ({shutdown_grace:?})"),
+                );
+                shutdown_grace / 2
+            }
+            Some(w) => w.value.0,
+            None => shutdown_grace / 2,
+        };
+
         if self.errors.is_empty() && listen_http.is_empty() && listen_https.is_empty() {
             self.error(
                 Position { line: 1, column: 1 },
@@ -691,7 +709,8 @@ impl<'a> Validator<'a> {
             realtime,
             limits,
             backplane,
-            shutdown_grace: file.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+            shutdown_grace,
+            drain_window,
         })
     }
 
@@ -958,6 +977,7 @@ mod tests {
         assert_eq!(c.realtime, RealtimeSettings::default());
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.drain_window, Duration::from_secs(15), "half the grace");
         assert_eq!(c.internal.listen, default_internal());
     }
 

@@ -60,11 +60,15 @@ pub enum ErrorCode {
     UpstreamUnreachable,
     UpstreamError,
     UpstreamTimeout,
+    ConfigInvalid,
+    BindFailed,
+    Draining,
+    Stopping,
 }
 
 impl ErrorCode {
     /// Every code, in the order docs/errors.md lists them.
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 35] = [
         Self::InvalidRequest,
         Self::InvalidJson,
         Self::InvalidChannel,
@@ -96,6 +100,10 @@ impl ErrorCode {
         Self::UpstreamUnreachable,
         Self::UpstreamError,
         Self::UpstreamTimeout,
+        Self::ConfigInvalid,
+        Self::BindFailed,
+        Self::Draining,
+        Self::Stopping,
     ];
 
     /// The wire string.
@@ -132,6 +140,10 @@ impl ErrorCode {
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::Stopping => "stopping",
+            Self::Draining => "draining",
+            Self::BindFailed => "bind_failed",
+            Self::ConfigInvalid => "config_invalid",
         }
     }
 
@@ -167,6 +179,10 @@ impl ErrorCode {
             }
             Self::UpstreamUnreachable | Self::UpstreamError => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Draining => StatusCode::CONFLICT,
+            Self::BindFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ConfigInvalid => StatusCode::BAD_REQUEST,
         }
     }
 

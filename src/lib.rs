@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod publish;
 pub mod realtime;
+pub mod reload;
 pub mod router;
 pub mod service;
 pub mod shutdown;

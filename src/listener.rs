@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Request, Response, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -88,14 +89,21 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send + 'static;
 }
 
+/// Request head limits, swapped on reload: each connection uses the
+/// limits current when it was accepted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HeadLimits {
+    pub max_header: usize,
+    pub header_read_timeout: Duration,
+}
+
 /// Per-listener settings.
 #[derive(Clone)]
 pub struct Options {
     /// Metric label and log name: `http`, `https` or `internal`.
     pub name: &'static str,
     pub tls: Option<TlsAcceptor>,
-    pub max_header: usize,
-    pub header_read_timeout: Duration,
+    pub head: Arc<ArcSwap<HeadLimits>>,
     /// Shared by every public listener: `limits.max_connections`.
     pub connections: Arc<Semaphore>,
     pub open_connections: Gauge,
@@ -111,7 +119,8 @@ pub async fn serve<H: Handler>(
     shutdown: Shutdown,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(builder(&options));
+    let mut head = options.head.load_full();
+    let mut builder = Arc::new(self::builder(&head));
     let addr = listener.local_addr().ok();
     loop {
         let (stream, remote) = tokio::select! {
@@ -128,8 +137,15 @@ pub async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let permit = options.connections.clone().try_acquire_owned().ok();
+        let current = options.head.load();
+        if !Arc::ptr_eq(&current, &head) {
+            // Reloaded: new connections get the new limits.
+            head = arc_swap::Guard::into_inner(current);
+            builder = Arc::new(self::builder(&head));
+        }
         let connection = Connection {
             options: options.clone(),
+            head: *head,
             builder: builder.clone(),
             handler: handler.clone(),
             remote,
@@ -144,7 +160,7 @@ pub async fn serve<H: Handler>(
     graceful.shutdown().await;
 }
 
-fn builder(options: &Options) -> auto::Builder<TokioExecutor> {
+fn builder(options: &HeadLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -162,6 +178,7 @@ fn builder(options: &Options) -> auto::Builder<TokioExecutor> {
 
 struct Connection<H> {
     options: Options,
+    head: HeadLimits,
     builder: Arc<auto::Builder<TokioExecutor>>,
     handler: Arc<H>,
     remote: SocketAddr,
@@ -194,7 +211,7 @@ impl<H: Handler> Connection<H> {
                 // The handshake counts against the header read timeout, so a
                 // client cannot hold a socket by stalling TLS.
                 let handshake =
-                    tokio::time::timeout(self.options.header_read_timeout, acceptor.accept(stream))
+                    tokio::time::timeout(self.head.header_read_timeout, acceptor.accept(stream))
                         .await;
                 let tls = match handshake {
                     Ok(Ok(tls)) => tls,
@@ -220,13 +237,7 @@ impl<H: Handler> Connection<H> {
         let over_limit = info.slot._permit.is_none();
         let mut prefix = Vec::new();
         if !h2 && !over_limit {
-            match read_head(
-                &mut io,
-                self.options.max_header,
-                self.options.header_read_timeout,
-            )
-            .await
-            {
+            match read_head(&mut io, self.head.max_header, self.head.header_read_timeout).await {
                 FirstHead::Complete {
                     buf,
                     head_len,

@@ -200,6 +200,14 @@ fn run(args: &Args) -> ExitCode {
             }
         };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.source.display(), "pushgate started");
+        let reloader = running.reloader();
+        // The outcome is logged by the reload itself.
+        pushgate::shutdown::on_hangup(move || {
+            let reloader = reloader.clone();
+            async move {
+                let _ = reloader.reload().await;
+            }
+        });
         pushgate::shutdown::signal().await;
         running.drain().await;
         ExitCode::SUCCESS

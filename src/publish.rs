@@ -100,7 +100,7 @@ impl Publisher {
         Ok(receipts_response(&receipts))
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), HttpError> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), HttpError> {
         if self.tokens.is_empty() {
             return Ok(());
         }

@@ -1,7 +1,12 @@
-//! The shared shutdown signal and task tracker, OS signal handling, and the
-//! drain deadline. This module does not know what it drains.
+//! The shared shutdown signal and task tracker, OS signal handling, the
+//! drain deadline, and paced drain: long-lived connections take turns
+//! spread over a window instead of all closing at once. This module does
+//! not know what it drains.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,15 +18,86 @@ use tracing::{info, warn};
 pub struct Shutdown {
     pub token: CancellationToken,
     pub tracker: TaskTracker,
+    pace: Arc<Mutex<Option<Pace>>>,
 }
+
+/// A paced drain's schedule: turn `k` of `total` closes at
+/// `start + window * k / total`.
+#[derive(Debug)]
+struct Pace {
+    start: Instant,
+    window: Duration,
+    total: usize,
+    next: usize,
+}
+
+/// A connection's turn in a paced drain, taken once (the first time its
+/// [`Shutdown::turn`] future sees the drain start) and kept.
+pub type Turn = Option<Instant>;
 
 impl Shutdown {
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A handle whose token can also be cancelled alone (one listener
+    /// stopping), sharing this one's tracker.
+    pub fn child(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+            tracker: self.tracker.clone(),
+            pace: self.pace.clone(),
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.token.is_cancelled()
+    }
+
+    /// Resolves when it is this connection's turn to close: at once when
+    /// the drain is not paced, else at its slot in the window. Until then
+    /// the connection keeps serving. `turn` keeps the slot when the future
+    /// is recreated.
+    pub async fn turn(&self, turn: &mut Turn) {
+        self.token.cancelled().await;
+        let at = *turn.get_or_insert_with(|| self.next_slot());
+        if at > Instant::now() {
+            // Boxed: an idle connection keeps this future, and needs no
+            // timer until the drain starts.
+            Box::pin(tokio::time::sleep_until(at)).await;
+        }
+    }
+
+    fn next_slot(&self) -> Instant {
+        let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+        match pace.as_mut() {
+            None => Instant::now(),
+            Some(p) => {
+                let k = p.next;
+                p.next += 1;
+                if k >= p.total {
+                    // More than counted at the start: at the window's end.
+                    p.start + p.window
+                } else {
+                    p.start + p.window.mul_f64(k as f64 / p.total as f64)
+                }
+            }
+        }
+    }
+
+    /// Like [`drain`](Self::drain), but the `connections` open now take
+    /// turns (see [`turn`](Self::turn)) spread evenly over `window`.
+    pub async fn drain_paced(&self, grace: Duration, window: Duration, connections: usize) -> bool {
+        if !window.is_zero() && connections > 1 {
+            info!(connections, window = ?window, "Closing realtime connections spread over the drain window.");
+            *self.pace.lock().unwrap_or_else(|e| e.into_inner()) = Some(Pace {
+                start: Instant::now(),
+                window,
+                total: connections,
+                next: 0,
+            });
+        }
+        self.drain(grace).await
     }
 
     /// Starts draining and waits up to `grace` for tracked tasks. Returns
@@ -68,4 +144,30 @@ pub async fn signal() {
         let _ = tokio::signal::ctrl_c().await;
         info!("Received Ctrl-C, draining.");
     }
+}
+
+/// Runs `reload` on every SIGHUP, one at a time, for the life of the
+/// process.
+pub fn on_hangup<F, Fut>(mut reload: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(error) => {
+                warn!(%error, "Cannot listen for SIGHUP; reload with POST /admin/reload.");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            info!("Received SIGHUP, reloading the config.");
+            reload().await;
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = &mut reload;
 }

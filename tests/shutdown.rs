@@ -36,6 +36,7 @@ routes:
   - {{ name: live, match: {{ path: "/live/{{channel}}" }}, realtime: {{ channels: ["{{channel}}"] }} }}
   - {{ name: api, match: {{ path_prefix: / }}, upstream: slow }}
 shutdown_grace: 8s
+drain_window: 0s   # all at once: this test is about the order
 "#
         ),
     )

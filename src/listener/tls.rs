@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -28,21 +29,59 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Builds the server config for all HTTPS listeners.
 pub fn server_config(certs: &[CertificatePaths]) -> Result<Arc<rustls::ServerConfig>, Error> {
+    server_config_with(Arc::new(Certificates::new(load_all(certs)?)))
+}
+
+/// A server config whose certificates are `certs`, swappable on reload.
+pub fn server_config_with(certs: Arc<Certificates>) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Loads every certificate and key (all or nothing).
+pub fn load_all(certs: &[CertificatePaths]) -> Result<LoadedCertificates, Error> {
     let provider = provider();
     let mut keys = Vec::with_capacity(certs.len());
     for c in certs {
         keys.push(Arc::new(load(c, &provider)?));
     }
-    let resolver = SniResolver {
+    Ok(LoadedCertificates(SniResolver {
         keys,
         by_name: Mutex::new(HashMap::new()),
-    };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    }))
+}
+
+/// Certificates loaded from disk, not yet serving.
+#[derive(Debug)]
+pub struct LoadedCertificates(SniResolver);
+
+/// The certificates every HTTPS listener serves; a reload swaps them
+/// atomically, and handshakes after the swap get the new ones.
+#[derive(Debug)]
+pub struct Certificates {
+    current: ArcSwap<SniResolver>,
+}
+
+impl Certificates {
+    pub fn new(loaded: LoadedCertificates) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(loaded.0),
+        }
+    }
+
+    pub fn replace(&self, loaded: LoadedCertificates) {
+        self.current.store(Arc::new(loaded.0));
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load().resolve(hello)
+    }
 }
 
 fn load(paths: &CertificatePaths, provider: &CryptoProvider) -> Result<CertifiedKey, Error> {

@@ -27,6 +27,7 @@ pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
     );
     let deadline = tokio::time::Instant::now() + settings.longpoll_timeout;
     let mut answer = Answer::default();
+    let mut turn = None;
     loop {
         let closed = session.deliver(&realtime.metrics, &mut answer).is_err();
         if closed || !answer.is_empty() {
@@ -34,7 +35,7 @@ pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
         }
         tokio::select! {
             biased;
-            _ = realtime.shutdown.token.cancelled() => break,
+            _ = realtime.shutdown.turn(&mut turn) => break,
             _ = tokio::time::sleep_until(deadline) => break,
             _ = session.queue.ready() => {}
         }

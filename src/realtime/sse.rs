@@ -22,6 +22,7 @@ use crate::hub::message::{ChannelName, Message};
 use crate::hub::queue::Closed;
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::metrics::Metrics;
+use crate::shutdown::{Shutdown, Turn};
 
 /// Cache slot of a message's single-channel SSE event in `Message`.
 pub const ENCODING_SLOT: usize = 0;
@@ -69,7 +70,8 @@ impl SseStream {
             session,
             heartbeat: settings.heartbeat,
             retry: settings.sse_retry,
-            token: realtime.shutdown.token.clone(),
+            shutdown: realtime.shutdown.clone(),
+            turn: None,
             metrics: realtime.metrics.clone(),
             phase: Phase::Opening,
             _slot: slot,
@@ -81,7 +83,9 @@ struct SseStream {
     session: Session,
     heartbeat: Duration,
     retry: Duration,
-    token: tokio_util::sync::CancellationToken,
+    shutdown: Shutdown,
+    /// Its turn in a paced drain.
+    turn: Turn,
     metrics: Arc<Metrics>,
     phase: Phase,
     _slot: Arc<ConnSlot>,
@@ -130,10 +134,11 @@ impl SseStream {
     /// timer wheel; the heartbeat timer is re-armed only when it fires.
     async fn run_raw<IO: RawIo>(mut self, io: IO) {
         let (mut reader, mut writer) = tokio::io::split(io);
-        let token = self.token.clone();
+        let shutdown = self.shutdown.clone();
+        let mut turn = self.turn.take();
         let queue = self.session.queue.clone();
         let heartbeat = self.heartbeat;
-        let mut cancelled = pin!(token.cancelled());
+        let mut cancelled = pin!(shutdown.turn(&mut turn));
         let mut last_write = tokio::time::Instant::now();
         let mut timer = pin!(tokio::time::sleep_until(last_write + heartbeat));
         let mut probe = [0u8; 16];
@@ -203,7 +208,7 @@ impl SseStream {
                 }
                 tokio::select! {
                     biased;
-                    _ = self.token.cancelled() => {
+                    _ = self.shutdown.turn(&mut self.turn) => {
                         self.phase = Phase::Done;
                         return Some(close_event("shutdown"));
                     }

@@ -20,7 +20,7 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead
 use http::{Request, Response};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use tokio::io::{AsyncWrite, ReadHalf};
+use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tracing::debug;
 
 use super::deliver::Encoder;
@@ -181,8 +181,16 @@ async fn next_frame<S: RawIo>(
 enum Next {
     Continue,
     Pong(BytesMut),
+    /// The server closes with this code and reason (`None`: the socket
+    /// is gone, nothing to send).
     Close(Option<(u16, &'static str)>),
+    /// The peer sent Close: answer it and close TCP.
+    PeerClosed,
 }
+
+/// How long a server-started close waits for the peer's Close frame
+/// (RFC 6455 §7.1.1) before closing TCP anyway.
+pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Connection {
     realtime: Arc<Realtime>,
@@ -208,18 +216,20 @@ impl Connection {
         reader.set_max_message_size(self.max_message.max(125));
 
         let queue = self.session.queue.clone();
-        let token = self.realtime.shutdown.token.clone();
+        let shutdown = self.realtime.shutdown.clone();
+        let mut turn = None;
         let metrics = self.realtime.metrics.clone();
         let (heartbeat, pong_timeout) = (self.heartbeat, self.pong_timeout);
 
         // Futures kept across iterations: registering with the shutdown
         // token and the timer wheel once, not once per delivery.
         let mut read = pin!(next_frame(reader));
-        let mut cancelled = pin!(token.cancelled());
+        let mut cancelled = pin!(shutdown.turn(&mut turn));
         let mut next_ping = tokio::time::Instant::now() + heartbeat;
         let mut last_seen = tokio::time::Instant::now();
         let mut timer = pin!(tokio::time::sleep_until(next_ping));
 
+        // (code, reason, whether the server started the close)
         let close = loop {
             let mut frames = WsEncoder(Coalesce::default());
             if let Some(greeting) = greeting.take() {
@@ -231,11 +241,11 @@ impl Connection {
                 break None;
             }
             if let Err(Closed::Lagged) = drained {
-                break Some((CLOSE_LAGGED, "lagged"));
+                break Some((CLOSE_LAGGED, "lagged", true));
             }
             tokio::select! {
                 biased;
-                _ = &mut cancelled => break Some((CLOSE_SHUTDOWN, "shutdown")),
+                _ = &mut cancelled => break Some((CLOSE_SHUTDOWN, "shutdown", true)),
                 (reader, frame) = &mut read => {
                     last_seen = tokio::time::Instant::now();
                     // Boxed: a frame from the peer is rare next to deliveries,
@@ -251,7 +261,8 @@ impl Connection {
                                 break None;
                             }
                         }
-                        Next::Close(close) => break close,
+                        Next::Close(close) => break close.map(|(c, r)| (c, r, true)),
+                        Next::PeerClosed => break Some((1000, "", false)),
                     }
                 }
                 _ = queue.ready() => {}
@@ -259,7 +270,7 @@ impl Connection {
                     let now = tokio::time::Instant::now();
                     if now >= last_seen + pong_timeout {
                         debug!("WebSocket peer silent past pong_timeout; closing.");
-                        break Some((CLOSE_SHUTDOWN, "pong timeout"));
+                        break Some((CLOSE_SHUTDOWN, "pong timeout", true));
                     }
                     if now >= next_ping {
                         next_ping = now + heartbeat;
@@ -274,9 +285,35 @@ impl Connection {
                 }
             }
         };
-        if let Some((code, reason)) = close {
-            let _ = send_frame(&mut write, Frame::close(code, reason.as_bytes())).await;
+        let Some((code, reason, server_started)) = close else {
+            return;
+        };
+        if send_frame(&mut write, Frame::close(code, reason.as_bytes()))
+            .await
+            .is_err()
+        {
+            return;
         }
+        if server_started {
+            // RFC 6455 §7.1.1: read (and discard) until the peer's Close,
+            // then close TCP. Closing with the peer's frames still unread
+            // makes the kernel send RST, which loses our close frame.
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                loop {
+                    let (reader, frame) = (&mut read).await;
+                    match frame {
+                        Ok(f) if f.opcode == OpCode::Close => return,
+                        // The reader skips the rest of a refused frame.
+                        Ok(_) | Err(WebSocketError::FrameTooLarge) => {
+                            read.set(next_frame(reader));
+                        }
+                        Err(_) => return,
+                    }
+                }
+            })
+            .await;
+        }
+        let _ = write.shutdown().await;
     }
 
     /// Handles one frame (or read error) from the peer.
@@ -297,7 +334,7 @@ impl Connection {
             }
         };
         let complete = match frame.opcode {
-            OpCode::Close => return Next::Close(Some((1000, ""))),
+            OpCode::Close => return Next::PeerClosed,
             OpCode::Ping => return Next::Pong(frame.payload),
             OpCode::Pong => return Next::Continue,
             OpCode::Text | OpCode::Binary => {

@@ -211,6 +211,9 @@ pub(crate) struct ReadHalf {
   writev_threshold: usize,
   max_message_size: usize,
   buffer: BytesMut,
+  // pushgate patch: payload bytes of a refused (too large) frame still to
+  // be discarded, so the reader stays in step after `FrameTooLarge`.
+  skip: usize,
 }
 
 #[cfg(feature = "unstable-split")]
@@ -590,6 +593,7 @@ impl ReadHalf {
       writev_threshold: 1024,
       max_message_size: 64 << 20,
       buffer,
+      skip: 0,
     }
   }
 
@@ -676,6 +680,20 @@ impl ReadHalf {
       }};
     }
 
+    // pushgate patch: first discard what is left of a refused frame.
+    while self.skip > 0 {
+      if self.buffer.is_empty() {
+        self.buffer.reserve(self.skip.min(16 << 10));
+        eof!(stream.read_buf(&mut self.buffer).await?);
+      }
+      let n = self.skip.min(self.buffer.len());
+      self.buffer.advance(n);
+      self.skip -= n;
+      if self.buffer.is_empty() {
+        self.buffer = BytesMut::new();
+      }
+    }
+
     // Read the first two bytes
     while self.buffer.remaining() < 2 {
       eof!(stream.read_buf(&mut self.buffer).await?);
@@ -738,6 +756,8 @@ impl ReadHalf {
     }
 
     if payload_len >= self.max_message_size {
+      // pushgate patch: skip its payload on the next read.
+      self.skip = payload_len;
       return Err(WebSocketError::FrameTooLarge);
     }
 
