@@ -13,12 +13,14 @@ use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
 use crate::admin::Admin;
+use crate::auth::callback::Callbacks;
 use crate::backplane::Backplane;
 use crate::backplane::memory::MemoryBackplane;
 use crate::config::{BackplaneKind, Config, RouteAction};
 use crate::hub::Hub;
 use crate::hub::history::HistoryLimits;
 use crate::hub::message::ChannelName;
+use crate::limits::Limiter;
 use crate::listener::{self, tls};
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::proxy::Proxy;
@@ -93,11 +95,14 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         BackplaneKind::Memory => Arc::new(MemoryBackplane::new(hub.clone())),
     };
     let ready = Arc::new(AtomicBool::new(false));
+    let limiter = Arc::new(Limiter::new(config.rate_limits.clone(), metrics.clone()));
     let realtime = Arc::new(Realtime {
         hub: hub.clone(),
         backplane: backplane.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        callbacks: Callbacks::default(),
+        limiter: limiter.clone(),
     });
     let service = Arc::new(Service {
         router: Router::new(&config.routes),
@@ -124,6 +129,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
             tokens: config.internal.tokens.clone(),
             max_body: config.limits.max_body,
             max_message,
+            limiter,
         },
     });
 

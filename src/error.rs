@@ -29,6 +29,8 @@ pub struct HttpError {
     pub message: String,
     /// Extra fields merged into the `error` object.
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Extra response headers (`Retry-After`, `WWW-Authenticate`).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl HttpError {
@@ -38,6 +40,7 @@ impl HttpError {
             code,
             message: message.into(),
             extra: None,
+            headers: Vec::new(),
         }
     }
 
@@ -58,6 +61,11 @@ impl HttpError {
         self
     }
 
+    pub fn with_header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
     pub fn into_response(self) -> Response<Body> {
         let mut error = serde_json::Map::new();
         error.insert("code".into(), self.code.into());
@@ -66,7 +74,11 @@ impl HttpError {
             error.extend(extra);
         }
         let body = serde_json::json!({ "error": error });
-        json_response(self.status, &body)
+        let mut response = json_response(self.status, &body);
+        for (name, value) in self.headers {
+            response.headers_mut().append(name, value);
+        }
+        response
     }
 }
 

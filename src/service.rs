@@ -75,7 +75,7 @@ pub struct Claimed {
 impl Handler for Service {
     type Claim = Claimed;
 
-    fn claim(&self, head: &Request<()>, _conn: &ConnInfo) -> Option<Claimed> {
+    fn claim(&self, head: &Request<()>, conn: &ConnInfo) -> Option<Claimed> {
         if head.method() != http::Method::GET {
             return None;
         }
@@ -88,7 +88,7 @@ impl Handler for Service {
             return None;
         };
         // Anything else, including every error, is answered through hyper.
-        let Ok(Prepared::Session(plan)) =
+        let Ok(Prepared::Session(mut plan)) =
             self.realtime
                 .prepare(head.headers(), head.uri(), rt, &matched.captures)
         else {
@@ -99,7 +99,13 @@ impl Handler for Service {
             Transport::Websocket => crate::realtime::ws::is_handshake(head),
             Transport::Longpoll => false,
         };
-        claim.then(|| Claimed {
+        // The auth callback is asked through hyper (it is asynchronous);
+        // a refusal by a limit is answered there too.
+        if !claim || matches!(plan.access, crate::auth::Access::Callback) {
+            return None;
+        }
+        plan.permit = Some(self.realtime.admit(head.headers(), conn).ok()?);
+        Some(Claimed {
             route: matched.route.name.clone(),
             plan,
             ws_key: head.headers().get("sec-websocket-key").cloned(),

@@ -66,14 +66,16 @@ enum Phase {
 impl SseStream {
     fn open(realtime: &Arc<Realtime>, plan: Plan, slot: Arc<ConnSlot>) -> Self {
         let settings = plan.settings;
-        let session = realtime.open(
+        let mut session = realtime.open(
             Transport::Sse,
             plan.channels,
             plan.since,
             &settings,
             settings.on_lag,
         );
+        session.hold(plan.permit);
         Self {
+            expires: plan.grants.expiry(),
             session,
             heartbeat: settings.heartbeat,
             retry: settings.sse_retry,
@@ -87,6 +89,8 @@ impl SseStream {
 
 struct SseStream {
     session: Session,
+    /// When the connection's token expires: closed with reason `expired`.
+    expires: Option<tokio::time::Instant>,
     heartbeat: Duration,
     retry: Duration,
     token: tokio_util::sync::CancellationToken,
@@ -143,7 +147,9 @@ impl SseStream {
         let heartbeat = self.heartbeat;
         let mut cancelled = pin!(token.cancelled());
         let mut last_write = tokio::time::Instant::now();
-        let mut timer = pin!(tokio::time::sleep_until(last_write + heartbeat));
+        let expires = self.expires;
+        let deadline = |at: tokio::time::Instant| expires.map_or(at, |e| e.min(at));
+        let mut timer = pin!(tokio::time::sleep_until(deadline(last_write + heartbeat)));
         let mut probe = [0u8; 16];
         // The response head and the opening in one write.
         let mut chunk = {
@@ -181,8 +187,12 @@ impl SseStream {
                         },
                         _ = &mut timer => {
                             let now = tokio::time::Instant::now();
+                            if expires.is_some_and(|e| now >= e) {
+                                let _ = send(&mut writer, &close_event("expired")).await;
+                                break;
+                            }
                             let due = now >= last_write + heartbeat;
-                            timer.as_mut().reset(if due { now } else { last_write } + heartbeat);
+                            timer.as_mut().reset(deadline(if due { now } else { last_write } + heartbeat));
                             if due { Bytes::from_static(b":\n") } else { Bytes::new() }
                         }
                     }
@@ -216,6 +226,10 @@ impl SseStream {
                         return Some(close_event("shutdown"));
                     }
                     _ = self.session.queue.ready() => {}
+                    _ = sleep_until_some(self.expires) => {
+                        self.phase = Phase::Done;
+                        return Some(close_event("expired"));
+                    }
                     _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n")),
                 }
             },
@@ -252,6 +266,14 @@ impl SseStream {
         }
         self.metrics.delivered.inc_by(delivered);
         chunks.finish()
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
