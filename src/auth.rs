@@ -267,12 +267,37 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Why a header did not parse: an algorithm jsonwebtoken does not know
+/// (`none` above all) is an algorithm refusal, anything else malformed.
+fn header_reason(token: &str) -> Reason {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Alg {
+        #[allow(dead_code)]
+        alg: String,
+    }
+    let named = token
+        .split('.')
+        .next()
+        .and_then(|h| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .ok()
+        })
+        .is_some_and(|json| serde_json::from_slice::<Alg>(&json).is_ok());
+    if named {
+        Reason::Algorithm
+    } else {
+        Reason::Malformed
+    }
+}
+
 /// Verifies `token` with the configured keys. Only keys whose algorithm
 /// is the one the token's header names are tried, each with a validation
 /// accepting that algorithm alone, so `alg: none` and HS/RS confusion
 /// have no key to succeed with.
 pub fn verify(jwt: &JwtSettings, token: &str) -> Result<Grant, Denial> {
-    let header = decode_header(token).map_err(|_| Reason::Malformed)?;
+    let header = decode_header(token).map_err(|_| header_reason(token))?;
     let mut outcome = Err(Denial::from(Reason::Algorithm));
     for key in jwt.keys.iter().filter(|k| k.algorithm == header.alg) {
         let mut validation = Validation::new(key.algorithm);
@@ -414,7 +439,10 @@ mod tests {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
         };
         let none = format!("{}.{}.", b64(json!({"alg": "none"})), b64(good()));
-        assert!(verify(&settings(), &none).is_err());
+        assert_eq!(
+            verify(&settings(), &none).unwrap_err().reason,
+            Reason::Algorithm
+        );
         let hs512 = encode(
             &Header::new(Algorithm::HS512),
             &good(),
