@@ -687,3 +687,79 @@ async fn origins_outside_the_allowlist_are_refused() {
         (403, &json!("origin_not_allowed"))
     );
 }
+
+#[tokio::test]
+async fn bad_auth_config_is_reported_at_its_line() {
+    let dir = support::temp_dir("auth-config");
+    std::fs::write(
+        dir.join("garbage.pem"),
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let route = |auth: &str| {
+        format!(
+            "listen: {{ http: [\"127.0.0.1:0\"] }}\nupstreams:\n  api: {{ targets: [\"http://127.0.0.1:1\"] }}\nroutes:\n  - name: r\n    match: {{ path: \"/r/{{c}}\" }}\n    realtime: {{ channels: [\"{{c}}\"] }}\n    auth:\n{auth}\n"
+        )
+    };
+    let cases = [
+        (
+            "      jwt: { public_keys: [missing.pem] }",
+            "9:28:",
+            "cannot read public key",
+        ),
+        (
+            "      jwt: { public_keys: [garbage.pem] }",
+            "9:28:",
+            "not an RSA or EC",
+        ),
+        (
+            &format!("      jwt: {{ public_keys: [\"{KEYS}/rs256.key.pem\"] }}"),
+            "9:",
+            "private key",
+        ),
+        (
+            "      jwt: { hs256_secret: short }",
+            "9:",
+            "shorter than 16 bytes",
+        ),
+        ("      jwt: {}", "9:", "has no key"),
+        (
+            "      callback: { upstream: nope, path: /a }",
+            "9:",
+            "unknown upstream \"nope\"",
+        ),
+        (
+            "      on_expiry: close",
+            "9:",
+            "needs jwt, callback or both",
+        ),
+        (
+            "      jwt: { hs256_secret: \"0123456789abcdef\", bogus: 1 }",
+            "9:",
+            "bogus",
+        ),
+    ];
+    let path = dir.join("pushgate.yaml");
+    for (auth, at, wanted) in cases {
+        let text = route(auth);
+        let e = pushgate::config::parse(&path, &text, &|_| None)
+            .unwrap_err()
+            .to_string();
+        let prefix = format!("{}:{at}", path.display());
+        assert!(e.starts_with(&prefix), "{auth}: {e}");
+        assert!(e.contains(wanted), "{auth}: {e}");
+    }
+    // `pushgate check` prints the same.
+    std::fs::write(&path, route("      jwt: { public_keys: [missing.pem] }")).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pushgate.yaml:9:28: cannot read public key"),
+        "{stderr}"
+    );
+}
