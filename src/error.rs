@@ -66,19 +66,45 @@ impl HttpError {
         self
     }
 
-    pub fn into_response(self) -> Response<Body> {
+    fn body(&mut self) -> serde_json::Value {
         let mut error = serde_json::Map::new();
         error.insert("code".into(), self.code.into());
-        error.insert("message".into(), self.message.into());
-        if let Some(extra) = self.extra {
+        error.insert("message".into(), std::mem::take(&mut self.message).into());
+        if let Some(extra) = self.extra.take() {
             error.extend(extra);
         }
-        let body = serde_json::json!({ "error": error });
+        serde_json::json!({ "error": error })
+    }
+
+    pub fn into_response(mut self) -> Response<Body> {
+        let body = self.body();
         let mut response = json_response(self.status, &body);
         for (name, value) in self.headers {
             response.headers_mut().append(name, value);
         }
         response
+    }
+
+    /// The whole HTTP/1.1 response, for a raw connection that closes
+    /// after it.
+    pub fn into_http1(mut self) -> Vec<u8> {
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes();
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        out
     }
 }
 
