@@ -215,3 +215,64 @@ fn credential_key(settings: &CallbackSettings, ask: &Ask<'_>) -> [u8; 20] {
     }
     h.finalize().into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn granted(expires_at: Option<u64>) -> Outcome {
+        Ok(Arc::new(Grant {
+            sub: None,
+            channels: PatternSet::default(),
+            publish: PatternSet::default(),
+            expires_at,
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_are_reused_for_the_cache_time_and_outages_never() {
+        let cache = Duration::from_secs(30);
+        let entry = Entry {
+            cell: Arc::new(OnceCell::new()),
+        };
+        assert!(
+            entry.usable(cache, Instant::now()),
+            "a call in flight is shared"
+        );
+        entry
+            .cell
+            .set((granted(None), Instant::now()))
+            .map_err(|_| ())
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(entry.usable(cache, Instant::now()));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!entry.usable(cache, Instant::now()), "past the cache time");
+
+        let down = Entry {
+            cell: Arc::new(OnceCell::new_with(Some((
+                Err(Reason::Unavailable.into()),
+                Instant::now(),
+            )))),
+        };
+        assert!(!down.usable(cache, Instant::now()), "a 503 is not cached");
+        let refused = Entry {
+            cell: Arc::new(OnceCell::new_with(Some((
+                Err(Reason::Forbidden.into()),
+                Instant::now(),
+            )))),
+        };
+        assert!(refused.usable(cache, Instant::now()), "a 403 is cached");
+        let expired = Entry {
+            cell: Arc::new(OnceCell::new_with(Some((
+                granted(Some(now_unix() - 1)),
+                Instant::now(),
+            )))),
+        };
+        assert!(
+            !expired.usable(cache, Instant::now()),
+            "an expired grant is not reused"
+        );
+    }
+}
