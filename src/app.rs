@@ -11,12 +11,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::auth::callback::Callbacks;
 use crate::backplane::Backplane;
 use crate::backplane::memory::MemoryBackplane;
 use crate::config::{BackplaneKind, Config, RouteAction};
 use crate::hub::Hub;
 use crate::hub::history::HistoryLimits;
 use crate::hub::message::ChannelName;
+use crate::limits::Limiter;
 use crate::listener::tls;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -105,11 +107,14 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         BackplaneKind::Memory => Arc::new(MemoryBackplane::new(hub.clone())),
     };
     let ready = Arc::new(AtomicBool::new(false));
+    let limiter = Arc::new(Limiter::new(config.rate_limits.clone(), metrics.clone()));
     let realtime = Arc::new(Realtime {
         hub: hub.clone(),
         backplane: backplane.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        callbacks: Callbacks::default(),
+        limiter,
     });
     // The internal listener outlives the public drain, so /readyz can
     // report "not ready" while sessions close.
@@ -175,6 +180,7 @@ pub(crate) fn build_admin(config: &Config, shared: &Shared, control: Weak<Contro
             tokens: config.internal.tokens.clone(),
             max_body: config.limits.max_body,
             max_message,
+            limiter: shared.realtime.limiter.clone(),
         },
         control,
     }

@@ -4,6 +4,7 @@
 //!
 //! This module opens no sockets and reads no certificate: it keeps paths.
 
+pub mod auth;
 mod interpolate;
 mod units;
 
@@ -17,6 +18,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+pub use self::auth::{AuthSettings, OnExpiry, RateLimit, RateLimitSettings};
 pub use self::units::{ByteSize, DurationValue};
 use crate::hub::queue::LagPolicy;
 use crate::realtime::negotiate::Transport;
@@ -108,6 +110,8 @@ struct RouteConfig {
     strip_prefix: Option<Spanned<String>>,
     #[serde(default)]
     add_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    auth: Option<Spanned<auth::AuthConfig>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +163,8 @@ struct RealtimeBlock {
     history: Option<HistoryConfig>,
     #[serde(default)]
     max_message: Option<ByteSize>,
+    #[serde(default)]
+    allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -189,6 +195,17 @@ struct LimitsConfig {
     max_body: Option<ByteSize>,
     #[serde(default)]
     header_read_timeout: Option<DurationValue>,
+    // SPEC §9 (checked in `config/auth.rs`).
+    #[serde(default)]
+    per_ip: Option<auth::PerIpConfig>,
+    #[serde(default)]
+    client_publish_rate: Option<Spanned<auth::RateConfig>>,
+    #[serde(default)]
+    publish_rate: Option<Spanned<auth::RateConfig>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    max_subscriptions: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +230,8 @@ pub struct Config {
     /// Realtime defaults; each realtime route holds its resolved copy.
     pub realtime: RealtimeSettings,
     pub limits: Limits,
+    /// Per-address and per-client rates and caps (SPEC §9).
+    pub rate_limits: RateLimitSettings,
     pub backplane: BackplaneKind,
     pub shutdown_grace: Duration,
     /// SIGTERM closes realtime connections spread over this (default:
@@ -272,12 +291,18 @@ pub enum RouteAction {
 
 #[derive(Debug, Clone)]
 pub struct RealtimeRoute {
+    /// The route's name.
+    pub name: std::sync::Arc<str>,
     /// Channel templates over the path's captures, such as `"{channel}"`.
     pub channels: Vec<Template>,
     pub query_channels: bool,
     pub transports: Vec<Transport>,
     pub client_publish: ClientPublish,
     pub settings: RealtimeSettings,
+    /// Subscriber auth (SPEC §8); `None`: the route is open.
+    pub auth: Option<std::sync::Arc<AuthSettings>>,
+    /// `Origin`s a WebSocket or SSE request may come from; `None`: any.
+    pub allowed_origins: Option<std::sync::Arc<[String]>>,
 }
 
 /// Which channels a WebSocket client may publish to.
@@ -469,6 +494,8 @@ struct Validator<'a> {
     path: &'a Path,
     base: PathBuf,
     errors: Vec<Diagnostic>,
+    /// `realtime.allowed_origins` at the top level, the routes' default.
+    allowed_origins: Option<std::sync::Arc<[String]>>,
 }
 
 impl<'a> Validator<'a> {
@@ -478,6 +505,7 @@ impl<'a> Validator<'a> {
             path,
             base,
             errors: Vec::new(),
+            allowed_origins: None,
         }
     }
 
@@ -620,6 +648,7 @@ impl<'a> Validator<'a> {
 
         let realtime = resolve_realtime(RealtimeSettings::default(), &file.realtime);
         self.top_level_realtime(&file.realtime);
+        self.allowed_origins = file.realtime.allowed_origins.clone().map(Into::into);
         let mut names = BTreeSet::new();
         let mut routes = Vec::new();
         for r in &file.routes {
@@ -637,6 +666,7 @@ impl<'a> Validator<'a> {
             Some(s) => s.value.0,
             None => limits.max_header,
         };
+        let rate_limits = self.rate_limits(&file.limits);
         let limits = Limits {
             max_connections: file
                 .limits
@@ -708,6 +738,7 @@ impl<'a> Validator<'a> {
             routes,
             realtime,
             limits,
+            rate_limits,
             backplane,
             shutdown_grace,
             drain_window,
@@ -786,6 +817,12 @@ impl<'a> Validator<'a> {
             s.value.clone()
         });
 
+        if let (Some(a), None) = (&r.auth, &r.realtime) {
+            self.error(
+                a,
+                format!("route {name:?}: auth applies to realtime routes only"),
+            );
+        }
         let actions = usize::from(r.upstream.is_some())
             + usize::from(r.realtime.is_some())
             + usize::from(r.static_files.is_some());
@@ -805,9 +842,13 @@ impl<'a> Validator<'a> {
             }
             RouteAction::Upstream(u.value.clone())
         } else if let Some(rt) = &r.realtime {
-            RouteAction::Realtime(Box::new(
-                self.realtime_route(&name, spanned, &rt.value, &captures, defaults),
-            ))
+            let mut realtime = self.realtime_route(&name, spanned, &rt.value, &captures, defaults);
+            realtime.auth = r
+                .auth
+                .as_ref()
+                .and_then(|a| self.auth(&name, a, upstreams))
+                .map(std::sync::Arc::new);
+            RouteAction::Realtime(Box::new(realtime))
         } else {
             let s = r.static_files.as_ref()?;
             let dir = self.resolve(&s.dir.value);
@@ -922,11 +963,18 @@ impl<'a> Validator<'a> {
             );
         }
         RealtimeRoute {
+            name: name.into(),
             channels,
             query_channels,
             transports,
             client_publish,
             settings,
+            auth: None,
+            allowed_origins: rt
+                .allowed_origins
+                .clone()
+                .map(Into::into)
+                .or_else(|| self.allowed_origins.clone()),
         }
     }
 }

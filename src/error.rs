@@ -64,11 +64,14 @@ pub enum ErrorCode {
     BindFailed,
     Draining,
     Stopping,
+    OriginNotAllowed,
+    AuthUnavailable,
+    RefreshNotAllowed,
 }
 
 impl ErrorCode {
     /// Every code, in the order docs/errors.md lists them.
-    pub const ALL: [ErrorCode; 35] = [
+    pub const ALL: [ErrorCode; 38] = [
         Self::InvalidRequest,
         Self::InvalidJson,
         Self::InvalidChannel,
@@ -104,6 +107,9 @@ impl ErrorCode {
         Self::BindFailed,
         Self::Draining,
         Self::Stopping,
+        Self::OriginNotAllowed,
+        Self::AuthUnavailable,
+        Self::RefreshNotAllowed,
     ];
 
     /// The wire string.
@@ -140,6 +146,9 @@ impl ErrorCode {
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::RefreshNotAllowed => "refresh_not_allowed",
+            Self::AuthUnavailable => "auth_unavailable",
+            Self::OriginNotAllowed => "origin_not_allowed",
             Self::Stopping => "stopping",
             Self::Draining => "draining",
             Self::BindFailed => "bind_failed",
@@ -179,6 +188,9 @@ impl ErrorCode {
             }
             Self::UpstreamUnreachable | Self::UpstreamError => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RefreshNotAllowed => StatusCode::BAD_REQUEST,
+            Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::Stopping => StatusCode::SERVICE_UNAVAILABLE,
             Self::Draining => StatusCode::CONFLICT,
             Self::BindFailed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -210,6 +222,8 @@ pub struct HttpError {
     pub message: String,
     /// Extra fields merged into the `error` object.
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Extra response headers (`Retry-After`, `WWW-Authenticate`).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl HttpError {
@@ -219,6 +233,7 @@ impl HttpError {
             code,
             message: message.into(),
             extra: None,
+            headers: Vec::new(),
         }
     }
 
@@ -229,15 +244,50 @@ impl HttpError {
         self
     }
 
-    pub fn into_response(self) -> Response<Body> {
+    pub fn with_header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    fn body(&mut self) -> serde_json::Value {
         let mut error = serde_json::Map::new();
         error.insert("code".into(), self.code.as_str().into());
-        error.insert("message".into(), self.message.into());
-        if let Some(extra) = self.extra {
+        error.insert("message".into(), std::mem::take(&mut self.message).into());
+        if let Some(extra) = self.extra.take() {
             error.extend(extra);
         }
-        let body = serde_json::json!({ "error": error });
-        json_response(self.status, &body)
+        serde_json::json!({ "error": error })
+    }
+
+    pub fn into_response(mut self) -> Response<Body> {
+        let body = self.body();
+        let mut response = json_response(self.status, &body);
+        for (name, value) in self.headers {
+            response.headers_mut().append(name, value);
+        }
+        response
+    }
+
+    /// The whole HTTP/1.1 response, for a raw connection that closes
+    /// after it.
+    pub fn into_http1(mut self) -> Vec<u8> {
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes();
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        out
     }
 }
 

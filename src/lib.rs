@@ -6,11 +6,13 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod backplane;
 pub mod config;
 pub mod error;
 pub mod files;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

@@ -31,6 +31,17 @@ pub struct TransportLabels {
     pub transport: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    pub route: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub kind: &'static str,
+}
+
 fn upstream_histogram() -> Histogram {
     // 0.5 ms .. ~33 s
     Histogram::new(exponential_buckets(0.0005, 2.0, 17))
@@ -46,6 +57,8 @@ pub struct Metrics {
     pub sessions: Family<TransportLabels, Gauge>,
     pub delivered: Counter,
     pub delivery_latency: Histogram,
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
+    pub rate_limited: Family<RateLimitLabels, Counter>,
     pub hub: HubMetrics,
 }
 
@@ -92,6 +105,18 @@ impl Metrics {
             "Time from a publish being accepted to the message being written to a subscriber socket",
             delivery_latency.clone(),
         );
+        let auth_failures = Family::<AuthFailureLabels, Counter>::default();
+        registry.register(
+            "pushgate_auth_failures",
+            "Realtime requests refused by subscriber auth, by route and reason",
+            auth_failures.clone(),
+        );
+        let rate_limited = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "pushgate_rate_limited",
+            "Requests and client publishes refused by a rate limit or cap, by kind",
+            rate_limited.clone(),
+        );
         hub.register(&mut registry);
         Self {
             registry,
@@ -101,6 +126,8 @@ impl Metrics {
             sessions,
             delivered,
             delivery_latency,
+            auth_failures,
+            rate_limited,
             hub,
         }
     }

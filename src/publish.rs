@@ -32,6 +32,8 @@ pub struct Publisher {
     pub tokens: Vec<String>,
     pub max_body: usize,
     pub max_message: usize,
+    /// `limits.publish_rate`, per token.
+    pub limiter: Arc<crate::limits::Limiter>,
 }
 
 impl Publisher {
@@ -44,6 +46,7 @@ impl Publisher {
 
     async fn publish(&self, request: Request<Incoming>) -> Result<Response<Body>, HttpError> {
         self.authorize(request.headers())?;
+        self.limiter.publish(request.headers())?;
         let content_type = request
             .headers()
             .get(header::CONTENT_TYPE)

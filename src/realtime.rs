@@ -20,15 +20,17 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::auth::callback::{Ask, Callbacks};
+use crate::auth::{self, Access, Denial, Grant};
 use crate::backplane::Backplane;
-use crate::config::{ClientPublish, RealtimeRoute, RealtimeSettings};
+use crate::config::{AuthSettings, ClientPublish, RealtimeRoute, RealtimeSettings};
 use crate::error::{Body, ErrorCode, HttpError, json_response};
 use crate::hub::Hub;
 use crate::hub::message::{ChannelName, Position};
-use crate::hub::queue::LagPolicy;
-use crate::hub::queue::Queue;
+use crate::hub::queue::{LagPolicy, Queue};
+use crate::limits::{ConnPermit, Limiter};
 use crate::listener::{ConnInfo, RawIo};
-use crate::metrics::{Metrics, TransportLabels};
+use crate::metrics::{AuthFailureLabels, Metrics, TransportLabels};
 use crate::realtime::negotiate::Transport;
 use crate::router::pattern::{self, Captures};
 use crate::shutdown::Shutdown;
@@ -44,9 +46,14 @@ pub struct Realtime {
     pub backplane: Arc<dyn Backplane>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
+    /// The auth callback's client and answer cache (SPEC §8).
+    pub callbacks: Callbacks,
+    /// Per-address and per-token limits (SPEC §9).
+    pub limiter: Arc<Limiter>,
 }
 
-/// What a connection may do, from its route and path captures.
+/// What a connection may do, from its route and path captures, narrowed
+/// by its token's (or the callback's) grant when the route has `auth:`.
 #[derive(Debug, Clone)]
 pub struct Grants {
     /// Channels from the route's templates.
@@ -55,22 +62,54 @@ pub struct Grants {
     any_channel: bool,
     publish: ClientPublish,
     captures: Captures,
+    /// The route's auth settings; with them, nothing is allowed until
+    /// `claims` is set.
+    pub auth: Option<Arc<AuthSettings>>,
+    pub claims: Option<Arc<Grant>>,
+    /// The route's name (metric label, callback body).
+    pub route: Arc<str>,
 }
 
 impl Grants {
     pub fn may_subscribe(&self, channel: &ChannelName) -> bool {
-        self.any_channel || self.route_channels.contains(channel)
+        (self.any_channel || self.route_channels.contains(channel))
+            && self.claims_allow(|g| g.channels.matches(channel.as_str()))
     }
 
     pub fn may_publish(&self, channel: &ChannelName) -> bool {
-        match &self.publish {
+        let route = match &self.publish {
             ClientPublish::Denied => false,
             ClientPublish::Granted => self.may_subscribe(channel),
             ClientPublish::Patterns(patterns) => patterns.iter().any(|p| {
                 p.render(&self.captures)
                     .is_some_and(|p| pattern::glob(&p, channel.as_str()))
             }),
+        };
+        route && self.claims_allow(|g| g.publish.matches(channel.as_str()))
+    }
+
+    fn claims_allow(&self, check: impl Fn(&Grant) -> bool) -> bool {
+        match (&self.auth, &self.claims) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(g)) => check(g),
         }
+    }
+
+    /// The first of `channels` the grant does not cover.
+    pub fn uncovered<'a>(&self, channels: &'a [ChannelName]) -> Option<&'a ChannelName> {
+        channels.iter().find(|c| !self.may_subscribe(c))
+    }
+
+    /// When the connection's grant ends, as a timer deadline.
+    pub fn expiry(&self) -> Option<tokio::time::Instant> {
+        let left = self.claims.as_ref()?.remaining(auth::now_unix())?;
+        Some(tokio::time::Instant::now() + left)
+    }
+
+    /// Counts a refusal by its reason; the token itself is never logged.
+    pub fn count_failure(&self, metrics: &Metrics, denial: &Denial) {
+        count_failure(metrics, &self.route, denial);
     }
 
     pub fn publish_enabled(&self) -> bool {
@@ -121,9 +160,15 @@ pub struct Plan {
     pub since: Option<Vec<Position>>,
     pub grants: Grants,
     pub settings: RealtimeSettings,
+    /// Where the request stands with the route's auth.
+    pub access: Access,
+    /// The request's share of the per-address connection cap.
+    pub permit: Option<ConnPermit>,
 }
 
 /// What a realtime request asks for.
+// Short-lived and moved once or twice per request: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Prepared {
     /// `?transport=info`.
     Info(Response<Body>),
@@ -131,8 +176,8 @@ pub enum Prepared {
 }
 
 impl Realtime {
-    /// Negotiates the transport and resolves channels, grants and the
-    /// resume position, without side effects.
+    /// Negotiates the transport and resolves channels, grants, auth and
+    /// the resume position, without side effects.
     pub fn prepare(
         &self,
         headers: &http::HeaderMap,
@@ -140,13 +185,43 @@ impl Realtime {
         route: &RealtimeRoute,
         captures: &Captures,
     ) -> Result<Prepared, HttpError> {
+        self.prepare_checked(headers, uri, route, captures)
+            .map_err(|r| match r {
+                Refusal::Http(e) => e,
+                Refusal::Auth(_, d) => d.into_error(),
+            })
+    }
+
+    fn prepare_checked(
+        &self,
+        headers: &http::HeaderMap,
+        uri: &http::Uri,
+        route: &RealtimeRoute,
+        captures: &Captures,
+    ) -> Result<Prepared, Refusal> {
         let query = Query::parse(uri.query());
         let transport = match negotiate::choose(headers, query.get("transport"), &route.transports)?
         {
             Choice::Info => return Ok(Prepared::Info(info(route))),
             Choice::Transport(t) => t,
         };
-        let (channels, grants) = resolve_channels(route, captures, &query)?;
+        if transport != Transport::Longpoll {
+            check_origin(headers, route.allowed_origins.as_deref())?;
+        }
+        let (channels, mut grants) = resolve_channels(route, captures, &query)?;
+        let max = self.limiter.settings().max_subscriptions;
+        let max = if transport == Transport::Websocket {
+            max
+        } else {
+            max.min(MAX_CHANNELS_PER_CONNECTION)
+        };
+        if channels.len() > max {
+            return Err(HttpError::new(
+                ErrorCode::TooManySubscriptions,
+                format!("at most {max} channels per connection"),
+            )
+            .into());
+        }
         let header_id = match headers.get("last-event-id").map(|v| v.to_str()) {
             None => None,
             Some(Ok(id)) => Some(id),
@@ -154,7 +229,8 @@ impl Realtime {
                 return Err(HttpError::new(
                     ErrorCode::InvalidId,
                     "invalid resume id: Last-Event-ID is not ASCII",
-                ));
+                )
+                .into());
             }
         };
         let since = header_id
@@ -168,7 +244,8 @@ impl Realtime {
                 return Err(HttpError::new(
                     ErrorCode::InvalidId,
                     format!("invalid resume id: {e}"),
-                ));
+                )
+                .into());
             }
         };
         if channels.is_empty() && transport != Transport::Websocket {
@@ -176,7 +253,19 @@ impl Realtime {
             return Err(HttpError::new(
                 ErrorCode::NoChannel,
                 "name at least one channel with ?channel=",
-            ));
+            )
+            .into());
+        }
+        let websocket = transport == Transport::Websocket;
+        let access = match &route.auth {
+            None => Access::Open,
+            Some(a) => auth::decide(a, headers, query.get("token"), websocket),
+        };
+        let access = grant(&mut grants, access, &channels);
+        if let (Access::Denied(d), false) = (&access, websocket) {
+            // A WebSocket is told on the socket (a browser cannot read a
+            // refused handshake).
+            return Err(Refusal::Auth(grants.route.clone(), d.clone()));
         }
         Ok(Prepared::Session(Plan {
             transport,
@@ -184,7 +273,19 @@ impl Realtime {
             since,
             grants,
             settings: route.settings,
+            access,
+            permit: None,
         }))
+    }
+
+    /// Admits a realtime connection under the per-address limits.
+    pub fn admit(
+        &self,
+        headers: &http::HeaderMap,
+        conn: &ConnInfo,
+    ) -> Result<ConnPermit, HttpError> {
+        let ip = self.limiter.client_ip(conn.remote, headers);
+        self.limiter.admit(ip).map_err(|r| r.into_error())
     }
 
     /// Serves a realtime request through hyper.
@@ -195,11 +296,42 @@ impl Realtime {
         captures: Captures,
         conn: ConnInfo,
     ) -> Response<Body> {
-        let plan = match self.prepare(request.headers(), request.uri(), route, &captures) {
-            Ok(Prepared::Info(response)) => return response,
-            Ok(Prepared::Session(plan)) => plan,
+        let mut plan =
+            match self.prepare_checked(request.headers(), request.uri(), route, &captures) {
+                Ok(Prepared::Info(response)) => return response,
+                Ok(Prepared::Session(plan)) => plan,
+                Err(Refusal::Http(e)) => return e.into_response(),
+                Err(Refusal::Auth(route, d)) => {
+                    count_failure(&self.metrics, &route, &d);
+                    return d.into_error().into_response();
+                }
+            };
+        if let (Access::Callback, Some(settings)) = (
+            &plan.access,
+            route.auth.as_ref().and_then(|a| a.callback.as_ref()),
+        ) {
+            let ask = Ask {
+                route: &plan.grants.route,
+                channels: &plan.channels,
+                transport: plan.transport,
+                headers: request.headers(),
+            };
+            let access = match self.callbacks.authorize(settings, ask).await {
+                Ok(g) => Access::Granted(g),
+                Err(d) => Access::Denied(d),
+            };
+            plan.access = grant(&mut plan.grants, access, &plan.channels);
+            if let (Access::Denied(d), false) =
+                (&plan.access, plan.transport == Transport::Websocket)
+            {
+                count_failure(&self.metrics, &plan.grants.route, d);
+                return d.clone().into_error().into_response();
+            }
+        }
+        match self.admit(request.headers(), &conn) {
+            Ok(permit) => plan.permit = Some(permit),
             Err(e) => return e.into_response(),
-        };
+        }
         match plan.transport {
             Transport::Sse => sse::respond(self, plan, conn),
             Transport::Longpoll => longpoll::respond(self, plan).await,
@@ -223,17 +355,18 @@ impl Realtime {
         }
     }
 
-    /// Opens `plan`'s session under its route's lag policy; hands back
-    /// the grants and settings the transport still needs.
+    /// Opens `plan`'s session under its route's lag policy, holding its
+    /// connection permit; hands back the grants and settings left.
     pub fn open_plan(&self, plan: Plan) -> (Session, Grants, RealtimeSettings) {
         let settings = plan.settings;
-        let session = self.open(
+        let mut session = self.open(
             plan.transport,
             plan.channels,
             plan.since,
             &settings,
             settings.on_lag,
         );
+        session.hold(plan.permit);
         (session, plan.grants, settings)
     }
 
@@ -265,7 +398,72 @@ impl Realtime {
             channels,
             positions,
             gauge: gauge.clone(),
+            permit: None,
         }
+    }
+}
+
+/// Why `prepare` refused a request.
+enum Refusal {
+    Http(HttpError),
+    /// Refused by auth on this route: counted by reason where answered.
+    Auth(Arc<str>, Denial),
+}
+
+impl From<HttpError> for Refusal {
+    fn from(e: HttpError) -> Self {
+        Refusal::Http(e)
+    }
+}
+
+fn count_failure(metrics: &Metrics, route: &str, denial: &Denial) {
+    tracing::debug!(
+        route,
+        reason = denial.reason.as_str(),
+        "realtime auth refused"
+    );
+    metrics
+        .auth_failures
+        .get_or_create(&AuthFailureLabels {
+            route: route.to_owned(),
+            reason: denial.reason.as_str(),
+        })
+        .inc();
+}
+
+/// Applies a grant to `grants`; a grant that does not cover every one of
+/// `channels` becomes a `forbidden` refusal.
+fn grant(grants: &mut Grants, access: Access, channels: &[ChannelName]) -> Access {
+    let Access::Granted(g) = access else {
+        return access;
+    };
+    grants.claims = Some(g.clone());
+    match grants.uncovered(channels) {
+        Some(c) => Access::Denied(Denial::forbidden(format!(
+            "the token does not grant channel {c}"
+        ))),
+        None => Access::Granted(g),
+    }
+}
+
+/// `realtime.allowed_origins`: a listed `Origin` (or `*`) passes; a request
+/// without one (not a browser, or a same-origin stream) passes too, since
+/// cross-site WebSocket hijacking always carries the attacker's `Origin`.
+fn check_origin(headers: &http::HeaderMap, allowed: Option<&[String]>) -> Result<(), HttpError> {
+    let (Some(allowed), Some(origin)) = (allowed, headers.get(header::ORIGIN)) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+    let listed = allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+    if listed {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            ErrorCode::OriginNotAllowed,
+            format!("origin {origin:?} is not allowed on this route"),
+        ))
     }
 }
 
@@ -324,6 +522,9 @@ fn resolve_channels(
         any_channel: route.query_channels,
         publish: route.client_publish.clone(),
         captures: captures.clone(),
+        auth: route.auth.clone(),
+        claims: None,
+        route: route.name.clone(),
     };
     Ok((channels, grants))
 }
@@ -338,9 +539,16 @@ pub struct Session {
     pub channels: Vec<ChannelName>,
     pub positions: Vec<Position>,
     gauge: Gauge,
+    /// The connection's share of the per-address cap, released with it.
+    permit: Option<ConnPermit>,
 }
 
 impl Session {
+    /// Keeps the connection's limit permit for as long as the session.
+    pub fn hold(&mut self, permit: Option<ConnPermit>) {
+        self.permit = permit;
+    }
+
     /// Records that `position` of `channel` was delivered.
     pub fn advance(&mut self, channel: &ChannelName, position: Position) {
         if let Some(i) = self.channels.iter().position(|c| c == channel) {

@@ -66,12 +66,15 @@ pub struct Claimed {
     plan: Plan,
     /// `Sec-WebSocket-Key` of a WebSocket handshake.
     ws_key: Option<http::HeaderValue>,
+    /// Refused by a limit: answered on the raw socket, so the attempt is
+    /// counted once.
+    refused: Option<HttpError>,
 }
 
 impl Handler for Service {
     type Claim = Claimed;
 
-    fn claim(&self, head: &Request<()>, _conn: &ConnInfo) -> Option<Claimed> {
+    fn claim(&self, head: &Request<()>, conn: &ConnInfo) -> Option<Claimed> {
         if head.method() != http::Method::GET {
             return None;
         }
@@ -84,7 +87,7 @@ impl Handler for Service {
             return None;
         };
         // Anything else, including every error, is answered through hyper.
-        let Ok(Prepared::Session(plan)) =
+        let Ok(Prepared::Session(mut plan)) =
             self.realtime
                 .prepare(head.headers(), head.uri(), rt, &matched.captures)
         else {
@@ -95,14 +98,38 @@ impl Handler for Service {
             Transport::Websocket => crate::realtime::ws::is_handshake(head),
             Transport::Longpoll => false,
         };
-        claim.then(|| Claimed {
+        // The auth callback is asked through hyper (it is asynchronous).
+        if !claim || matches!(plan.access, crate::auth::Access::Callback) {
+            return None;
+        }
+        let refused = match self.realtime.admit(head.headers(), conn) {
+            Ok(permit) => {
+                plan.permit = Some(permit);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        Some(Claimed {
             route: matched.route.name.clone(),
             plan,
             ws_key: head.headers().get("sec-websocket-key").cloned(),
+            refused,
         })
     }
 
-    async fn serve_claimed<IO: RawIo>(self: Arc<Self>, claim: Claimed, io: IO, conn: ConnInfo) {
+    async fn serve_claimed<IO: RawIo>(self: Arc<Self>, claim: Claimed, mut io: IO, conn: ConnInfo) {
+        if let Some(e) = claim.refused {
+            self.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: claim.route,
+                    status: e.status.as_u16(),
+                })
+                .inc();
+            let _ = crate::realtime::send(&mut io, &e.into_http1()).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+            return;
+        }
         let status = if claim.plan.transport == Transport::Websocket {
             101
         } else {

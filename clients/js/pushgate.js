@@ -57,6 +57,16 @@ export class IdTracker {
   }
 }
 
+/** A JWT's `exp` (seconds), or 0 when it has none or is not a JWT. */
+export function tokenExp(token) {
+  try {
+    const part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return Number(JSON.parse(atob(part)).exp) || 0;
+  } catch {
+    return 0;
+  }
+}
+
 function withQuery(url, params) {
   const u = new URL(url, globalThis.location ? globalThis.location.href : "http://localhost/");
   for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== "") u.searchParams.set(k, v);
@@ -107,7 +117,9 @@ export class SseParser {
  * Subscribes to a realtime route.
  * options: transports, since, onMessage({channel, id, event, data, transport}),
  * onGap(channels), onStatus({state, transport}), openTimeout (ms),
- * upgradeInterval (ms).
+ * upgradeInterval (ms), token (a string, or an async function called
+ * before each connect; over WebSocket it is also called to refresh the
+ * token before its `exp`).
  */
 export function subscribe(url, options = {}) {
   return new Subscription(url, options);
@@ -155,6 +167,7 @@ class Subscription {
   async start() {
     let info;
     try {
+      if (this.o.token) this.token = typeof this.o.token === "function" ? await this.o.token() : this.o.token;
       const r = await this.env.fetch(withQuery(this.url, { transport: "info" }), { cache: "no-store" });
       if (!r.ok) throw new Error(`info ${r.status}`);
       info = await r.json();
@@ -279,6 +292,29 @@ class Subscription {
     return conn;
   }
 
+  // Bearer header for fetch-based transports.
+  authHeaders(headers) {
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    return headers;
+  }
+
+  // Over WebSocket, asks for a new token ahead of `exp` and sends it.
+  scheduleRefresh(conn, ws) {
+    this.cancel(conn.refresh);
+    const exp = tokenExp(this.token);
+    if (!exp || typeof this.o.token !== "function") return;
+    const left = exp * 1000 - Date.now();
+    const margin = Math.min(30000, Math.max(500, left / 3));
+    conn.refresh = this.later(Math.max(0, left - margin), async () => {
+      try {
+        const token = await this.o.token();
+        if (!token || ws.readyState !== 1) return;
+        this.token = token;
+        ws.send(JSON.stringify({ type: "refresh", token }));
+      } catch {}
+    });
+  }
+
   openWs(conn, alive, fail) {
     const u = withQuery(this.url, { since: this.ids.since() });
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
@@ -287,6 +323,7 @@ class Subscription {
     conn.ws = ws;
     conn.close = () => {
       this.cancel(ping);
+      this.cancel(conn.refresh);
       ws.onclose = ws.onmessage = ws.onerror = null;
       try {
         ws.close(1000);
@@ -315,11 +352,20 @@ class Subscription {
       } else if (f.type === "subscribed") this.ids.position(f.channel, f.id);
       else if (f.type === "gap") this.gap([f.channel]);
       else if (f.type === "published") this.settle(true, f);
+      else if (f.type === "refreshed") this.scheduleRefresh(conn, ws);
       else if (f.type === "error" && this.pending.length) this.settle(false, f);
     };
-    ws.onopen = () => keepalive();
+    ws.onopen = () => {
+      // The token goes in the first frame, not the URL (which gets logged).
+      if (this.token) {
+        ws.send(JSON.stringify({ type: "auth", token: this.token }));
+        this.scheduleRefresh(conn, ws);
+      }
+      keepalive();
+    };
     ws.onerror = ws.onclose = () => {
       this.cancel(ping);
+      this.cancel(conn.refresh);
       for (const p of this.pending.splice(0)) p.reject(new Error("connection closed"));
       fail();
     };
@@ -335,7 +381,7 @@ class Subscription {
   openSse(conn, alive, fail) {
     const ctrl = new AbortController();
     conn.close = () => ctrl.abort();
-    const headers = { Accept: "text/event-stream" };
+    const headers = this.authHeaders({ Accept: "text/event-stream" });
     const since = this.ids.since();
     if (since) headers["Last-Event-ID"] = since;
     const parser = new SseParser((ev) => {
@@ -378,7 +424,7 @@ class Subscription {
       alive(wait);
       while (!stopped) {
         ctrl = new AbortController();
-        const r = await this.env.fetch(withQuery(this.url, { transport: "longpoll", since: this.ids.since() }), { signal: ctrl.signal, cache: "no-store" });
+        const r = await this.env.fetch(withQuery(this.url, { transport: "longpoll", since: this.ids.since() }), { headers: this.authHeaders({}), signal: ctrl.signal, cache: "no-store" });
         if (!r.ok) throw new Error(`poll ${r.status}`);
         const body = await r.json();
         if (stopped) return;
@@ -416,6 +462,6 @@ class Subscription {
   }
 }
 
-const api = { subscribe, backoffDelay, chooseTransports, IdTracker, SseParser };
+const api = { subscribe, backoffDelay, chooseTransports, IdTracker, SseParser, tokenExp };
 globalThis.pushgate = api;
 export default api;

@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, header};
 
 use super::deliver::Encoder;
 use super::{Plan, Realtime, Session};
+use crate::auth::{Denial, Reason};
 use crate::error::Body;
 use crate::hub::message::{ChannelName, Message};
 use crate::hub::queue::LagPolicy;
@@ -16,6 +17,7 @@ use crate::realtime::negotiate::Transport;
 pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
     let settings = plan.settings;
     let (channels, since) = (plan.channels, plan.since);
+    let permit = plan.permit;
     // A poll answers as soon as anything is queued, so overflow only means
     // "answer now"; the rest is read from history by the next poll.
     let mut session = realtime.open(
@@ -25,7 +27,10 @@ pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
         &settings,
         LagPolicy::Disconnect,
     );
+    session.hold(permit);
+    let expires = plan.grants.expiry();
     let deadline = tokio::time::Instant::now() + settings.longpoll_timeout;
+    let deadline = expires.map_or(deadline, |e| e.min(deadline));
     let mut answer = Answer::default();
     let mut turn = None;
     loop {
@@ -39,6 +44,12 @@ pub async fn respond(realtime: &Arc<Realtime>, plan: Plan) -> Response<Body> {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = session.queue.ready() => {}
         }
+    }
+    if answer.is_empty() && expires.is_some_and(|e| tokio::time::Instant::now() >= e) {
+        // The token ran out while the poll was held.
+        let denial = Denial::from(Reason::Expired);
+        plan.grants.count_failure(&realtime.metrics, &denial);
+        return denial.into_error().into_response();
     }
     answer.into_response(&session)
 }

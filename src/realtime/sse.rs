@@ -65,8 +65,10 @@ enum Phase {
 
 impl SseStream {
     fn open(realtime: &Arc<Realtime>, plan: Plan, slot: Arc<ConnSlot>) -> Self {
+        let expires = plan.grants.expiry();
         let (session, _, settings) = realtime.open_plan(plan);
         Self {
+            expires,
             session,
             heartbeat: settings.heartbeat,
             retry: settings.sse_retry,
@@ -81,6 +83,8 @@ impl SseStream {
 
 struct SseStream {
     session: Session,
+    /// When the connection's token expires: closed with reason `expired`.
+    expires: Option<tokio::time::Instant>,
     heartbeat: Duration,
     retry: Duration,
     shutdown: Shutdown,
@@ -140,7 +144,9 @@ impl SseStream {
         let heartbeat = self.heartbeat;
         let mut cancelled = pin!(shutdown.turn(&mut turn));
         let mut last_write = tokio::time::Instant::now();
-        let mut timer = pin!(tokio::time::sleep_until(last_write + heartbeat));
+        let expires = self.expires;
+        let deadline = |at: tokio::time::Instant| expires.map_or(at, |e| e.min(at));
+        let mut timer = pin!(tokio::time::sleep_until(deadline(last_write + heartbeat)));
         let mut probe = [0u8; 16];
         // The response head and the opening in one write.
         let mut chunk = {
@@ -178,8 +184,12 @@ impl SseStream {
                         },
                         _ = &mut timer => {
                             let now = tokio::time::Instant::now();
+                            if expires.is_some_and(|e| now >= e) {
+                                let _ = send(&mut writer, &close_event("expired")).await;
+                                break;
+                            }
                             let due = now >= last_write + heartbeat;
-                            timer.as_mut().reset(if due { now } else { last_write } + heartbeat);
+                            timer.as_mut().reset(deadline(if due { now } else { last_write } + heartbeat));
                             if due { Bytes::from_static(b":\n") } else { Bytes::new() }
                         }
                     }
@@ -213,6 +223,10 @@ impl SseStream {
                         return Some(close_event("shutdown"));
                     }
                     _ = self.session.queue.ready() => {}
+                    _ = sleep_until_some(self.expires) => {
+                        self.phase = Phase::Done;
+                        return Some(close_event("expired"));
+                    }
                     _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n")),
                 }
             },
@@ -243,6 +257,14 @@ impl Encoder for SseEncoder {
 
     fn gap(&mut self, channel: &ChannelName) {
         self.chunks.push(gap_event(std::slice::from_ref(channel)));
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

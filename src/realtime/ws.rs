@@ -25,11 +25,15 @@ use tracing::debug;
 
 use super::deliver::Encoder;
 use super::{Coalesce, Grants, Plan, Realtime, Session, cursor, send};
+use crate::auth::{self, Access, Denial, FIRST_FRAME_TIMEOUT, Reason};
+use crate::config::OnExpiry;
 use crate::error::{Body, ErrorCode, HttpError};
 use crate::hub::message::{ChannelName, Message, Position};
 use crate::hub::queue::{Closed, Item};
+use crate::limits::PublishBudget;
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::publish::{self, Content};
+use crate::realtime::negotiate::Transport;
 
 /// Cache slot of a message's encoded WebSocket frame in `Message`.
 pub const ENCODING_SLOT: usize = 1;
@@ -38,6 +42,7 @@ pub const ENCODING_SLOT: usize = 1;
 pub const CLOSE_SHUTDOWN: u16 = 1001;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_BAD_DATA: u16 = 1007;
+pub const CLOSE_NOT_ALLOWED: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_LAGGED: u16 = 1013;
 
@@ -132,9 +137,35 @@ fn run<S: RawIo>(
     slot: Arc<ConnSlot>,
     greeting: Option<Bytes>,
 ) {
-    let (session, grants, settings) = realtime.open_plan(plan);
+    let settings = plan.settings;
     let tracker = realtime.shutdown.tracker.clone();
+    let (channels, since, pending, expires) = match plan.access {
+        Access::Denied(denial) => {
+            plan.grants.count_failure(&realtime.metrics, &denial);
+            tracker.spawn(refuse(io, greeting, denial));
+            return;
+        }
+        // Nothing is subscribed until the `auth` frame.
+        Access::AwaitFrame => (
+            Vec::new(),
+            None,
+            Some((plan.channels, plan.since)),
+            Some(tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT),
+        ),
+        _ => (plan.channels, plan.since, None, plan.grants.expiry()),
+    };
+    let mut session = realtime.open(
+        Transport::Websocket,
+        channels,
+        since,
+        &settings,
+        settings.on_lag,
+    );
+    session.hold(plan.permit);
+    let grants = plan.grants;
     let connection = Connection {
+        budget: realtime.limiter.publish_budget(),
+        max_subscriptions: realtime.limiter.settings().max_subscriptions,
         realtime,
         session,
         grants,
@@ -142,9 +173,34 @@ fn run<S: RawIo>(
         heartbeat: settings.heartbeat,
         pong_timeout: settings.pong_timeout,
         partial: None,
+        expires,
+        pending,
         _slot: slot,
     };
     tracker.spawn(connection.run(io, greeting));
+}
+
+/// Accepts the upgrade (a browser cannot read a refused handshake), then
+/// sends the `error` frame and closes `1008`.
+async fn refuse<S: RawIo>(io: S, greeting: Option<Bytes>, denial: Denial) {
+    let (mut read, mut write) = tokio::io::split(io);
+    let mut frames = Coalesce::default();
+    if let Some(greeting) = greeting {
+        frames.push(greeting);
+    }
+    frames.push(text_frame(&error_json(
+        denial.reason.code(),
+        &denial.message,
+    )));
+    frames.push(frame_bytes(Frame::close(CLOSE_NOT_ALLOWED, b"not allowed")));
+    let _ = send(&mut write, &frames.finish()).await;
+    // Let the peer read the close before the socket goes.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 256];
+        while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 type Reader<S> = WebSocketRead<ReadHalf<S>>;
@@ -186,6 +242,8 @@ enum Next {
     Close(Option<(u16, &'static str)>),
     /// The peer sent Close: answer it and close TCP.
     PeerClosed,
+    /// An `error` frame (JSON), then close `1008`.
+    Refuse(Bytes),
 }
 
 /// How long a server-started close waits for the peer's Close frame
@@ -201,6 +259,12 @@ struct Connection {
     pong_timeout: Duration,
     /// A fragmented message being reassembled.
     partial: Option<Partial>,
+    /// When the token expires (or, before the `auth` frame, its deadline).
+    expires: Option<tokio::time::Instant>,
+    /// Channels and resume positions waiting for the `auth` frame.
+    pending: Option<(Vec<ChannelName>, Option<Vec<Position>>)>,
+    budget: PublishBudget,
+    max_subscriptions: usize,
     _slot: Arc<ConnSlot>,
 }
 
@@ -227,7 +291,10 @@ impl Connection {
         let mut cancelled = pin!(shutdown.turn(&mut turn));
         let mut next_ping = tokio::time::Instant::now() + heartbeat;
         let mut last_seen = tokio::time::Instant::now();
-        let mut timer = pin!(tokio::time::sleep_until(next_ping));
+        let mut timer = pin!(tokio::time::sleep_until(
+            self.expires.map_or(next_ping, |e| e.min(next_ping))
+        ));
+        let mut last_words = None;
 
         // (code, reason, whether the server started the close)
         let close = loop {
@@ -253,7 +320,17 @@ impl Connection {
                     // widen every idle connection's state.
                     let next = Box::pin(self.received(frame)).await;
                     read.set(next_frame(reader));
+                    // An `auth` or `refresh` frame may bring expiry closer.
+                    if let Some(e) = self.expires
+                        && e < timer.deadline()
+                    {
+                        timer.as_mut().reset(e);
+                    }
                     match next {
+                        Next::Refuse(json) => {
+                            last_words = Some(json);
+                            break Some((CLOSE_NOT_ALLOWED, "not allowed", true));
+                        }
                         Next::Continue => {}
                         Next::Pong(payload) => {
                             let frame = Frame::pong(Payload::Bytes(payload));
@@ -268,6 +345,15 @@ impl Connection {
                 _ = queue.ready() => {}
                 _ = &mut timer => {
                     let now = tokio::time::Instant::now();
+                    if self.expires.is_some_and(|e| now >= e) {
+                        if self.pending.is_some() {
+                            let d = Denial::from(Reason::Missing);
+                            self.grants.count_failure(&metrics, &d);
+                            last_words = Some(error_json(d.reason.code(), "no auth frame within 5s"));
+                            break Some((CLOSE_NOT_ALLOWED, "auth timeout", true));
+                        }
+                        break Some((CLOSE_NOT_ALLOWED, "token expired", true));
+                    }
                     if now >= last_seen + pong_timeout {
                         debug!("WebSocket peer silent past pong_timeout; closing.");
                         break Some((CLOSE_SHUTDOWN, "pong timeout", true));
@@ -281,10 +367,14 @@ impl Connection {
                     }
                     // Re-armed here only: the peer's frames move `last_seen`
                     // later, which this check sees when the timer fires.
-                    timer.as_mut().reset(next_ping.min(last_seen + pong_timeout));
+                    let at = next_ping.min(last_seen + pong_timeout);
+                    timer.as_mut().reset(self.expires.map_or(at, |e| e.min(at)));
                 }
             }
         };
+        if let Some(json) = last_words {
+            let _ = send(&mut write, &text_frame(&json)).await;
+        }
         let Some((code, reason, server_started)) = close else {
             return;
         };
@@ -382,6 +472,7 @@ impl Connection {
             return Next::Continue;
         }
         match std::str::from_utf8(&complete.data) {
+            Ok(text) if self.pending.is_some() => self.first_frame(text),
             Ok(text) => {
                 self.handle_text(text).await;
                 Next::Continue
@@ -415,6 +506,7 @@ impl Connection {
         };
         let channel = match frame.kind.as_str() {
             "ping" => return self.reply(Bytes::from_static(br#"{"type":"pong"}"#)),
+            "refresh" => return self.refresh(frame.token.as_deref()),
             "subscribe" | "unsubscribe" | "publish" => {
                 match frame.channel.as_deref().map(publish::channel) {
                     Some(Ok(c)) => c,
@@ -427,7 +519,7 @@ impl Connection {
             }
             other => {
                 return self.reply(error_json(ErrorCode::UnknownType,
-                    &format!("unknown frame type {other:?}: expected subscribe, unsubscribe, publish or ping"),
+                    &format!("unknown frame type {other:?}: expected subscribe, unsubscribe, publish, refresh or ping"),
                 ));
             }
         };
@@ -455,12 +547,12 @@ impl Connection {
                     }
                 };
                 let session = &mut self.session;
-                if session.channels.len() >= super::MAX_CHANNELS_PER_CONNECTION
+                if session.channels.len() >= self.max_subscriptions
                     && !session.channels.contains(&channel)
                 {
                     return self.reply(error_json(
                         ErrorCode::TooManySubscriptions,
-                        "channel limit per connection reached",
+                        &format!("at most {} channels per connection", self.max_subscriptions),
                     ));
                 }
                 session.subscribe(channel, since);
@@ -479,7 +571,7 @@ impl Connection {
         }
     }
 
-    async fn publish(&self, channel: ChannelName, frame: ClientFrame) {
+    async fn publish(&mut self, channel: ChannelName, frame: ClientFrame) {
         if !self.grants.may_publish(&channel) {
             let why = if self.grants.publish_enabled() {
                 format!("publishing to {channel} is not allowed on this route")
@@ -496,6 +588,13 @@ impl Connection {
         ) {
             Ok(content) => content,
             Err(e) => return self.reply(error_json(e.code, &e.message)),
+        };
+        if !self.budget.take() {
+            self.realtime.limiter.client_publish_refused();
+            return self.reply(error_json(
+                ErrorCode::RateLimited,
+                "client publish rate exceeded; slow down",
+            ));
         };
         let publication = content.publication(channel, Instant::now());
         match self.realtime.backplane.publish(vec![publication]).await {
@@ -514,6 +613,99 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// The first frame of a connection that came without a token: it must
+    /// be `{"type":"auth","token":T}`; then the route's channels open.
+    fn first_frame(&mut self, text: &str) -> Next {
+        let token = serde_json::from_str::<ClientFrame>(text)
+            .ok()
+            .filter(|f| f.kind == "auth")
+            .and_then(|f| f.token);
+        let Some(token) = token else {
+            let d = Denial::from(Reason::Missing);
+            self.grants.count_failure(&self.realtime.metrics, &d);
+            return Next::Refuse(error_json(
+                d.reason.code(),
+                "the first frame must be {\"type\":\"auth\",\"token\":T}",
+            ));
+        };
+        let verified = match self.grants.auth.as_ref().and_then(|a| a.jwt.as_ref()) {
+            Some(jwt) => auth::verify(jwt, &token),
+            None => Err(Denial::from(Reason::Missing)),
+        };
+        let grant = match verified {
+            Ok(g) => Arc::new(g),
+            Err(d) => {
+                self.grants.count_failure(&self.realtime.metrics, &d);
+                return Next::Refuse(error_json(d.reason.code(), &d.message));
+            }
+        };
+        self.grants.claims = Some(grant);
+        let Some((channels, since)) = self.pending.take() else {
+            return Next::Continue;
+        };
+        if let Some(c) = self.grants.uncovered(&channels) {
+            let d = Denial::forbidden(format!("the token does not grant channel {c}"));
+            self.grants.count_failure(&self.realtime.metrics, &d);
+            return Next::Refuse(error_json(d.reason.code(), &d.message));
+        }
+        self.expires = self.grants.expiry();
+        for (i, channel) in channels.into_iter().enumerate() {
+            let from = since.as_ref().and_then(|s| s.get(i).copied());
+            self.session.subscribe(channel, from);
+        }
+        Next::Continue
+    }
+
+    /// `{"type":"refresh","token":T}` under `on_expiry: refresh`: a token
+    /// for the same subject with a later `exp` moves the expiry.
+    fn refresh(&mut self, token: Option<&str>) {
+        let Some(auth) = self.grants.auth.clone() else {
+            return self.reply(error_json(
+                ErrorCode::InvalidRequest,
+                "this route has no auth",
+            ));
+        };
+        let (OnExpiry::Refresh, Some(jwt)) = (auth.on_expiry, auth.jwt.as_ref()) else {
+            return self.reply(error_json(
+                ErrorCode::RefreshNotAllowed,
+                "this route closes connections at token expiry",
+            ));
+        };
+        let Some(token) = token else {
+            return self.reply(error_json(ErrorCode::InvalidRequest, "missing \"token\""));
+        };
+        let grant = match auth::verify(jwt, token) {
+            Ok(g) => g,
+            Err(d) => {
+                self.grants.count_failure(&self.realtime.metrics, &d);
+                return self.reply(error_json(d.reason.code(), &d.message));
+            }
+        };
+        let old = self.grants.claims.as_deref();
+        if old.is_some_and(|o| o.sub.is_some() && o.sub != grant.sub) {
+            return self.reply(error_json(
+                ErrorCode::Unauthorized,
+                "the new token is for another subject",
+            ));
+        }
+        if old.is_some_and(|o| o.expires_at >= grant.expires_at) {
+            return self.reply(error_json(
+                ErrorCode::Unauthorized,
+                "the new token must expire later than the current one",
+            ));
+        }
+        let exp = grant
+            .expires_at
+            .unwrap_or(0)
+            .saturating_sub(jwt.leeway.as_secs());
+        self.grants.claims = Some(Arc::new(grant));
+        self.expires = self.grants.expiry();
+        let reply = serde_json::json!({"type": "refreshed", "exp": exp});
+        self.reply(Bytes::from(reply.to_string()));
+    }
+}
+
 #[derive(Deserialize)]
 struct ClientFrame {
     #[serde(rename = "type")]
@@ -526,6 +718,8 @@ struct ClientFrame {
     data: Option<serde_json::Value>,
     #[serde(default)]
     event: Option<serde_json::Value>,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 fn quoted(out: &mut BytesMut, s: &str) {
@@ -671,10 +865,11 @@ mod tests {
                 CLOSE_SHUTDOWN,
                 CLOSE_PROTOCOL,
                 CLOSE_BAD_DATA,
+                CLOSE_NOT_ALLOWED,
                 CLOSE_TOO_BIG,
                 CLOSE_LAGGED
             ],
-            [1001, 1002, 1007, 1009, 1013]
+            [1001, 1002, 1007, 1008, 1009, 1013]
         );
     }
 }

@@ -298,3 +298,104 @@ test("the demo page shows a message sent with `pushgate publish`", async () => {
     stop(pg);
   }
 });
+
+// === subscriber auth ===
+
+const SECRET = "browser-secret-0123456789abcdef";
+
+/** An HS256 JWT for `channels`, valid for `seconds`. */
+async function mint(seconds, channels = ["**"], sub = "alice") {
+  const { createHmac } = await import("node:crypto");
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + seconds, channels })}`;
+  return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
+}
+
+function authConfig(dir) {
+  mkdirSync(join(dir, "public"), { recursive: true });
+  writeFileSync(join(dir, "public/blank.html"), "<!doctype html><title>blank</title><body>test page</body>");
+  return `
+listen: { http: ["127.0.0.1:0"] }
+internal: { listen: "127.0.0.1:0" }
+realtime: { heartbeat: 1s, sse_retry: 500ms }
+routes:
+  - name: secure
+    match: { path: "/secure/{channel}" }
+    realtime: { channels: ["{channel}"], longpoll_timeout: 2s }
+    auth:
+      jwt: { hs256_secret: "${SECRET}" }
+      on_expiry: refresh
+  - { name: files, match: { path_prefix: "/" }, static: { dir: public, index: index.html } }
+`;
+}
+
+/** A blank page on `origin`. */
+async function tokenPage(origin) {
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e));
+  await page.goto(`${origin}/blank.html`);
+  return page;
+}
+
+/** Subscribes with a token function that returns window.nextToken. */
+async function subscribeWithTokens(page, path, transports) {
+  await page.evaluate(
+    async ({ path, transports }) => {
+      const { subscribe } = await import("/_pushgate/client.js");
+      window.log = { messages: [], statuses: [], tokenCalls: 0 };
+      window.sub = subscribe(path, {
+        transports,
+        token: async () => {
+          window.log.tokenCalls++;
+          return window.nextToken;
+        },
+        onMessage: (m) => window.log.messages.push(m),
+        onStatus: (s) => window.log.statuses.push(s),
+      });
+    },
+    { path, transports },
+  );
+}
+
+for (const transport of ["websocket", "sse", "longpoll"]) {
+  test(`a token function authenticates ${transport}`, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "pushgate-browser-auth-"));
+    const pg = await startPushgate({ dir, yaml: authConfig(dir) });
+    try {
+      const page = await tokenPage(pg.base);
+      await page.evaluate((t) => (window.nextToken = t), await mint(300, ["news"]));
+      await subscribeWithTokens(page, "/secure/news", [transport]);
+      assert.equal(await eventually("open", () => openOn(page)), transport);
+      await sleep(300);
+      await publish(pg, "news", `hello ${transport}`);
+      const m = await eventually("a message", async () => (await log(page)).messages[0]);
+      assert.equal(m.data, `hello ${transport}`);
+      await page.close();
+    } finally {
+      stop(pg);
+    }
+  });
+}
+
+test("the client refreshes its token over WebSocket before exp", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "pushgate-browser-auth-"));
+  const pg = await startPushgate({ dir, yaml: authConfig(dir) });
+  try {
+    const page = await tokenPage(pg.base);
+    // First token: 3 s. The refresh (at ~2 s) fetches the next one: 60 s.
+    await page.evaluate((t) => (window.nextToken = t), await mint(3, ["news"]));
+    await subscribeWithTokens(page, "/secure/news", ["websocket"]);
+    assert.equal(await eventually("open", () => openOn(page)), "websocket");
+    await page.evaluate((t) => (window.nextToken = t), await mint(60, ["news"]));
+    await eventually("a refresh", async () => (await log(page)).tokenCalls >= 2, 10000);
+    await sleep(3000);
+    await publish(pg, "news", "after the first exp");
+    const m = await eventually("a message", async () => (await log(page)).messages[0]);
+    assert.equal(m.data, "after the first exp");
+    const l = await log(page);
+    assert.ok(!l.statuses.some((s) => s.state === "reconnecting"), "refreshed in place, no reconnect");
+    await page.close();
+  } finally {
+    stop(pg);
+  }
+});

@@ -204,3 +204,11 @@ test("silence longer than two heartbeats counts as dead", async () => {
     mock.timers.reset();
   }
 });
+
+test("tokenExp reads a JWT's exp and tolerates anything else", async () => {
+  const { tokenExp } = await import("../pushgate.js");
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  assert.equal(tokenExp(`${b64({ alg: "HS256" })}.${b64({ exp: 1234567890, sub: "ü" })}.sig`), 1234567890);
+  assert.equal(tokenExp("opaque-token"), 0);
+  assert.equal(tokenExp(undefined), 0);
+});
