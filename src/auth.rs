@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Validation, decode, decode_header};
+use jsonwebtoken::{decode, decode_header};
 use serde::Deserialize;
 
 use crate::config::auth::JwtSettings;
@@ -296,23 +296,7 @@ pub fn verify(jwt: &JwtSettings, token: &str) -> Result<Grant, Denial> {
     let header = decode_header(token).map_err(|_| header_reason(token))?;
     let mut outcome = Err(Denial::from(Reason::Algorithm));
     for key in jwt.keys.iter().filter(|k| k.algorithm == header.alg) {
-        let mut validation = Validation::new(key.algorithm);
-        validation.leeway = jwt.leeway.as_secs();
-        validation.validate_nbf = true;
-        let mut required = vec!["exp"];
-        if let Some(iss) = &jwt.issuer {
-            validation.set_issuer(&[iss]);
-            required.push("iss");
-        }
-        match &jwt.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&required);
-        match decode::<Claims>(token, &key.key, &validation) {
+        match decode::<Claims>(token, &key.key, &key.validation) {
             Ok(data) => {
                 let c = data.claims;
                 return Ok(Grant {
@@ -356,10 +340,13 @@ mod tests {
 
     fn settings() -> JwtSettings {
         JwtSettings {
-            keys: vec![VerifyKey {
-                algorithm: Algorithm::HS256,
-                key: DecodingKey::from_secret(SECRET),
-            }]
+            keys: vec![VerifyKey::new(
+                Algorithm::HS256,
+                DecodingKey::from_secret(SECRET),
+                Some("https://auth.example"),
+                Some("pushgate"),
+                Duration::ZERO,
+            )]
             .into(),
             issuer: Some("https://auth.example".into()),
             audience: Some("pushgate".into()),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Uri};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -121,11 +121,46 @@ pub struct JwtSettings {
     pub cookie: String,
 }
 
-/// A loaded verification key.
+/// A loaded verification key, with its validation built once.
 #[derive(Clone)]
 pub struct VerifyKey {
     pub algorithm: Algorithm,
     pub key: DecodingKey,
+    /// Accepts `algorithm` alone; `exp` required, `nbf` checked, `iss` and
+    /// `aud` checked (and required) when configured.
+    pub validation: Validation,
+}
+
+impl VerifyKey {
+    pub fn new(
+        algorithm: Algorithm,
+        key: DecodingKey,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+        leeway: Duration,
+    ) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = leeway.as_secs();
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if let Some(iss) = issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        Self {
+            algorithm,
+            key,
+            validation,
+        }
+    }
 }
 
 impl fmt::Debug for VerifyKey {
@@ -314,10 +349,10 @@ impl Validator<'_> {
                     "auth.jwt.hs256_secret is shorter than 16 bytes: use a long random secret",
                 );
             }
-            keys.push(VerifyKey {
-                algorithm: Algorithm::HS256,
-                key: DecodingKey::from_secret(s.value.as_bytes()),
-            });
+            keys.push((
+                Algorithm::HS256,
+                DecodingKey::from_secret(s.value.as_bytes()),
+            ));
         }
         for p in &j.value.public_keys {
             let path = self.resolve(&p.value);
@@ -345,11 +380,20 @@ impl Validator<'_> {
             Some(c) => c.value.clone(),
             None => DEFAULT_COOKIE.to_owned(),
         };
+        let issuer = j.value.issuer.clone().filter(|s| !s.is_empty());
+        let audience = j.value.audience.clone().filter(|s| !s.is_empty());
+        let leeway = j.value.leeway.map_or(Duration::ZERO, |d| d.0);
+        let keys = keys
+            .into_iter()
+            .map(|(alg, key)| {
+                VerifyKey::new(alg, key, issuer.as_deref(), audience.as_deref(), leeway)
+            })
+            .collect();
         Some(JwtSettings {
-            keys: keys.into(),
-            issuer: j.value.issuer.clone().filter(|s| !s.is_empty()),
-            audience: j.value.audience.clone().filter(|s| !s.is_empty()),
-            leeway: j.value.leeway.map_or(Duration::ZERO, |d| d.0),
+            keys,
+            issuer,
+            audience,
+            leeway,
             cookie,
         })
     }
@@ -404,22 +448,16 @@ fn is_cookie_name_byte(b: u8) -> bool {
 }
 
 /// An RS256 or ES256 public key from PEM; the algorithm follows the key.
-fn load_public_key(pem: &[u8]) -> Result<VerifyKey, String> {
+fn load_public_key(pem: &[u8]) -> Result<(Algorithm, DecodingKey), String> {
     let text = String::from_utf8_lossy(pem);
     if text.contains("PRIVATE KEY") {
         return Err("is a private key; give the public key".into());
     }
     if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-        return Ok(VerifyKey {
-            algorithm: Algorithm::RS256,
-            key,
-        });
+        return Ok((Algorithm::RS256, key));
     }
     if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-        return Ok(VerifyKey {
-            algorithm: Algorithm::ES256,
-            key,
-        });
+        return Ok((Algorithm::ES256, key));
     }
     Err("not an RSA or EC (P-256) public key in PEM".into())
 }
