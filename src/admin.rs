@@ -7,6 +7,10 @@
 //! * `POST /publish` -- the publish webhook (`publish`).
 //! * `POST /admin/reload` -- reload the config file (`reload`); takes the
 //!   publish tokens when they are set.
+//! * `GET /admin` -- the status page (`admin/page.html`, no external assets).
+//! * `GET /admin/stats` -- its figures as JSON (`stats`).
+
+pub mod stats;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -21,13 +25,21 @@ use crate::metrics::Metrics;
 use crate::publish::{self, Publisher};
 use crate::reload::{self, Control};
 
+use self::stats::Stats;
+
 pub struct Admin {
     pub ready: Arc<AtomicBool>,
     pub backplane: Arc<dyn Backplane>,
     pub metrics: Arc<Metrics>,
     pub publisher: Publisher,
     pub(crate) control: Weak<Control>,
+    pub stats: Arc<Stats>,
+    /// The serving config's routes, for `/admin/stats`.
+    pub routes: serde_json::Value,
 }
+
+/// The status page: one file, inline CSS and JavaScript.
+const PAGE: &str = include_str!("admin/page.html");
 
 impl Handler for Admin {
     /// The internal listener serves no long-lived streams.
@@ -76,6 +88,16 @@ impl Handler for Admin {
                 }
                 response
             }
+            (&Method::GET | &Method::HEAD, "/admin" | "/admin/") => page(),
+            (&Method::GET, "/admin/stats") => {
+                let ready = self.ready.load(Ordering::Acquire);
+                let mut response =
+                    json_response(StatusCode::OK, &self.stats.snapshot(&self.routes, ready));
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
             (&Method::POST, "/admin/reload") => {
                 if let Err(e) = self.publisher.authorize(request.headers()) {
                     let mut response = e.into_response();
@@ -86,13 +108,33 @@ impl Handler for Admin {
                 }
                 reload::respond(&self.control).await
             }
-            (_, "/publish" | "/healthz" | "/readyz" | "/metrics" | "/admin/reload") => {
-                HttpError::new(ErrorCode::MethodNotAllowed, "method not allowed").into_response()
-            }
+            (
+                _,
+                "/publish" | "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin"
+                | "/admin/stats",
+            ) => HttpError::new(ErrorCode::MethodNotAllowed, "method not allowed").into_response(),
             _ => HttpError::new(ErrorCode::NotFound, format!("no internal endpoint {path}"))
                 .into_response(),
         }
     }
+}
+
+fn page() -> Response<Body> {
+    let mut response = Response::new(full(PAGE));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Nothing but this page and its own origin's /admin/stats.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+        ),
+    );
+    response
 }
 
 impl Admin {

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::admin::stats::{self, Stats};
 use crate::auth::callback::Callbacks;
 use crate::backplane::Backplane;
 use crate::backplane::memory::MemoryBackplane;
@@ -95,6 +96,7 @@ pub(crate) struct Shared {
     pub(crate) shutdown: Shutdown,
     pub(crate) internal_shutdown: Shutdown,
     pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) stats: Arc<Stats>,
 }
 
 /// Starts serving on `listeners` until [`Running::drain`].
@@ -120,6 +122,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     // report "not ready" while sessions close.
     let internal_shutdown = Shutdown::new();
     let shared = Shared {
+        stats: Arc::new(Stats::new(hub.clone(), metrics.clone(), backplane.clone())),
         metrics,
         backplane,
         realtime,
@@ -183,6 +186,8 @@ pub(crate) fn build_admin(config: &Config, shared: &Shared, control: Weak<Contro
             limiter: shared.realtime.limiter.clone(),
         },
         control,
+        stats: shared.stats.clone(),
+        routes: stats::routes(config),
     }
 }
 

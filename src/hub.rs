@@ -169,6 +169,28 @@ impl Hub {
         self.channels.len()
     }
 
+    /// The `n` channels with the most subscribers: (name, subscribers,
+    /// messages in its stream). Scans every channel (for the status page,
+    /// not the message path); a channel locked at that moment is skipped.
+    pub fn busiest(&self, n: usize) -> Vec<(ChannelName, usize, u64)> {
+        let mut top: Vec<(ChannelName, usize, u64)> = Vec::with_capacity(n + 1);
+        for entry in self.channels.iter() {
+            let Ok(channel) = entry.value().try_lock() else {
+                continue;
+            };
+            let subscribers = channel.subscriber_count();
+            if top.len() == n && top.last().is_some_and(|t| t.1 >= subscribers) {
+                continue;
+            }
+            let item = (entry.key().clone(), subscribers, channel.head().seq);
+            drop(channel);
+            let at = top.partition_point(|t| t.1 >= subscribers);
+            top.insert(at, item);
+            top.truncate(n);
+        }
+        top
+    }
+
     /// Prunes history by age and drops channels idle for longer than
     /// [`IDLE_CHANNEL_GRACE`] at `now`. Called periodically by the app.
     pub fn sweep(&self, now: Instant) {

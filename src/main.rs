@@ -185,6 +185,9 @@ fn run(args: &Args) -> ExitCode {
         Err(code) => return code,
     };
     runtime().block_on(async move {
+        // Caught before anything listens, so a SIGHUP never kills us.
+        #[cfg(unix)]
+        let hangups = pushgate::shutdown::hangups();
         let listeners = match app::Listeners::bind(&config).await {
             Ok(l) => l,
             Err(e) => {
@@ -202,7 +205,8 @@ fn run(args: &Args) -> ExitCode {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config.source.display(), "pushgate started");
         let reloader = running.reloader();
         // The outcome is logged by the reload itself.
-        pushgate::shutdown::on_hangup(move || {
+        #[cfg(unix)]
+        pushgate::shutdown::on_hangup(hangups, move || {
             let reloader = reloader.clone();
             async move {
                 let _ = reloader.reload().await;

@@ -146,28 +146,36 @@ pub async fn signal() {
     }
 }
 
-/// Runs `reload` on every SIGHUP, one at a time, for the life of the
-/// process.
-pub fn on_hangup<F, Fut>(mut reload: F)
+/// SIGHUPs, caught from now on. Call it before the listeners are bound:
+/// until a handler is installed, SIGHUP's default action ends the
+/// process. `None` where signals are not available.
+#[cfg(unix)]
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(error) => {
+            warn!(%error, "Cannot listen for SIGHUP; reload with POST /admin/reload.");
+            None
+        }
+    }
+}
+
+/// Runs `reload` on every SIGHUP caught by `hangups`, one at a time, for
+/// the life of the process.
+#[cfg(unix)]
+pub fn on_hangup<F, Fut>(hangups: Option<tokio::signal::unix::Signal>, mut reload: F)
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    #[cfg(unix)]
+    let Some(mut hangups) = hangups else {
+        return;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(error) => {
-                warn!(%error, "Cannot listen for SIGHUP; reload with POST /admin/reload.");
-                return;
-            }
-        };
-        while hangup.recv().await.is_some() {
+        while hangups.recv().await.is_some() {
             info!("Received SIGHUP, reloading the config.");
             reload().await;
         }
     });
-    #[cfg(not(unix))]
-    let _ = &mut reload;
 }
