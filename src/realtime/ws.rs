@@ -291,13 +291,17 @@ impl Connection {
                 | WebSocketError::UnexpectedEOF
                 | WebSocketError::IoError(_),
             ) => return Next::Close(None),
+            // A single text frame that is not UTF-8 (RFC 6455 §8.1).
+            Err(WebSocketError::InvalidUTF8) => {
+                return Next::Close(Some((CLOSE_BAD_DATA, "invalid UTF-8")));
+            }
             Err(error) => {
                 debug!(%error, "WebSocket protocol error.");
                 return Next::Close(Some((CLOSE_PROTOCOL, "protocol error")));
             }
         };
         let complete = match frame.opcode {
-            OpCode::Close => return Next::Close(Some((1000, ""))),
+            OpCode::Close => return Next::Close(Some(close_reply(&frame.payload))),
             OpCode::Ping => return Next::Pong(frame.payload),
             OpCode::Pong => return Next::Continue,
             OpCode::Text | OpCode::Binary => {
@@ -352,6 +356,32 @@ impl Connection {
             Err(_) => Next::Close(Some((CLOSE_BAD_DATA, "invalid UTF-8"))),
         }
     }
+}
+
+/// Our answer to the peer's Close frame: 1000, unless its body is
+/// malformed (RFC 6455 §5.5.1: empty, or a code of two bytes and a UTF-8
+/// reason) or its code is one a peer may not send (§7.4).
+fn close_reply(body: &[u8]) -> (u16, &'static str) {
+    match body {
+        [] => (1000, ""),
+        [_] => (CLOSE_PROTOCOL, "close body of one byte"),
+        [hi, lo, reason @ ..] => {
+            if !close_code_allowed(u16::from_be_bytes([*hi, *lo])) {
+                (CLOSE_PROTOCOL, "invalid close code")
+            } else if std::str::from_utf8(reason).is_err() {
+                (CLOSE_BAD_DATA, "close reason is not UTF-8")
+            } else {
+                (1000, "")
+            }
+        }
+    }
+}
+
+/// Whether a peer may send `code` in a Close frame (RFC 6455 §7.4.1, IANA
+/// registry): the defined codes other than 1004, 1005, 1006 and 1015, and
+/// the 3000-4999 ranges for libraries and applications.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// A message being reassembled from fragments.
@@ -625,6 +655,20 @@ mod tests {
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn close_bodies_are_validated() {
+        assert_eq!(close_reply(b""), (1000, ""));
+        assert_eq!(close_reply(b"\x03").0, CLOSE_PROTOCOL);
+        for ok in [1000u16, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert_eq!(close_reply(&ok.to_be_bytes()), (1000, ""), "{ok}");
+        }
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert_eq!(close_reply(&bad.to_be_bytes()).0, CLOSE_PROTOCOL, "{bad}");
+        }
+        assert_eq!(close_reply(b"\x03\xe8\xff\xfe").0, CLOSE_BAD_DATA);
+        assert_eq!(close_reply(b"\x03\xe8caf\xc3\xa9"), (1000, ""));
     }
 
     #[test]
