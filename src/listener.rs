@@ -250,6 +250,7 @@ impl<H: Handler> Connection<H> {
                     prefix = buf;
                 }
                 FirstHead::Other(buf) => prefix = buf,
+                FirstHead::UriTooLong => return uri_too_long(io, self.options.max_header).await,
                 FirstHead::Closed => return,
             }
         }
@@ -293,8 +294,46 @@ enum FirstHead {
     /// Anything else, for hyper to serve or refuse: HTTP/2, a malformed or
     /// oversize head.
     Other(Vec<u8>),
+    /// The request line alone is longer than the head may be (RFC 9112
+    /// §3: 414, where hyper would answer 431 for the whole head).
+    UriTooLong,
     /// The client left, or did not finish its head in time.
     Closed,
+}
+
+/// Answers 414 on the raw connection and closes it. The rest of the
+/// client's request is read and dropped for a moment (at most 1 MiB or
+/// 2 s) so that closing with unread bytes does not reset the connection
+/// before the client has read the answer.
+async fn uri_too_long<IO: RawIo>(mut io: IO, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let code = ErrorCode::UriTooLong;
+    let body = serde_json::json!({"error": {
+        "code": code.as_str(),
+        "message": format!("the request line is longer than {max} bytes"),
+    }})
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    if io
+        .write_all(format!("{head}{body}").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 8192];
+    let mut left = 1usize << 20;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, io.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
@@ -305,6 +344,9 @@ async fn read_head<IO: RawIo>(io: &mut IO, max: usize, timeout: Duration) -> Fir
     loop {
         if buf.len() == buf.capacity() {
             if buf.len() >= max.max(8192) {
+                if !buf.contains(&b'\n') {
+                    return FirstHead::UriTooLong;
+                }
                 return FirstHead::Other(buf);
             }
             buf.reserve(buf.len());
