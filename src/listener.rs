@@ -152,13 +152,33 @@ fn builder(options: &Options) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(options.max_header.max(8192))
         .keep_alive(true);
+    // HTTP/2 limits set on purpose, not left to hyper's and h2's defaults
+    // (which may change between releases); see docs/hardening.md.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        // Rapid reset (CVE-2023-44487): streams the client opens and resets
+        // before they are answered; past this, GOAWAY.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        // Streams we reset because the client misbehaved (RUSTSEC-2024-0003).
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        .max_frame_size(16 << 10)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(1 << 20)
+        .max_send_buf_size(400 << 10)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
+
+/// Streams one HTTP/2 connection may have open at once.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Client-reset streams awaiting accept before the connection is closed.
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server may reset for protocol errors before closing.
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 struct Connection<H> {
     options: Options,

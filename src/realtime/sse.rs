@@ -56,6 +56,20 @@ pub fn serve_raw<IO: RawIo>(realtime: &Arc<Realtime>, plan: Plan, io: IO, conn: 
     realtime.shutdown.tracker.spawn(stream.run_raw(io));
 }
 
+/// `send`, given up after `limit`: a client that does not read cannot
+/// hold the task, its socket and its session forever (on_lag could never
+/// close it).
+async fn send_bounded<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, send(writer, bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
 enum Phase {
     Opening,
     Streaming,
@@ -68,6 +82,7 @@ impl SseStream {
         Self {
             session,
             heartbeat: settings.heartbeat,
+            stall: settings.pong_timeout,
             retry: settings.sse_retry,
             token: realtime.shutdown.token.clone(),
             metrics: realtime.metrics.clone(),
@@ -80,6 +95,9 @@ impl SseStream {
 struct SseStream {
     session: Session,
     heartbeat: Duration,
+    /// A client that takes none of a write for this long (`pong_timeout`)
+    /// is not reading and is dropped.
+    stall: Duration,
     retry: Duration,
     token: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
@@ -146,7 +164,7 @@ impl SseStream {
         };
         loop {
             if !chunk.is_empty() {
-                if send(&mut writer, &chunk).await.is_err() {
+                if send_bounded(&mut writer, &chunk, self.stall).await.is_err() {
                     return;
                 }
                 last_write = tokio::time::Instant::now();
@@ -154,14 +172,14 @@ impl SseStream {
             chunk = match self.drain() {
                 Drained::Chunk(chunk) => chunk,
                 Drained::Lagged(close) => {
-                    let _ = send(&mut writer, &close).await;
+                    let _ = send_bounded(&mut writer, &close, self.stall).await;
                     break;
                 }
                 Drained::Nothing => {
                     tokio::select! {
                         biased;
                         _ = &mut cancelled => {
-                            let _ = send(&mut writer, &close_event("shutdown")).await;
+                            let _ = send_bounded(&mut writer, &close_event("shutdown"), self.stall).await;
                             break;
                         }
                         _ = queue.ready() => Bytes::new(),

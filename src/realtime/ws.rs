@@ -227,7 +227,18 @@ impl Connection {
             }
             let drained = self.session.deliver(&metrics, &mut frames);
             let frames = frames.0;
-            if !frames.is_empty() && send(&mut write, &frames.finish()).await.is_err() {
+            // A peer that takes none of a write for `pong_timeout` is not
+            // reading: drop it, or it would hold its task, socket and queue
+            // forever and on_lag could never close it.
+            if !frames.is_empty()
+                && !matches!(
+                    tokio::time::timeout(pong_timeout, send(&mut write, &frames.finish())).await,
+                    Ok(Ok(()))
+                )
+            {
+                debug!(
+                    "WebSocket peer not reading (write stalled past pong_timeout); dropping it."
+                );
                 break None;
             }
             if let Err(Closed::Lagged) = drained {
@@ -247,7 +258,10 @@ impl Connection {
                         Next::Continue => {}
                         Next::Pong(payload) => {
                             let frame = Frame::pong(Payload::Bytes(payload));
-                            if send_frame(&mut write, frame).await.is_err() {
+                            // Bounded like deliveries: a ping flood from a
+                            // peer that reads no pongs cannot park us here.
+                            let sent = tokio::time::timeout(pong_timeout, send_frame(&mut write, frame));
+                            if !matches!(sent.await, Ok(Ok(()))) {
                                 break None;
                             }
                         }
@@ -264,7 +278,8 @@ impl Connection {
                     if now >= next_ping {
                         next_ping = now + heartbeat;
                         let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
-                        if send_frame(&mut write, ping).await.is_err() {
+                        let sent = tokio::time::timeout(pong_timeout, send_frame(&mut write, ping));
+                        if !matches!(sent.await, Ok(Ok(()))) {
                             break None;
                         }
                     }
