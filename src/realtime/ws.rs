@@ -412,7 +412,7 @@ impl Connection {
     }
 
     async fn handle_text(&mut self, text: &str) {
-        let frame: ClientFrame = match serde_json::from_str(text) {
+        let frame = match parse_client_frame(text) {
             Ok(f) => f,
             Err(e) => {
                 return self.reply(error_json(
@@ -522,18 +522,26 @@ impl Connection {
     }
 }
 
+/// A client's JSON frame (SPEC §3.4), before its type, channel and
+/// `since` are checked.
 #[derive(Deserialize)]
-struct ClientFrame {
+pub struct ClientFrame {
     #[serde(rename = "type")]
-    kind: String,
+    pub kind: String,
     #[serde(default)]
-    channel: Option<String>,
+    pub channel: Option<String>,
     #[serde(default)]
-    since: Option<String>,
+    pub since: Option<String>,
     #[serde(default)]
-    data: Option<serde_json::Value>,
+    pub data: Option<serde_json::Value>,
     #[serde(default)]
-    event: Option<serde_json::Value>,
+    pub event: Option<serde_json::Value>,
+}
+
+/// The pure first step of handling a client text frame (also fuzzed,
+/// `fuzz/`).
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, serde_json::Error> {
+    serde_json::from_str(text)
 }
 
 fn quoted(out: &mut BytesMut, s: &str) {
