@@ -49,6 +49,7 @@ pub enum ErrorCode {
     TransportNotAllowed,
     BodyTooLarge,
     MessageTooLarge,
+    UriTooLong,
     UnsupportedMediaType,
     UpgradeRequired,
     RateLimited,
@@ -71,7 +72,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order docs/errors.md lists them.
-    pub const ALL: [ErrorCode; 38] = [
+    pub const ALL: [ErrorCode; 39] = [
         Self::InvalidRequest,
         Self::InvalidJson,
         Self::InvalidChannel,
@@ -94,6 +95,7 @@ impl ErrorCode {
         Self::TransportNotAllowed,
         Self::BodyTooLarge,
         Self::MessageTooLarge,
+        Self::UriTooLong,
         Self::UnsupportedMediaType,
         Self::UpgradeRequired,
         Self::RateLimited,
@@ -137,6 +139,7 @@ impl ErrorCode {
             Self::TransportNotAllowed => "transport_not_allowed",
             Self::BodyTooLarge => "body_too_large",
             Self::MessageTooLarge => "message_too_large",
+            Self::UriTooLong => "uri_too_long",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::UpgradeRequired => "upgrade_required",
             Self::RateLimited => "rate_limited",
@@ -179,6 +182,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TransportNotAllowed => StatusCode::NOT_ACCEPTABLE,
             Self::BodyTooLarge | Self::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,

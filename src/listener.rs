@@ -168,13 +168,33 @@ fn builder(options: &HeadLimits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(options.max_header.max(8192))
         .keep_alive(true);
+    // HTTP/2 limits set on purpose, not left to hyper's and h2's defaults
+    // (which may change between releases); see docs/hardening.md.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        // Rapid reset (CVE-2023-44487): streams the client opens and resets
+        // before they are answered; past this, GOAWAY.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        // Streams we reset because the client misbehaved (RUSTSEC-2024-0003).
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        .max_frame_size(16 << 10)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(1 << 20)
+        .max_send_buf_size(400 << 10)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
+
+/// Streams one HTTP/2 connection may have open at once.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Client-reset streams awaiting accept before the connection is closed.
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server may reset for protocol errors before closing.
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 struct Connection<H> {
     options: Options,
@@ -261,6 +281,7 @@ impl<H: Handler> Connection<H> {
                     prefix = buf;
                 }
                 FirstHead::Other(buf) => prefix = buf,
+                FirstHead::UriTooLong => return uri_too_long(io, self.head.max_header).await,
                 FirstHead::Closed => return,
             }
         }
@@ -304,8 +325,46 @@ enum FirstHead {
     /// Anything else, for hyper to serve or refuse: HTTP/2, a malformed or
     /// oversize head.
     Other(Vec<u8>),
+    /// The request line alone is longer than the head may be (RFC 9112
+    /// §3: 414, where hyper would answer 431 for the whole head).
+    UriTooLong,
     /// The client left, or did not finish its head in time.
     Closed,
+}
+
+/// Answers 414 on the raw connection and closes it. The rest of the
+/// client's request is read and dropped for a moment (at most 1 MiB or
+/// 2 s) so that closing with unread bytes does not reset the connection
+/// before the client has read the answer.
+async fn uri_too_long<IO: RawIo>(mut io: IO, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let code = ErrorCode::UriTooLong;
+    let body = serde_json::json!({"error": {
+        "code": code.as_str(),
+        "message": format!("the request line is longer than {max} bytes"),
+    }})
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    if io
+        .write_all(format!("{head}{body}").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 8192];
+    let mut left = 1usize << 20;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, io.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
@@ -316,6 +375,9 @@ async fn read_head<IO: RawIo>(io: &mut IO, max: usize, timeout: Duration) -> Fir
     loop {
         if buf.len() == buf.capacity() {
             if buf.len() >= max.max(8192) {
+                if !buf.contains(&b'\n') {
+                    return FirstHead::UriTooLong;
+                }
                 return FirstHead::Other(buf);
             }
             buf.reserve(buf.len());

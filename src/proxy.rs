@@ -5,6 +5,7 @@
 //! It knows no channels: the upstream response is returned unchanged but
 //! for hop-by-hop headers.
 
+mod client_body;
 pub mod headers;
 pub mod upstream;
 
@@ -120,7 +121,14 @@ impl Proxy {
             headers.insert(header::UPGRADE, protocol.clone());
         }
 
-        let mut body = Some(body.map_err(Into::into).boxed_unsync());
+        let client_failed = client_body::Failed::default();
+        let mut body = Some(
+            client_body::Watched::new(
+                body.map_err(Into::into).boxed_unsync(),
+                client_failed.clone(),
+            )
+            .boxed_unsync(),
+        );
         let mut last_error = None;
         for attempt in 1..=attempts {
             let Some(target) = upstream.pick() else { break };
@@ -166,6 +174,14 @@ impl Proxy {
                     upstream.mark_down(target);
                     last_error = Some(error);
                     continue;
+                }
+                Ok(Err(error)) if client_failed.get() => {
+                    // The client's body broke (RFC 9112 §7.1: e.g. a chunk
+                    // size that overflows); hyper has aborted the upstream
+                    // request.
+                    debug!(upstream = %upstream.name, error = %error_chain(&error), "Client request body failed; upstream request aborted.");
+                    return HttpError::new(ErrorCode::InvalidBody, "the request body is malformed")
+                        .into_response();
                 }
                 Ok(Err(error)) => {
                     warn!(upstream = %upstream.name, target = %target.authority, error = %error_chain(&error), "Upstream request failed.");

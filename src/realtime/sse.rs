@@ -57,6 +57,20 @@ pub fn serve_raw<IO: RawIo>(realtime: &Arc<Realtime>, plan: Plan, io: IO, conn: 
     realtime.shutdown.tracker.spawn(stream.run_raw(io));
 }
 
+/// `send`, given up after `limit`: a client that does not read cannot
+/// hold the task, its socket and its session forever (on_lag could never
+/// close it).
+async fn send_bounded<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, send(writer, bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
 enum Phase {
     Opening,
     Streaming,
@@ -71,6 +85,7 @@ impl SseStream {
             expires,
             session,
             heartbeat: settings.heartbeat,
+            stall: settings.pong_timeout,
             retry: settings.sse_retry,
             shutdown: realtime.shutdown.clone(),
             turn: None,
@@ -86,6 +101,9 @@ struct SseStream {
     /// When the connection's token expires: closed with reason `expired`.
     expires: Option<tokio::time::Instant>,
     heartbeat: Duration,
+    /// A client that takes none of a write for this long (`pong_timeout`)
+    /// is not reading and is dropped.
+    stall: Duration,
     retry: Duration,
     shutdown: Shutdown,
     /// Its turn in a paced drain.
@@ -157,7 +175,7 @@ impl SseStream {
         };
         loop {
             if !chunk.is_empty() {
-                if send(&mut writer, &chunk).await.is_err() {
+                if send_bounded(&mut writer, &chunk, self.stall).await.is_err() {
                     return;
                 }
                 last_write = tokio::time::Instant::now();
@@ -165,14 +183,14 @@ impl SseStream {
             chunk = match self.drain() {
                 Drained::Chunk(chunk) => chunk,
                 Drained::Lagged(close) => {
-                    let _ = send(&mut writer, &close).await;
+                    let _ = send_bounded(&mut writer, &close, self.stall).await;
                     break;
                 }
                 Drained::Nothing => {
                     tokio::select! {
                         biased;
                         _ = &mut cancelled => {
-                            let _ = send(&mut writer, &close_event("shutdown")).await;
+                            let _ = send_bounded(&mut writer, &close_event("shutdown"), self.stall).await;
                             break;
                         }
                         _ = queue.ready() => Bytes::new(),

@@ -240,8 +240,9 @@ enum Next {
     /// The server closes with this code and reason (`None`: the socket
     /// is gone, nothing to send).
     Close(Option<(u16, &'static str)>),
-    /// The peer sent Close: answer it and close TCP.
-    PeerClosed,
+    /// The peer sent Close: answer it with this code and reason (1000, or
+    /// 1002/1007 for a bad Close body) and close TCP without waiting.
+    PeerClosed((u16, &'static str)),
     /// An `error` frame (JSON), then close `1008`.
     Refuse(Bytes),
 }
@@ -304,7 +305,18 @@ impl Connection {
             }
             let drained = self.session.deliver(&metrics, &mut frames);
             let frames = frames.0;
-            if !frames.is_empty() && send(&mut write, &frames.finish()).await.is_err() {
+            // A peer that takes none of a write for `pong_timeout` is not
+            // reading: drop it, or it would hold its task, socket and queue
+            // forever and on_lag could never close it.
+            if !frames.is_empty()
+                && !matches!(
+                    tokio::time::timeout(pong_timeout, send(&mut write, &frames.finish())).await,
+                    Ok(Ok(()))
+                )
+            {
+                debug!(
+                    "WebSocket peer not reading (write stalled past pong_timeout); dropping it."
+                );
                 break None;
             }
             if let Err(Closed::Lagged) = drained {
@@ -334,12 +346,15 @@ impl Connection {
                         Next::Continue => {}
                         Next::Pong(payload) => {
                             let frame = Frame::pong(Payload::Bytes(payload));
-                            if send_frame(&mut write, frame).await.is_err() {
+                            // Bounded like deliveries: a ping flood from a
+                            // peer that reads no pongs cannot park us here.
+                            let sent = tokio::time::timeout(pong_timeout, send_frame(&mut write, frame));
+                            if !matches!(sent.await, Ok(Ok(()))) {
                                 break None;
                             }
                         }
                         Next::Close(close) => break close.map(|(c, r)| (c, r, true)),
-                        Next::PeerClosed => break Some((1000, "", false)),
+                        Next::PeerClosed((code, reason)) => break Some((code, reason, false)),
                     }
                 }
                 _ = queue.ready() => {}
@@ -361,7 +376,8 @@ impl Connection {
                     if now >= next_ping {
                         next_ping = now + heartbeat;
                         let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
-                        if send_frame(&mut write, ping).await.is_err() {
+                        let sent = tokio::time::timeout(pong_timeout, send_frame(&mut write, ping));
+                        if !matches!(sent.await, Ok(Ok(()))) {
                             break None;
                         }
                     }
@@ -418,13 +434,17 @@ impl Connection {
                 | WebSocketError::UnexpectedEOF
                 | WebSocketError::IoError(_),
             ) => return Next::Close(None),
+            // A single text frame that is not UTF-8 (RFC 6455 §8.1).
+            Err(WebSocketError::InvalidUTF8) => {
+                return Next::Close(Some((CLOSE_BAD_DATA, "invalid UTF-8")));
+            }
             Err(error) => {
                 debug!(%error, "WebSocket protocol error.");
                 return Next::Close(Some((CLOSE_PROTOCOL, "protocol error")));
             }
         };
         let complete = match frame.opcode {
-            OpCode::Close => return Next::PeerClosed,
+            OpCode::Close => return Next::PeerClosed(close_reply(&frame.payload)),
             OpCode::Ping => return Next::Pong(frame.payload),
             OpCode::Pong => return Next::Continue,
             OpCode::Text | OpCode::Binary => {
@@ -482,6 +502,32 @@ impl Connection {
     }
 }
 
+/// Our answer to the peer's Close frame: 1000, unless its body is
+/// malformed (RFC 6455 §5.5.1: empty, or a code of two bytes and a UTF-8
+/// reason) or its code is one a peer may not send (§7.4).
+fn close_reply(body: &[u8]) -> (u16, &'static str) {
+    match body {
+        [] => (1000, ""),
+        [_] => (CLOSE_PROTOCOL, "close body of one byte"),
+        [hi, lo, reason @ ..] => {
+            if !close_code_allowed(u16::from_be_bytes([*hi, *lo])) {
+                (CLOSE_PROTOCOL, "invalid close code")
+            } else if std::str::from_utf8(reason).is_err() {
+                (CLOSE_BAD_DATA, "close reason is not UTF-8")
+            } else {
+                (1000, "")
+            }
+        }
+    }
+}
+
+/// Whether a peer may send `code` in a Close frame (RFC 6455 §7.4.1, IANA
+/// registry): the defined codes other than 1004, 1005, 1006 and 1015, and
+/// the 3000-4999 ranges for libraries and applications.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// A message being reassembled from fragments.
 struct Partial {
     opcode: OpCode,
@@ -495,7 +541,7 @@ impl Connection {
     }
 
     async fn handle_text(&mut self, text: &str) {
-        let frame: ClientFrame = match serde_json::from_str(text) {
+        let frame = match parse_client_frame(text) {
             Ok(f) => f,
             Err(e) => {
                 return self.reply(error_json(
@@ -706,20 +752,28 @@ impl Connection {
     }
 }
 
+/// A client's JSON frame (SPEC §3.4), before its type, channel and
+/// `since` are checked.
 #[derive(Deserialize)]
-struct ClientFrame {
+pub struct ClientFrame {
     #[serde(rename = "type")]
-    kind: String,
+    pub kind: String,
     #[serde(default)]
-    channel: Option<String>,
+    pub channel: Option<String>,
     #[serde(default)]
-    since: Option<String>,
+    pub since: Option<String>,
     #[serde(default)]
-    data: Option<serde_json::Value>,
+    pub data: Option<serde_json::Value>,
     #[serde(default)]
-    event: Option<serde_json::Value>,
+    pub event: Option<serde_json::Value>,
     #[serde(default)]
-    token: Option<String>,
+    pub token: Option<String>,
+}
+
+/// The pure first step of handling a client text frame (also fuzzed,
+/// `fuzz/`).
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, serde_json::Error> {
+    serde_json::from_str(text)
 }
 
 fn quoted(out: &mut BytesMut, s: &str) {
@@ -856,6 +910,20 @@ mod tests {
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn close_bodies_are_validated() {
+        assert_eq!(close_reply(b""), (1000, ""));
+        assert_eq!(close_reply(b"\x03").0, CLOSE_PROTOCOL);
+        for ok in [1000u16, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert_eq!(close_reply(&ok.to_be_bytes()), (1000, ""), "{ok}");
+        }
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert_eq!(close_reply(&bad.to_be_bytes()).0, CLOSE_PROTOCOL, "{bad}");
+        }
+        assert_eq!(close_reply(b"\x03\xe8\xff\xfe").0, CLOSE_BAD_DATA);
+        assert_eq!(close_reply(b"\x03\xe8caf\xc3\xa9"), (1000, ""));
     }
 
     #[test]

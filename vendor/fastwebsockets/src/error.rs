@@ -28,6 +28,11 @@ pub enum WebSocketError {
   ControlFrameFragmented,
   #[error("Ping frame too large")]
   PingFrameTooLarge,
+  // pushgate patch: RFC 6455 §5.5 (every control frame) and §5.1 (masking).
+  #[error("Control frame payload over 125 bytes")]
+  ControlFrameTooLarge,
+  #[error("Frame not masked as its role requires")]
+  InvalidMasking,
   #[error("Frame too large")]
   FrameTooLarge,
   #[error("Sec-Websocket-Version must be 13")]

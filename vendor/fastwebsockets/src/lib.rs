@@ -711,6 +711,12 @@ impl ReadHalf {
     let opcode = frame::OpCode::try_from(self.buffer[0] & 0b00001111)?;
     let masked = self.buffer[1] & 0b10000000 != 0;
 
+    // pushgate patch: a client must mask every frame and a server none
+    // (RFC 6455 §5.1); the peer is failed before its payload is read.
+    if masked != (self.role == Role::Server) {
+      return Err(WebSocketError::InvalidMasking);
+    }
+
     let length_code = self.buffer[1] & 0x7F;
     let extra = match length_code {
       126 => 2,
@@ -753,6 +759,11 @@ impl ReadHalf {
 
     if opcode == OpCode::Ping && payload_len > 125 {
       return Err(WebSocketError::PingFrameTooLarge);
+    }
+
+    // pushgate patch: Close and Pong too (RFC 6455 §5.5), not only Ping.
+    if frame::is_control(opcode) && payload_len > 125 {
+      return Err(WebSocketError::ControlFrameTooLarge);
     }
 
     if payload_len >= self.max_message_size {
