@@ -15,6 +15,7 @@ use tracing::info;
 use crate::admin::Admin;
 use crate::backplane::Backplane;
 use crate::backplane::memory::MemoryBackplane;
+use crate::backplane::redis::RedisBackplane;
 use crate::config::{BackplaneKind, Config, RouteAction};
 use crate::hub::Hub;
 use crate::hub::history::HistoryLimits;
@@ -38,6 +39,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Tls(#[from] tls::Error),
+    #[error(transparent)]
+    Backplane(#[from] crate::backplane::Error),
 }
 
 /// Sockets bound before starting, so tests can bind port 0 and read the
@@ -87,10 +90,21 @@ pub struct Running {
 /// Starts serving on `listeners` until [`Running::drain`].
 pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     let shutdown = Shutdown::new();
-    let hub = Arc::new(Hub::new(history_policy(config)));
+    // The backplane is built once, at start: it owns order and history,
+    // so a config reload does not replace it.
+    let hub = Arc::new(match config.backplane {
+        BackplaneKind::Memory => Hub::new(history_policy(config)),
+        _ => Hub::external(history_policy(config)),
+    });
     let metrics = Arc::new(Metrics::new(hub.metrics().clone()));
-    let backplane: Arc<dyn Backplane> = match config.backplane {
+    let backplane: Arc<dyn Backplane> = match &config.backplane {
         BackplaneKind::Memory => Arc::new(MemoryBackplane::new(hub.clone())),
+        BackplaneKind::Redis(settings) => Arc::new(RedisBackplane::start(
+            settings,
+            hub.clone(),
+            metrics.backplane.clone(),
+            &shutdown,
+        )?),
     };
     let ready = Arc::new(AtomicBool::new(false));
     let realtime = Arc::new(Realtime {

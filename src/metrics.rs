@@ -47,6 +47,7 @@ pub struct Metrics {
     pub delivered: Counter,
     pub delivery_latency: Histogram,
     pub hub: HubMetrics,
+    pub backplane: crate::backplane::BackplaneMetrics,
 }
 
 impl Metrics {
@@ -93,6 +94,8 @@ impl Metrics {
             delivery_latency.clone(),
         );
         hub.register(&mut registry);
+        let backplane = crate::backplane::BackplaneMetrics::default();
+        backplane.register(&mut registry);
         Self {
             registry,
             requests,
@@ -102,6 +105,7 @@ impl Metrics {
             delivered,
             delivery_latency,
             hub,
+            backplane,
         }
     }
 
