@@ -503,3 +503,14 @@ fn bad_backplane_urls_are_reported_at_their_line_and_column() {
     );
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
+
+#[test]
+fn the_two_node_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/two-nodes.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let config = pushgate::config::parse(&path, &yaml, &|_| None).unwrap();
+    assert!(matches!(
+        config.backplane,
+        pushgate::config::BackplaneKind::Redis(_)
+    ));
+}

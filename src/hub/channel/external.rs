@@ -350,3 +350,146 @@ impl Channel {
         self.idle_since = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::message::Payload;
+    use crate::hub::queue::LagPolicy;
+
+    const E: u64 = 77;
+
+    fn msg(epoch: u64, seq: u64) -> Arc<Message> {
+        Arc::new(Message::new(
+            ChannelName::parse("c").unwrap(),
+            Position { epoch, seq },
+            None,
+            Payload::from_json(&serde_json::json!(seq)),
+            Instant::now(),
+        ))
+    }
+
+    fn channel() -> Channel {
+        Channel::new_external(
+            ChannelName::parse("c").unwrap(),
+            HistoryLimits::default(),
+            Instant::now(),
+        )
+    }
+
+    /// Items as short strings: `S<seq>`, `G`, `M<seq>`.
+    fn items(queue: &Queue) -> Vec<String> {
+        let mut out = VecDeque::new();
+        let _ = queue.drain(&mut out);
+        out.into_iter()
+            .filter_map(|i| match i {
+                Item::Subscribed { position, .. } => Some(format!("S{}", position.seq)),
+                Item::Gap(_) => Some("G".to_owned()),
+                Item::Message(m) => Some(format!("M{}", m.position.seq)),
+                Item::Reply(_) => None,
+            })
+            .collect()
+    }
+
+    fn fetched(head: u64, seqs: std::ops::RangeInclusive<u64>) -> Fetched {
+        Fetched {
+            head: Position {
+                epoch: E,
+                seq: head,
+            },
+            messages: seqs.map(|s| msg(E, s)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_resuming_subscriber_waits_for_the_read_then_gets_its_backlog() {
+        let mut c = channel();
+        let q = Queue::new(16, LagPolicy::Disconnect);
+        let since = Position { epoch: E, seq: 2 };
+        let (_, changed) = c.subscribe_external(&q, Some(since), Instant::now());
+        assert!(changed);
+        assert!(items(&q).is_empty(), "nothing before the read");
+        let want = c.want();
+        assert_eq!(want.fetch, Some(Fetch::After(since)));
+        let mut f = Fanout::default();
+        assert!(!c.apply(
+            Fetch::After(since),
+            fetched(4, 3..=4),
+            Instant::now(),
+            &mut f
+        ));
+        assert_eq!(items(&q), ["S2", "M3", "M4"]);
+        // Live messages follow; a duplicate is ignored.
+        assert!(!c.deliver(msg(E, 5), &mut f));
+        assert!(!c.deliver(msg(E, 5), &mut f));
+        assert_eq!(items(&q), ["M5"]);
+        assert_eq!(c.want().fetch, None);
+    }
+
+    #[test]
+    fn a_hole_in_live_messages_is_filled_from_history() {
+        let mut c = channel();
+        let q = Queue::new(16, LagPolicy::Disconnect);
+        c.subscribe_external(&q, None, Instant::now());
+        let mut f = Fanout::default();
+        c.apply(Fetch::Head, fetched(1, 1..=0), Instant::now(), &mut f);
+        assert_eq!(items(&q), ["S1"]);
+        assert!(c.deliver(msg(E, 4), &mut f), "2 and 3 are missing");
+        assert_eq!(
+            c.want().fetch,
+            Some(Fetch::After(Position { epoch: E, seq: 1 }))
+        );
+        assert!(!c.deliver(msg(E, 5), &mut f), "already asked");
+        let at = Fetch::After(Position { epoch: E, seq: 1 });
+        assert!(!c.apply(at, fetched(4, 2..=4), Instant::now(), &mut f));
+        assert_eq!(items(&q), ["M2", "M3", "M4", "M5"], "no gap, no repeat");
+    }
+
+    #[test]
+    fn a_new_epoch_or_trimmed_history_is_a_gap_for_live_subscribers() {
+        let mut c = channel();
+        let q = Queue::new(16, LagPolicy::Disconnect);
+        c.subscribe_external(&q, None, Instant::now());
+        let mut f = Fanout::default();
+        c.apply(Fetch::Head, fetched(3, 1..=0), Instant::now(), &mut f);
+        assert_eq!(items(&q), ["S3"]);
+        // The dataset was lost: a new epoch starts at 1.
+        assert!(c.deliver(msg(E + 1, 1), &mut f));
+        let at = Fetch::After(Position { epoch: E, seq: 3 });
+        let new = Fetched {
+            head: Position {
+                epoch: E + 1,
+                seq: 1,
+            },
+            messages: vec![msg(E + 1, 1)],
+        };
+        c.apply(at, new, Instant::now(), &mut f);
+        assert_eq!(items(&q), ["G", "M1"]);
+        // Reconnected after messages aged out: head moved, nothing held.
+        assert!(c.resync());
+        let at = Fetch::After(Position {
+            epoch: E + 1,
+            seq: 1,
+        });
+        let aged = Fetched {
+            head: Position {
+                epoch: E + 1,
+                seq: 9,
+            },
+            messages: Vec::new(),
+        };
+        c.apply(at, aged, Instant::now(), &mut f);
+        assert_eq!(items(&q), ["G"]);
+    }
+
+    #[test]
+    fn the_last_subscriber_leaving_stops_listening() {
+        let mut c = channel();
+        let q = Queue::new(16, LagPolicy::Disconnect);
+        c.subscribe_external(&q, None, Instant::now());
+        assert!(c.want().listen);
+        c.unsubscribe(&q, Instant::now());
+        assert_eq!(c.want(), Want::NOTHING);
+        assert!(!c.listening());
+    }
+}
