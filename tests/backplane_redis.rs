@@ -514,3 +514,29 @@ fn the_two_node_example_config_is_valid() {
         pushgate::config::BackplaneKind::Redis(_)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sse_stream_learns_its_real_id_before_any_message() {
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.publish("q", json!("old")).await;
+    let sse = SseClient::connect(&b.url("/live/q"), None).await;
+    b.wait_subscribers("q", 1).await;
+    within("the confirmed id", async {
+        while sse.last_id().is_empty() || sse.last_id().starts_with("0-") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let id = sse.last_id();
+    sse.disconnect();
+    a.publish("q", json!("new")).await;
+    let mut sse = SseClient::connect(&b.url("/live/q"), Some(&id)).await;
+    let events = sse_collect(&mut sse, 1).await;
+    assert_eq!(
+        events,
+        [("new".to_owned(), events[0].1.clone())],
+        "no gap, no old message"
+    );
+}

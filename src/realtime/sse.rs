@@ -246,7 +246,17 @@ impl SseStream {
                         .observe(now.saturating_duration_since(m.published_at).as_secs_f64());
                 }
                 Item::Gap(channel) => chunks.push(gap_event(std::slice::from_ref(channel))),
-                Item::Subscribed { channel, position } => self.session.advance(channel, *position),
+                Item::Subscribed { channel, position } => {
+                    // A distributed backplane may confirm the position after
+                    // the opening id was sent: send the real one (an
+                    // id-only event sets the client's last id).
+                    let before = self.session.cursor();
+                    self.session.advance(channel, *position);
+                    let after = self.session.cursor();
+                    if after != before {
+                        chunks.push(Bytes::from(format!("id: {after}\n\n")));
+                    }
+                }
                 Item::Reply(_) => {}
             }
         }
