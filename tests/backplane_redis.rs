@@ -540,3 +540,35 @@ async fn a_new_sse_stream_learns_its_real_id_before_any_message() {
         "no gap, no old message"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_answering_errors_fails_the_whole_batch_and_publishes_nothing() {
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis, 1).await;
+    let a = &nodes[0];
+    let mut sse = SseClient::connect(&a.url("/live/ok"), None).await;
+    a.wait_subscribers("ok", 1).await;
+    // Someone else's string where the channel's history stream belongs.
+    redis.cmd(&["SET", "t:h:broken", "not a stream"]).await;
+    let (status, body) = publish(
+        a,
+        json!({"messages": [
+            {"channel": "ok", "data": "first"},
+            {"channel": "broken", "data": "second"}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "backplane_unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("WRONGTYPE"),
+        "{body}"
+    );
+    a.publish("ok", json!("after")).await;
+    let events = sse_collect(&mut sse, 1).await;
+    assert_eq!(datas(&events), ["after"], "nothing of the failed batch");
+    assert!(ready(a).await, "an error answer is not an outage");
+}

@@ -55,6 +55,15 @@ const PUBLISH_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(ARGV[1])
+-- Check every key first: Redis keeps the writes a failing script made, so
+-- a batch must fail before its first write or not at all.
+for i = 0, n - 1 do
+  local meta, hist = KEYS[i * 3 + 1], KEYS[i * 3 + 2]
+  local mt, ht = redis.call('TYPE', meta).ok, redis.call('TYPE', hist).ok
+  if (mt ~= 'none' and mt ~= 'hash') or (ht ~= 'none' and ht ~= 'stream') then
+    return redis.error_reply('WRONGTYPE pushgate key ' .. meta .. ' or ' .. hist .. ' holds another type')
+  end
+end
 local out = {}
 for i = 0, n - 1 do
   local meta, hist, idem = KEYS[i * 3 + 1], KEYS[i * 3 + 2], KEYS[i * 3 + 3]
