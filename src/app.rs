@@ -15,6 +15,7 @@ use tracing::info;
 use crate::admin::Admin;
 use crate::backplane::Backplane;
 use crate::backplane::memory::MemoryBackplane;
+use crate::backplane::nats::NatsBackplane;
 use crate::backplane::redis::RedisBackplane;
 use crate::config::{BackplaneKind, Config, RouteAction};
 use crate::hub::Hub;
@@ -105,6 +106,17 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
             metrics.backplane.clone(),
             &shutdown,
         )?),
+        BackplaneKind::Nats(settings) => {
+            let (messages, max_age) = largest_history(config);
+            Arc::new(NatsBackplane::start(
+                settings,
+                hub.clone(),
+                messages,
+                max_age,
+                metrics.backplane.clone(),
+                &shutdown,
+            )?)
+        }
     };
     let ready = Arc::new(AtomicBool::new(false));
     let realtime = Arc::new(Realtime {
@@ -268,6 +280,19 @@ fn history_policy(config: &Config) -> crate::hub::HistoryPolicy {
         }
         best.map_or(default, |(_, limits)| limits)
     })
+}
+
+/// The largest history any channel may have (one NATS stream holds all).
+fn largest_history(config: &Config) -> (usize, Duration) {
+    let mut messages = config.realtime.history_messages;
+    let mut max_age = config.realtime.history_max_age;
+    for route in &config.routes {
+        if let RouteAction::Realtime(rt) = &route.action {
+            messages = messages.max(rt.settings.history_messages);
+            max_age = max_age.max(rt.settings.history_max_age);
+        }
+    }
+    (messages, max_age)
 }
 
 /// `user:{id}` → `user:*`.

@@ -13,6 +13,7 @@
 //! It knows no sessions, transports or HTTP.
 
 pub mod memory;
+pub mod nats;
 pub mod redis;
 
 mod retry;

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{Position, Validator};
-use crate::backplane::redis;
+use crate::backplane::{nats, redis};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +23,7 @@ pub(super) struct BackplaneConfig {
 pub enum BackplaneKind {
     Memory,
     Redis(redis::Settings),
+    Nats(nats::Settings),
 }
 
 const DEFAULT_PREFIX: &str = "pushgate";
@@ -61,12 +62,24 @@ impl Validator<'_> {
                 }
             }
             "nats" => {
-                let p = at(&file.kind).unwrap_or_default();
-                self.error(
-                    p,
-                    "backplane type \"nats\" is not available in this build; use \"memory\" or \"redis\"",
-                );
-                BackplaneKind::Memory
+                let prefix = self.prefix(file);
+                match &file.url {
+                    None => {
+                        let p = at(&file.kind).unwrap_or_default();
+                        self.error(p, "backplane type nats needs a url (nats://HOST:PORT)");
+                        BackplaneKind::Memory
+                    }
+                    Some(url) => match nats::check_url(&url.value) {
+                        Ok(()) => BackplaneKind::Nats(nats::Settings {
+                            url: url.value.clone(),
+                            prefix,
+                        }),
+                        Err(e) => {
+                            self.error(url, e);
+                            BackplaneKind::Memory
+                        }
+                    },
+                }
             }
             other => {
                 let p = at(&file.kind).unwrap_or_default();

@@ -222,7 +222,9 @@ impl Channel {
         };
         let head = fetched.head;
         if !ext.known || self.epoch != head.epoch {
-            if ext.known {
+            // Epoch 0 is a channel with nothing published yet: a first
+            // epoch misses nothing.
+            if ext.known && self.epoch != 0 {
                 self.gap_live();
             }
             self.history.clear();
@@ -261,11 +263,24 @@ impl Channel {
         }
         incoming.sort_by_key(|m| m.position.seq);
         incoming.dedup_by_key(|m| m.position.seq);
+        let mut ahead = false;
         for m in incoming {
             if m.position.seq <= self.seq {
                 continue;
             }
+            if ahead {
+                ext.early.push_back(m);
+                continue;
+            }
             if m.position.seq != self.seq + 1 {
+                if self.seq >= head.seq {
+                    // Live messages beyond what the read saw, with a hole
+                    // before them: not lost, just not read yet. Keep them
+                    // and read again.
+                    ahead = true;
+                    ext.early.push_back(m);
+                    continue;
+                }
                 // Trimmed (or dropped from `early`) before this node saw it.
                 self.gap_live();
                 self.history.clear();
@@ -281,7 +296,7 @@ impl Channel {
             self.seq = head.seq;
             ext.cache_from = head.seq + 1;
         }
-        ext.synced = !newer_epoch;
+        ext.synced = !newer_epoch && !ahead;
         let asked_all = match asked {
             Fetch::Head => None,
             Fetch::After(p) if p.epoch != head.epoch => Some(0),
@@ -487,6 +502,26 @@ mod tests {
         };
         c.apply(at, aged, Instant::now(), &mut f);
         assert_eq!(items(&q), ["G"]);
+    }
+
+    #[test]
+    fn live_messages_beyond_a_read_wait_for_the_next_read_instead_of_a_gap() {
+        let mut c = channel();
+        let q = Queue::new(16, LagPolicy::Disconnect);
+        c.subscribe_external(&q, None, Instant::now());
+        let mut f = Fanout::default();
+        c.apply(Fetch::Head, head_only(1), Instant::now(), &mut f);
+        assert_eq!(items(&q), ["S1"]);
+        // 3 arrives before 2; the read (started earlier) only saw 1.
+        assert!(c.deliver(msg(E, 3), &mut f));
+        let at = Fetch::After(Position { epoch: E, seq: 1 });
+        assert!(
+            c.apply(at, head_only(1), Instant::now(), &mut f),
+            "reads again"
+        );
+        assert!(items(&q).is_empty(), "no gap, nothing out of order");
+        assert!(!c.apply(at, fetched(3, 2..=3), Instant::now(), &mut f));
+        assert_eq!(items(&q), ["M2", "M3"]);
     }
 
     #[test]
