@@ -151,7 +151,11 @@ impl Admin {
             &serde_json::json!({
                 "ready": listeners && backplane,
                 "listeners": listeners,
-                "backplane": { "type": self.backplane.name(), "connected": backplane },
+                "backplane": {
+                    "type": self.backplane.name(),
+                    "connected": backplane,
+                    "state": self.backplane.state().as_str(),
+                },
             }),
         )
     }

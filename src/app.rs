@@ -15,6 +15,8 @@ use crate::admin::stats::{self, Stats};
 use crate::auth::callback::Callbacks;
 use crate::backplane::Backplane;
 use crate::backplane::memory::MemoryBackplane;
+use crate::backplane::nats::NatsBackplane;
+use crate::backplane::redis::RedisBackplane;
 use crate::config::{BackplaneKind, Config, RouteAction};
 use crate::hub::Hub;
 use crate::hub::history::HistoryLimits;
@@ -40,6 +42,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Tls(#[from] tls::Error),
+    #[error(transparent)]
+    Backplane(#[from] crate::backplane::Error),
 }
 
 /// Sockets bound before starting, so tests can bind port 0 and read the
@@ -103,10 +107,32 @@ pub(crate) struct Shared {
 pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     let shutdown = Shutdown::new();
     let history = Arc::new(ArcSwap::from_pointee(HistoryRules::new(config)));
-    let hub = Arc::new(Hub::new(history_policy(history.clone())));
+    // The backplane is built once, at start: it owns order and history,
+    // so a config reload does not replace it.
+    let hub = Arc::new(match config.backplane {
+        BackplaneKind::Memory => Hub::new(history_policy(history.clone())),
+        _ => Hub::external(history_policy(history.clone())),
+    });
     let metrics = Arc::new(Metrics::new(hub.metrics().clone()));
-    let backplane: Arc<dyn Backplane> = match config.backplane {
+    let backplane: Arc<dyn Backplane> = match &config.backplane {
         BackplaneKind::Memory => Arc::new(MemoryBackplane::new(hub.clone())),
+        BackplaneKind::Redis(settings) => Arc::new(RedisBackplane::start(
+            settings,
+            hub.clone(),
+            metrics.backplane.clone(),
+            &shutdown,
+        )?),
+        BackplaneKind::Nats(settings) => {
+            let (messages, max_age) = largest_history(config);
+            Arc::new(NatsBackplane::start(
+                settings,
+                hub.clone(),
+                messages,
+                max_age,
+                metrics.backplane.clone(),
+                &shutdown,
+            )?)
+        }
     };
     let ready = Arc::new(AtomicBool::new(false));
     let limiter = Arc::new(Limiter::new(config.rate_limits.clone(), metrics.clone()));
@@ -280,6 +306,19 @@ impl HistoryRules {
 /// The hub's history policy: the rules of the config serving now.
 fn history_policy(rules: Arc<ArcSwap<HistoryRules>>) -> crate::hub::HistoryPolicy {
     Box::new(move |channel: &ChannelName| rules.load().limits(channel))
+}
+
+/// The largest history any channel may have (one NATS stream holds all).
+fn largest_history(config: &Config) -> (usize, Duration) {
+    let mut messages = config.realtime.history_messages;
+    let mut max_age = config.realtime.history_max_age;
+    for route in &config.routes {
+        if let RouteAction::Realtime(rt) = &route.action {
+            messages = messages.max(rt.settings.history_messages);
+            max_age = max_age.max(rt.settings.history_max_age);
+        }
+    }
+    (messages, max_age)
 }
 
 /// Prunes history by age and drops idle channels, once a second.

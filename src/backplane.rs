@@ -1,13 +1,31 @@
-//! The backplane relays publications between nodes and into the local hub.
-//! Every publish travels through it, even on one node, where [`memory`]
-//! loops straight back: one message path to test.
+//! The backplane owns each channel's order and history and relays
+//! publications into the local hub. Every publish travels through it, even
+//! on one node, where [`memory`] loops straight back: one message path.
+//!
+//! * [`memory`]: one node; the hub assigns positions and keeps history, as
+//!   it always did (the hot path is unchanged).
+//! * [`redis`]: many nodes; Redis assigns `(epoch, seq)` atomically and keeps
+//!   the history. A task per node subscribes to the channels that have local
+//!   subscribers, feeds the hub positioned messages (`Hub::deliver`) and
+//!   answers the hub's history reads (`Hub::want` → `Hub::apply`), so the
+//!   hub's history is a read-through cache and the hub still does no IO.
 //!
 //! It knows no sessions, transports or HTTP.
 
 pub mod memory;
+pub mod nats;
+pub mod redis;
+
+mod retry;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::hub::message::{Publication, Receipt};
 
@@ -19,13 +37,114 @@ pub enum Error {
 
 pub type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Receipt>, Error>> + Send + 'a>>;
 
+/// Where a backplane's connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Not connected yet since start.
+    Connecting = 0,
+    Connected = 1,
+    /// Was connected, lost it; reconnecting with backoff.
+    Unavailable = 2,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Connected => "connected",
+            State::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A [`State`] shared between a backplane's task and its readers.
+#[derive(Debug, Default)]
+pub struct StateCell(AtomicU8);
+
+impl StateCell {
+    pub fn get(&self) -> State {
+        match self.0.load(Ordering::Acquire) {
+            1 => State::Connected,
+            2 => State::Unavailable,
+            _ => State::Connecting,
+        }
+    }
+
+    /// Sets the state; returns the previous one.
+    pub fn set(&self, state: State) -> State {
+        match self.0.swap(state as u8, Ordering::AcqRel) {
+            1 => State::Connected,
+            2 => State::Unavailable,
+            _ => State::Connecting,
+        }
+    }
+}
+
 pub trait Backplane: Send + Sync + 'static {
-    /// Publishes `batch` in order; receipts report this node's subscribers.
+    /// Publishes `batch` in order; each receipt holds the position the
+    /// backplane assigned and the subscribers on this node.
     fn publish(&self, batch: Vec<Publication>) -> PublishFuture<'_>;
 
+    /// Where the connection is (`/readyz`, `/metrics`).
+    fn state(&self) -> State;
+
     /// Connected and able to publish (`/readyz`).
-    fn is_ready(&self) -> bool;
+    fn is_ready(&self) -> bool {
+        self.state() == State::Connected
+    }
 
     /// A short name for logs and readiness output.
     fn name(&self) -> &'static str;
+}
+
+/// The backplane's metrics, registered by `metrics::Metrics`.
+#[derive(Clone, Debug)]
+pub struct BackplaneMetrics {
+    /// 1 connected, 0 connecting, -1 unavailable.
+    pub state: Gauge,
+    pub reconnects: Counter,
+    /// Seconds from handing a batch to the backplane to its receipts.
+    pub publish_latency: Histogram,
+}
+
+impl Default for BackplaneMetrics {
+    fn default() -> Self {
+        Self {
+            state: Gauge::default(),
+            reconnects: Counter::default(),
+            publish_latency: Histogram::new([
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5,
+            ]),
+        }
+    }
+}
+
+impl BackplaneMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "pushgate_backplane_state",
+            "Backplane connection: 1 connected, 0 connecting, -1 unavailable",
+            self.state.clone(),
+        );
+        registry.register(
+            "pushgate_backplane_reconnects",
+            "Backplane connections re-established after a loss",
+            self.reconnects.clone(),
+        );
+        registry.register(
+            "pushgate_backplane_publish_seconds",
+            "Time for a publish batch through the backplane (assigning positions and storing history)",
+            self.publish_latency.clone(),
+        );
+    }
+
+    pub fn set_state(&self, state: State) {
+        self.state.set(match state {
+            State::Connected => 1,
+            State::Connecting => 0,
+            State::Unavailable => -1,
+        });
+    }
 }

@@ -5,8 +5,11 @@
 //! This module opens no sockets and reads no certificate: it keeps paths.
 
 pub mod auth;
+mod backplane;
 mod interpolate;
 mod units;
+
+pub use self::backplane::BackplaneKind;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -44,7 +47,7 @@ struct FileConfig {
     #[serde(default)]
     limits: LimitsConfig,
     #[serde(default)]
-    backplane: BackplaneConfig,
+    backplane: backplane::BackplaneConfig,
     #[serde(default)]
     shutdown_grace: Option<DurationValue>,
     #[serde(default)]
@@ -208,13 +211,6 @@ struct LimitsConfig {
     max_subscriptions: Option<Spanned<usize>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackplaneConfig {
-    #[serde(default, rename = "type")]
-    kind: Option<Spanned<String>>,
-}
-
 // === typed configuration (what the rest of pushgate uses) ===
 
 /// A validated configuration.
@@ -368,11 +364,6 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackplaneKind {
-    Memory,
 }
 
 /// A 1-based place in the config file.
@@ -680,30 +671,7 @@ impl<'a> Validator<'a> {
                 .map_or(limits.header_read_timeout, |d| d.0),
         };
 
-        let backplane = match &file.backplane.kind {
-            None => BackplaneKind::Memory,
-            Some(k) if k.value == "memory" => BackplaneKind::Memory,
-            Some(k) if k.value == "redis" || k.value == "nats" => {
-                self.error(
-                    k,
-                    format!(
-                        "backplane type {:?} is not available in this build; use \"memory\"",
-                        k.value
-                    ),
-                );
-                BackplaneKind::Memory
-            }
-            Some(k) => {
-                self.error(
-                    k,
-                    format!(
-                        "unknown backplane type {:?}: expected memory, redis or nats",
-                        k.value
-                    ),
-                );
-                BackplaneKind::Memory
-            }
-        };
+        let backplane = self.backplane(&file.backplane);
 
         let shutdown_grace = file.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0);
         let drain_window = match &file.drain_window {

@@ -23,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use self::channel::{Channel, Fanout};
+use self::channel::{Channel, Fanout, Fetch, Fetched, Want};
 use self::history::HistoryLimits;
 use self::message::{ChannelName, Position, Publication, Receipt};
 use self::queue::{LagPolicy, Queue};
@@ -41,6 +41,27 @@ pub struct Hub {
     epoch_seed: std::collections::hash_map::RandomState,
     epoch_counter: AtomicU64,
     metrics: HubMetrics,
+    /// Set when a distributed backplane owns order and history.
+    demand: Option<Demand>,
+}
+
+/// Channels whose [`Want`] changed, for the backplane task. Bounded by the
+/// number of channels: a channel is marked once however often it changes
+/// (overflow policy: coalesce).
+#[derive(Default)]
+pub struct Demand {
+    dirty: Mutex<std::collections::HashSet<ChannelName>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Demand {
+    fn mark(&self, channel: &ChannelName) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if dirty.insert(channel.clone()) {
+            drop(dirty);
+            self.notify.notify_one();
+        }
+    }
 }
 
 /// The hub's own metrics, registered by `metrics::Metrics`.
@@ -91,7 +112,23 @@ impl Hub {
             epoch_seed: std::collections::hash_map::RandomState::new(),
             epoch_counter: AtomicU64::new(0),
             metrics: HubMetrics::default(),
+            demand: None,
         }
+    }
+
+    /// A hub fed by a distributed backplane: positions come from the
+    /// backplane (through [`Hub::deliver`] and [`Hub::apply`]) and the
+    /// history is a cache. [`Hub::publish`] is not used.
+    pub fn external(history_policy: HistoryPolicy) -> Self {
+        Self {
+            demand: Some(Demand::default()),
+            ..Self::new(history_policy)
+        }
+    }
+
+    /// The history limits `channel` has (or would have).
+    pub fn limits(&self, channel: &ChannelName) -> HistoryLimits {
+        (self.history_policy)(channel)
     }
 
     /// A hub whose channels all use `limits`.
@@ -137,15 +174,116 @@ impl Hub {
         since: Option<Position>,
     ) -> Position {
         let now = Instant::now();
-        self.with_channel(channel, now, |c| c.subscribe(queue, since, now))
+        let Some(demand) = &self.demand else {
+            return self.with_channel(channel, now, |c| c.subscribe(queue, since, now));
+        };
+        let (position, changed) =
+            self.with_channel(channel, now, |c| c.subscribe_external(queue, since, now));
+        if changed {
+            demand.mark(channel);
+        }
+        position
     }
 
     pub fn unsubscribe(&self, queue: &Queue, channel: &ChannelName) {
         if let Some(entry) = self.channels.get(channel) {
-            let channel = entry.value().clone();
+            let arc = entry.value().clone();
             drop(entry);
-            lock(&channel).unsubscribe(queue, Instant::now());
+            let mut c = lock(&arc);
+            c.unsubscribe(queue, Instant::now());
+            let quiet = c.is_external() && !c.listening();
+            drop(c);
+            if quiet && let Some(demand) = &self.demand {
+                demand.mark(channel);
+            }
         }
+    }
+
+    // === fed by a distributed backplane (`Hub::external`) ===
+
+    /// Channels whose [`Want`] may have changed since the last call.
+    pub fn take_demand(&self) -> Vec<ChannelName> {
+        let Some(demand) = &self.demand else {
+            return Vec::new();
+        };
+        let mut dirty = demand.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.drain().collect()
+    }
+
+    /// Resolves when [`Hub::take_demand`] has something (or may have).
+    pub async fn demand_changed(&self) {
+        match &self.demand {
+            Some(demand) => demand.notify.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// What `channel` needs from the backplane now.
+    pub fn want(&self, channel: &ChannelName) -> Want {
+        match self.channels.get(channel) {
+            Some(entry) => {
+                let arc = entry.value().clone();
+                drop(entry);
+                lock(&arc).want()
+            }
+            None => Want::NOTHING,
+        }
+    }
+
+    /// A live message from the backplane, already positioned. Channels
+    /// without local subscribers ignore it.
+    pub fn deliver(&self, message: Arc<message::Message>) {
+        let Some(entry) = self.channels.get(&message.channel) else {
+            return;
+        };
+        let arc = entry.value().clone();
+        drop(entry);
+        let mut fanout = Fanout::default();
+        let name = message.channel.clone();
+        let wants = lock(&arc).deliver(message, &mut fanout);
+        self.count(1, fanout);
+        if wants && let Some(demand) = &self.demand {
+            demand.mark(&name);
+        }
+    }
+
+    /// The backplane's answer to `asked` (a [`Want`]'s fetch) for `channel`.
+    pub fn apply(&self, channel: &ChannelName, asked: Fetch, fetched: Fetched) {
+        let Some(entry) = self.channels.get(channel) else {
+            return;
+        };
+        let arc = entry.value().clone();
+        drop(entry);
+        let mut fanout = Fanout::default();
+        let wants = lock(&arc).apply(asked, fetched, Instant::now(), &mut fanout);
+        self.count(0, fanout);
+        if wants && let Some(demand) = &self.demand {
+            demand.mark(channel);
+        }
+    }
+
+    /// The backplane (re)connected: every channel with subscribers reads
+    /// its history before trusting live messages again.
+    pub fn resync(&self) {
+        let Some(demand) = &self.demand else {
+            return;
+        };
+        let mut marked = Vec::new();
+        for entry in self.channels.iter() {
+            if lock(entry.value()).resync() {
+                marked.push(entry.key().clone());
+            }
+        }
+        for channel in &marked {
+            demand.mark(channel);
+        }
+    }
+
+    fn count(&self, published: u64, fanout: Fanout) {
+        self.metrics.published.inc_by(published);
+        self.metrics.queued.inc_by(fanout.queued as u64);
+        self.metrics.dropped.inc_by(fanout.dropped as u64);
+        self.metrics.lag_disconnects.inc_by(fanout.lagged as u64);
     }
 
     /// The current head of `channel`, if the hub holds it.
@@ -221,12 +359,11 @@ impl Hub {
                 .entry(name.clone())
                 .or_insert_with(|| {
                     let limits = (self.history_policy)(name);
-                    Arc::new(Mutex::new(Channel::new(
-                        name.clone(),
-                        self.new_epoch(),
-                        limits,
-                        now,
-                    )))
+                    Arc::new(Mutex::new(if self.demand.is_some() {
+                        Channel::new_external(name.clone(), limits, now)
+                    } else {
+                        Channel::new(name.clone(), self.new_epoch(), limits, now)
+                    }))
                 })
                 .value()
                 .clone();

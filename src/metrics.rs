@@ -60,6 +60,7 @@ pub struct Metrics {
     pub auth_failures: Family<AuthFailureLabels, Counter>,
     pub rate_limited: Family<RateLimitLabels, Counter>,
     pub hub: HubMetrics,
+    pub backplane: crate::backplane::BackplaneMetrics,
 }
 
 impl Metrics {
@@ -118,6 +119,8 @@ impl Metrics {
             rate_limited.clone(),
         );
         hub.register(&mut registry);
+        let backplane = crate::backplane::BackplaneMetrics::default();
+        backplane.register(&mut registry);
         Self {
             registry,
             requests,
@@ -129,6 +132,7 @@ impl Metrics {
             auth_failures,
             rate_limited,
             hub,
+            backplane,
         }
     }
 

@@ -556,6 +556,12 @@ impl Session {
         }
     }
 
+    /// The position last delivered (or resumed from) on `channel`.
+    pub fn position(&self, channel: &ChannelName) -> Option<Position> {
+        let i = self.channels.iter().position(|c| c == channel)?;
+        self.positions.get(i).copied()
+    }
+
     /// The id covering every channel at the current positions.
     pub fn cursor(&self) -> String {
         cursor::encode(&self.positions)

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Backplane, PublishFuture};
+use super::{Backplane, PublishFuture, State};
 use crate::hub::Hub;
 use crate::hub::message::Publication;
 
@@ -22,8 +22,8 @@ impl Backplane for MemoryBackplane {
         Box::pin(std::future::ready(Ok(receipts)))
     }
 
-    fn is_ready(&self) -> bool {
-        true
+    fn state(&self) -> State {
+        State::Connected
     }
 
     fn name(&self) -> &'static str {

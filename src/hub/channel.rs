@@ -9,6 +9,10 @@ use super::history::{History, HistoryLimits};
 use super::message::{ChannelName, Message, Position, Publication, Receipt};
 use super::queue::{Item, Offer, Queue};
 
+mod external;
+
+pub use self::external::{Fetch, Fetched, Want};
+
 /// Counts from one fan-out, for the hub's metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fanout {
@@ -32,6 +36,9 @@ pub struct Channel {
     pub(super) removed: bool,
     /// When the channel last had a subscriber or a held message.
     idle_since: Option<Instant>,
+    /// Set when a distributed backplane owns the stream: positions come
+    /// from it and the history is a cache (see `external`).
+    external: Option<Box<external::External>>,
 }
 
 impl Channel {
@@ -45,6 +52,7 @@ impl Channel {
             idempotency: HashMap::new(),
             removed: false,
             idle_since: Some(now),
+            external: None,
         }
     }
 
@@ -134,16 +142,16 @@ impl Channel {
                 (from, resume.gap, resume.backlog)
             }
         };
-        queue.push(Item::Subscribed {
+        let subscribed = Item::Subscribed {
             channel: self.name.clone(),
             position: from,
-        });
-        if gap {
-            queue.push(Item::Gap(self.name.clone()));
-        }
-        for message in backlog {
-            queue.push(Item::Message(message));
-        }
+        };
+        let gap = gap.then(|| Item::Gap(self.name.clone()));
+        queue.push_all(
+            std::iter::once(subscribed)
+                .chain(gap)
+                .chain(backlog.into_iter().map(Item::Message)),
+        );
         // Pointer comparison: no cache miss per subscriber on a channel
         // with tens of thousands of them.
         if !self.subscribers.iter().any(|q| Arc::ptr_eq(q, queue)) {
@@ -161,6 +169,9 @@ impl Channel {
         {
             self.subscribers.swap_remove(index);
         }
+        if self.external.is_some() {
+            self.forget_external(queue);
+        }
         self.mark_idle(now);
     }
 
@@ -174,7 +185,7 @@ impl Channel {
     }
 
     fn mark_idle(&mut self, now: Instant) {
-        if self.subscribers.is_empty() && self.history.is_empty() {
+        if self.subscribers.is_empty() && self.history.is_empty() && !self.has_pending() {
             self.idle_since.get_or_insert(now);
         } else {
             self.idle_since = None;

@@ -78,6 +78,12 @@ impl History {
         self.messages.push_back(message);
     }
 
+    /// Forgets every held message (a distributed backplane's cache that is
+    /// no longer continuous with the stream).
+    pub fn clear(&mut self) {
+        self.messages.clear();
+    }
+
     /// Drops messages older than `max_age` at `now`.
     pub fn prune(&mut self, now: Instant) {
         while let Some(oldest) = self.messages.front() {

@@ -134,6 +134,23 @@ impl Payload {
         Self { json, text }
     }
 
+    /// Rebuilds a payload from its compact JSON (as a backplane stores it).
+    /// `None` when `json` is not valid JSON.
+    pub fn from_json_bytes(json: Bytes) -> Option<Self> {
+        if json.first() == Some(&b'"') {
+            let text: String = serde_json::from_slice(&json).ok()?;
+            return Some(Self {
+                json,
+                text: Bytes::from(text.into_bytes()),
+            });
+        }
+        serde_json::from_slice::<serde::de::IgnoredAny>(&json).ok()?;
+        Some(Self {
+            text: json.clone(),
+            json,
+        })
+    }
+
     pub fn json(&self) -> &Bytes {
         &self.json
     }

@@ -152,6 +152,25 @@ impl Queue {
         wake(waiter);
     }
 
+    /// Pushes `items` in order under one lock, so a consumer draining at
+    /// the same time sees all of them or none (a subscription's
+    /// `Subscribed`, gap and backlog arrive together).
+    pub fn push_all(&self, items: impl IntoIterator<Item = Item>) {
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return;
+        }
+        for item in items {
+            if matches!(item, Item::Message(_)) {
+                state.messages += 1;
+            }
+            state.items.push_back(item);
+        }
+        let waiter = state.waiter.take();
+        drop(state);
+        wake(waiter);
+    }
+
     /// Moves every queued item to the end of `out`, in order, handing over
     /// the queue's buffer when `out` is empty (no copy, and the queue keeps
     /// no allocation while the subscriber is idle). Returns the close

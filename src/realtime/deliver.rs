@@ -20,8 +20,16 @@ pub trait Encoder {
     fn message(&mut self, session: &Session, message: &Arc<Message>);
     /// Messages of `channel` were lost before the next one.
     fn gap(&mut self, channel: &ChannelName);
-    /// A subscription is live from `position` on.
-    fn subscribed(&mut self, _channel: &ChannelName, _position: Position) {}
+    /// A subscription is live from `position` on; `moved` when that is
+    /// not the position the session held for the channel.
+    fn subscribed(
+        &mut self,
+        _session: &Session,
+        _channel: &ChannelName,
+        _position: Position,
+        _moved: bool,
+    ) {
+    }
     /// Transport-owned reply bytes, in order with messages.
     fn reply(&mut self, _json: &Bytes) {}
 }
@@ -49,8 +57,9 @@ impl Session {
                 }
                 Item::Gap(channel) => encoder.gap(channel),
                 Item::Subscribed { channel, position } => {
+                    let moved = self.position(channel) != Some(*position);
                     self.advance(channel, *position);
-                    encoder.subscribed(channel, *position);
+                    encoder.subscribed(self, channel, *position, moved);
                 }
                 Item::Reply(json) => encoder.reply(json),
             }

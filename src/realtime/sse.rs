@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::deliver::Encoder;
 use super::{Coalesce, Plan, Realtime, Session, cursor, send};
 use crate::error::{Body, BoxError};
-use crate::hub::message::{ChannelName, Message};
+use crate::hub::message::{ChannelName, Message, Position};
 use crate::hub::queue::Closed;
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::metrics::Metrics;
@@ -275,6 +275,16 @@ impl Encoder for SseEncoder {
 
     fn gap(&mut self, channel: &ChannelName) {
         self.chunks.push(gap_event(std::slice::from_ref(channel)));
+    }
+
+    fn subscribed(&mut self, session: &Session, _: &ChannelName, _: Position, moved: bool) {
+        // A distributed backplane may confirm the position after the
+        // opening id was sent: send the real one (an id-only event sets
+        // the client's last id).
+        if moved {
+            self.chunks
+                .push(Bytes::from(format!("id: {}\n\n", session.cursor())));
+        }
     }
 }
 

@@ -794,7 +794,7 @@ impl Encoder for WsEncoder {
         self.0.push(text_frame(&gap_json(channel)));
     }
 
-    fn subscribed(&mut self, channel: &ChannelName, position: Position) {
+    fn subscribed(&mut self, _: &Session, channel: &ChannelName, position: Position, _: bool) {
         self.0.push(text_frame(&subscribed_json(channel, position)));
     }
 
