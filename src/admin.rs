@@ -5,6 +5,7 @@
 //! * `GET /readyz` -- listeners bound, backplane connected, not draining.
 //! * `GET /metrics` -- Prometheus text.
 //! * `POST /publish` -- the publish webhook (`publish`).
+//! * `POST /publish/` -- Pushpin's GRIP publish (`grip::publish`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,8 +64,12 @@ impl Handler for Admin {
                 );
                 response
             }
-            (&Method::POST, "/publish") => {
-                let mut response = self.publisher.handle(request).await;
+            (&Method::POST, "/publish" | "/publish/") => {
+                let mut response = if path == "/publish/" {
+                    crate::grip::publish::handle(&self.publisher, request).await
+                } else {
+                    self.publisher.handle(request).await
+                };
                 if response.status() == StatusCode::UNAUTHORIZED {
                     response
                         .headers_mut()
@@ -72,7 +77,7 @@ impl Handler for Admin {
                 }
                 response
             }
-            (_, "/publish" | "/healthz" | "/readyz" | "/metrics") => HttpError::new(
+            (_, "/publish" | "/publish/" | "/healthz" | "/readyz" | "/metrics") => HttpError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "method not allowed",

@@ -101,7 +101,17 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     });
     let service = Arc::new(Service {
         router: Router::new(&config.routes),
-        proxy: Proxy::new(&config.upstreams, metrics.clone(), shutdown.clone()),
+        proxy: Proxy::new(&config.upstreams, metrics.clone(), shutdown.clone()).with_grip(
+            Arc::new(crate::grip::Grip {
+                holds: crate::grip::hold::Holds {
+                    hub: hub.clone(),
+                    queue: config.realtime.queue,
+                    on_lag: crate::realtime::lag_policy(config.realtime.on_lag),
+                    shutdown: shutdown.clone(),
+                },
+                max_instruct: config.limits.max_body,
+            }),
+        ),
         realtime,
         metrics: metrics.clone(),
     });

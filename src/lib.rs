@@ -10,6 +10,7 @@ pub mod backplane;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod grip;
 pub mod hub;
 pub mod listener;
 pub mod metrics;

@@ -34,6 +34,8 @@ pub struct Proxy {
     /// instead of by label on every request.
     upstreams: HashMap<String, (Upstream, Histogram)>,
     shutdown: Shutdown,
+    /// Reads `grip: true` routes' answers (holds); set by the app.
+    grip: Option<Arc<crate::grip::Grip>>,
 }
 
 /// At most this many targets are tried for one request whose body is empty
@@ -61,7 +63,14 @@ impl Proxy {
         Self {
             upstreams,
             shutdown,
+            grip: None,
         }
+    }
+
+    /// Serves `grip: true` routes' holds with `grip`.
+    pub fn with_grip(mut self, grip: Arc<crate::grip::Grip>) -> Self {
+        self.grip = Some(grip);
+        self
     }
 
     pub async fn forward(
@@ -118,6 +127,13 @@ impl Proxy {
         }
         for (name, value) in &route.add_headers {
             headers.insert(name.clone(), value.clone());
+        }
+        // Only pushgate signs Grip-Sig: a client's own never reaches a backend.
+        headers.remove(crate::grip::sig::GRIP_SIG);
+        if (route.grip || route.ws_events)
+            && let Some(signer) = &upstream.grip_sig
+        {
+            signer.sign(&mut headers);
         }
         if let Some(protocol) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -202,6 +218,11 @@ impl Proxy {
                     let (mut parts, body) = response.into_parts();
                     headers::remove_hop_by_hop(&mut parts.headers);
                     headers::append_list(&mut parts.headers, header::VIA, "1.1 pushgate");
+                    if route.grip
+                        && let Some(grip) = &self.grip
+                    {
+                        return grip.respond(parts, body, &upstream.name).await;
+                    }
                     return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
                 }
             }

@@ -255,7 +255,7 @@ impl Realtime {
     }
 }
 
-fn lag_policy(p: LagPolicy) -> queue::LagPolicy {
+pub(crate) fn lag_policy(p: LagPolicy) -> queue::LagPolicy {
     match p {
         LagPolicy::Disconnect => queue::LagPolicy::Disconnect,
         LagPolicy::DropOldest => queue::LagPolicy::DropOldest,
