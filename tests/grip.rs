@@ -86,14 +86,11 @@ async fn origin(request: Request<Incoming>) -> Response<support::UpstreamBody> {
             r = r.header("Grip-Other", "x").header("X-Plain", "1");
             "plain".to_owned()
         }
-        "/sig" => {
-            let sig = request
-                .headers()
-                .get("grip-sig")
-                .map(|v| v.to_str().unwrap_or("").to_owned())
-                .unwrap_or_default();
-            sig
-        }
+        "/sig" => request
+            .headers()
+            .get("grip-sig")
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+            .unwrap_or_default(),
         _ => {
             // "/prev?channel=c&prev=1"
             let mut channel = String::new();
