@@ -8,11 +8,13 @@
 //!   (`Grip-*` headers or `application/grip-instruct`).
 //! * [`hold`] -- held streams and held responses, subscribed in the hub.
 //! * [`sig`] -- the `Grip-Sig` JWT on requests to GRIP upstreams.
+//! * [`wsevents`] -- WebSocket-over-HTTP for `ws_events: true` routes.
 
 pub mod hold;
 pub mod instruct;
 pub mod publish;
 pub mod sig;
+pub mod wsevents;
 
 use bytes::Bytes;
 use http::Response;

@@ -73,6 +73,73 @@ impl Proxy {
         self
     }
 
+    /// A WebSocket handshake on a `ws_events: true` route: the socket stays
+    /// here and the upstream hears WebSocket-over-HTTP (`grip::wsevents`).
+    pub async fn ws_events(
+        &self,
+        request: Request<Incoming>,
+        route: &RouteSettings,
+        upstream: &str,
+        conn: &ConnInfo,
+    ) -> Response<Body> {
+        let (Some(grip), Some((upstream, _))) = (&self.grip, self.upstreams.get(upstream)) else {
+            return HttpError::blamed(
+                Blame::Internal,
+                "no_upstream",
+                "route names no known upstream",
+            )
+            .into_response();
+        };
+        let path = match rewrite_path(request.uri(), route.strip_prefix.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        let Some(target) = upstream.pick() else {
+            return HttpError::blamed(
+                Blame::Upstream,
+                "upstream_unreachable",
+                "upstream has no targets",
+            )
+            .into_response();
+        };
+        let Ok(uri) = Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(path)
+            .build()
+        else {
+            return HttpError::blamed(
+                Blame::Downstream,
+                "bad_request",
+                "request path cannot be forwarded",
+            )
+            .into_response();
+        };
+        let mut headers = request.headers().clone();
+        let host = headers.get(header::HOST).cloned();
+        headers::remove_hop_by_hop(&mut headers);
+        crate::grip::wsevents::clean_headers(&mut headers);
+        headers::set_forwarded(
+            &mut headers,
+            &conn.remote.ip().to_string(),
+            conn.scheme,
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            request.version(),
+        );
+        for (name, value) in &route.add_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        let backend = crate::grip::wsevents::Backend {
+            client: upstream.client.clone(),
+            uri,
+            headers,
+            signer: upstream.grip_sig.clone(),
+            timeout: upstream.timeout,
+            upstream: upstream.name.clone(),
+        };
+        crate::grip::wsevents::open(&grip.holds, backend, request).await
+    }
+
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,

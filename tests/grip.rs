@@ -16,8 +16,116 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use support::{Pushgate, WAIT, body, upstream, within};
 
+/// Every WebSocket-over-HTTP request the origin saw: (path,
+/// Connection-Id, Meta-User, Meta-Evil, Grip-Sig present, body).
+type WsLog = Vec<(String, String, String, String, bool, Vec<u8>)>;
+static WS_LOG: std::sync::Mutex<WsLog> = std::sync::Mutex::new(Vec::new());
+
+fn ws_log(path: &str) -> WsLog {
+    WS_LOG
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.0 == path)
+        .cloned()
+        .collect()
+}
+
+/// A stateless WebSocket-over-HTTP backend (`/ws/CHANNEL`).
+async fn ws_origin(request: Request<Incoming>) -> Response<support::UpstreamBody> {
+    use http_body_util::BodyExt;
+    use pushgate::grip::wsevents::{Event, decode, encode};
+    let path = request.uri().path().to_owned();
+    let channel = path.trim_start_matches("/ws/").to_owned();
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (id, user, evil) = (
+        header("connection-id"),
+        header("meta-user"),
+        header("meta-evil"),
+    );
+    let signed = request.headers().contains_key("grip-sig");
+    let content_type = header("content-type");
+    let body = request.into_body().collect().await.unwrap().to_bytes();
+    WS_LOG.lock().unwrap().push((
+        path.clone(),
+        id,
+        user.clone(),
+        evil.clone(),
+        signed,
+        body.to_vec(),
+    ));
+    assert_eq!(content_type, "application/websocket-events");
+    if channel == "refuse" {
+        return Response::builder()
+            .status(403)
+            .body(support::body("no"))
+            .unwrap();
+    }
+    let text = |t: &str| Event {
+        name: "TEXT".into(),
+        content: Some(Bytes::from(t.to_owned())),
+    };
+    let mut out = Vec::new();
+    let mut r = Response::builder().header("Content-Type", "application/websocket-events");
+    for e in decode(&body).unwrap() {
+        match (&*e.name, e.content.as_deref()) {
+            ("OPEN", _) => {
+                out.push(Event {
+                    name: "OPEN".into(),
+                    content: None,
+                });
+                out.push(text(&format!(
+                    "c:{{\"type\":\"subscribe\",\"channel\":\"{channel}\"}}"
+                )));
+                out.push(text("welcome"));
+                r = r.header("Set-Meta-User", "alice");
+            }
+            ("TEXT", Some(b"whoami")) => out.push(text(&format!("user={user} evil={evil}"))),
+            ("TEXT", Some(b"leave")) => {
+                out.push(text(&format!(
+                    "c:{{\"type\":\"unsubscribe\",\"channel\":\"{channel}\"}}"
+                )));
+                out.push(text("left"));
+            }
+            ("TEXT", Some(b"detach")) => {
+                out.push(text("c:{\"type\":\"detach\"}"));
+                out.push(text("detached"));
+            }
+            ("TEXT", Some(b"ka")) => {
+                r = r.header("Keep-Alive-Interval", "1");
+                out.push(text("ka on"));
+            }
+            ("TEXT", Some(b"bye")) => out.push(Event {
+                name: "CLOSE".into(),
+                content: Some(Bytes::from_static(&[0x0f, 0xa1])),
+            }),
+            ("TEXT", Some(b"kick")) => out.push(Event {
+                name: "DISCONNECT".into(),
+                content: None,
+            }),
+            ("TEXT", Some(t)) => out.push(text(&format!("echo:{}", String::from_utf8_lossy(t)))),
+            ("BINARY", Some(b)) => out.push(Event {
+                name: "BINARY".into(),
+                content: Some(Bytes::copy_from_slice(b)),
+            }),
+            _ => {}
+        }
+    }
+    r.body(support::body(encode(&out))).unwrap()
+}
+
 /// The origin: each path answers with one kind of GRIP instruction.
 async fn origin(request: Request<Incoming>) -> Response<support::UpstreamBody> {
+    if request.uri().path().starts_with("/ws/") {
+        return ws_origin(request).await;
+    }
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let mut r = Response::builder();
@@ -141,6 +249,7 @@ routes:
     match: {{ path_prefix: "/" }}
     upstream: origin
     grip: true
+    ws_events: true
 {extra}"#
     )
 }
@@ -658,4 +767,230 @@ async fn a_held_stream_that_falls_behind_its_queue_ends() {
     publish_ok(&pg, Value::Array(items)).await;
     assert_eq!(held.read_to_end().await, "0\n1\n2\n3\n");
     pg.wait_subscribers("lag", 0).await;
+}
+
+// === WebSocket-over-HTTP ===
+
+use fastwebsockets::{Frame, OpCode, Payload};
+use support::WsClient;
+
+async fn ws_connect(pg: &Pushgate, path: &str) -> WsClient {
+    let stream = tokio::net::TcpStream::connect(pg.http).await.unwrap();
+    let request = Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("host", pg.http.to_string())
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header(
+            "sec-websocket-key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("sec-websocket-version", "13")
+        .header("meta-evil", "forged")
+        .header("grip-sig", "forged")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let (mut ws, _) = within(
+        "WebSocket handshake",
+        fastwebsockets::handshake::client(&support::SpawnExecutor, request, stream),
+    )
+    .await
+    .unwrap();
+    ws.set_auto_pong(false);
+    ws.set_auto_close(false);
+    WsClient { ws }
+}
+
+async fn frame(client: &mut WsClient) -> (OpCode, Vec<u8>) {
+    within("a WebSocket frame", async {
+        let f = client.ws.read_frame().await.expect("WebSocket read");
+        (f.opcode, f.payload.to_vec())
+    })
+    .await
+}
+
+async fn text(client: &mut WsClient) -> String {
+    let (op, payload) = frame(client).await;
+    assert_eq!(op, OpCode::Text, "{:?}", String::from_utf8_lossy(&payload));
+    String::from_utf8(payload).unwrap()
+}
+
+async fn wait_log(path: &str, what: &str, f: impl Fn(&WsLog) -> bool) -> WsLog {
+    within(what, async {
+        loop {
+            let log = ws_log(path);
+            if f(&log) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn websocket_over_http_events_meta_and_control_messages() {
+    let pg = start().await;
+    let mut client = ws_connect(&pg, "/ws/room").await;
+    assert_eq!(text(&mut client).await, "welcome", "the OPEN answer's TEXT");
+    pg.wait_subscribers("room", 1).await;
+
+    // ws-message publishes reach the socket: text, binary, ping.
+    publish_ok(
+        &pg,
+        json!([{"channel": "room", "formats": {"ws-message": {"content": "pub"}}}]),
+    )
+    .await;
+    assert_eq!(text(&mut client).await, "pub");
+    publish_ok(
+        &pg,
+        json!([{"channel": "room", "formats": {"ws-message": {"content-bin": "AAEC", "type": "binary"}}}]),
+    )
+    .await;
+    assert_eq!(frame(&mut client).await, (OpCode::Binary, vec![0, 1, 2]));
+    publish_ok(
+        &pg,
+        json!([{"channel": "room", "formats": {"ws-message": {"type": "ping"}}}]),
+    )
+    .await;
+    assert_eq!(frame(&mut client).await.0, OpCode::Ping);
+    // http-stream items are not for WebSockets.
+    publish_ok(
+        &pg,
+        json!([{"channel": "room", "formats": {"http-stream": {"content": "x"}}}]),
+    )
+    .await;
+
+    // TEXT and BINARY go to the backend; Set-Meta-User came back as
+    // Meta-User, the client's own Meta-Evil never did.
+    client.send_text("whoami").await;
+    assert_eq!(text(&mut client).await, "user=alice evil=");
+    client
+        .ws
+        .write_frame(Frame::binary(Payload::Owned(vec![9, 8])))
+        .await
+        .unwrap();
+    assert_eq!(frame(&mut client).await, (OpCode::Binary, vec![9, 8]));
+    let log = ws_log("/ws/room");
+    assert!(log.len() >= 3, "{log:?}");
+    assert!(
+        log.iter().all(|e| e.1 == log[0].1 && !e.1.is_empty()),
+        "one Connection-Id"
+    );
+    assert!(log.iter().all(|e| e.3.is_empty()), "client Meta-* stripped");
+    assert!(log.iter().all(|e| e.4), "every request carries Grip-Sig");
+    assert_eq!(log[0].5, b"OPEN\r\n");
+    assert_eq!(log[1].5, b"TEXT 6\r\nwhoami\r\n");
+    assert_eq!(log[2].5, b"BINARY 2\r\n\x09\x08\r\n");
+
+    // c:unsubscribe
+    client.send_text("leave").await;
+    assert_eq!(text(&mut client).await, "left");
+    pg.wait_subscribers("room", 0).await;
+
+    // The client closes: the backend hears CLOSE with the code.
+    client
+        .ws
+        .write_frame(Frame::close(1000, b""))
+        .await
+        .unwrap();
+    assert_eq!(frame(&mut client).await.0, OpCode::Close);
+    wait_log("/ws/room", "the CLOSE event", |log| {
+        log.iter().any(|e| e.5 == b"CLOSE 2\r\n\x03\xe8\r\n")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn websocket_over_http_closes_disconnects_and_keep_alives() {
+    let pg = start().await;
+    // A ws-message close action closes with its code and reason.
+    let mut client = ws_connect(&pg, "/ws/closing").await;
+    text(&mut client).await;
+    pg.wait_subscribers("closing", 1).await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "closing", "formats": {"ws-message": {"action": "close", "code": 4002, "reason": "done"}}}]),
+    )
+    .await;
+    let (op, payload) = frame(&mut client).await;
+    assert_eq!(op, OpCode::Close);
+    assert_eq!(&payload[..2], &4002u16.to_be_bytes());
+    assert_eq!(&payload[2..], b"done");
+
+    // The backend's CLOSE event closes with its code.
+    let mut client = ws_connect(&pg, "/ws/bye").await;
+    text(&mut client).await;
+    client.send_text("bye").await;
+    let (op, payload) = frame(&mut client).await;
+    assert_eq!(
+        (op, &payload[..2]),
+        (OpCode::Close, &4001u16.to_be_bytes()[..])
+    );
+
+    // DISCONNECT drops the connection without a close frame.
+    let mut client = ws_connect(&pg, "/ws/kick").await;
+    text(&mut client).await;
+    client.send_text("kick").await;
+    within("the dropped connection", async {
+        assert!(client.ws.read_frame().await.is_err());
+    })
+    .await;
+
+    // A client that goes away: DISCONNECT.
+    let mut client = ws_connect(&pg, "/ws/gone").await;
+    text(&mut client).await;
+    drop(client);
+    wait_log("/ws/gone", "the DISCONNECT event", |log| {
+        log.iter().any(|e| e.5 == b"DISCONNECT\r\n")
+    })
+    .await;
+
+    // Keep-Alive-Interval: 1 → requests without events every second.
+    let mut client = ws_connect(&pg, "/ws/ka").await;
+    text(&mut client).await;
+    client.send_text("ka").await;
+    assert_eq!(text(&mut client).await, "ka on");
+    wait_log("/ws/ka", "a keep-alive request", |log| {
+        log.iter().filter(|e| e.5.is_empty()).count() >= 2
+    })
+    .await;
+
+    // detach: no more requests, publishes still arrive.
+    client.send_text("detach").await;
+    assert_eq!(text(&mut client).await, "detached");
+    let before = ws_log("/ws/ka").len();
+    client.send_text("nobody hears this").await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "ka", "formats": {"ws-message": {"content": "still here"}}}]),
+    )
+    .await;
+    assert_eq!(text(&mut client).await, "still here");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        ws_log("/ws/ka").len(),
+        before,
+        "a detached connection sends nothing"
+    );
+}
+
+#[tokio::test]
+async fn websocket_over_http_refused_by_the_backend_and_shutdown() {
+    let mut pg = start().await;
+    let refused = WsClient::try_connect(pg.http, "/ws/refuse").await;
+    assert!(
+        refused.is_err(),
+        "a backend that answers 403 to OPEN refuses the WebSocket"
+    );
+    let mut client = ws_connect(&pg, "/ws/sd").await;
+    text(&mut client).await;
+    pg.wait_subscribers("sd", 1).await;
+    assert!(pg.drain(WAIT).await);
+    let (op, payload) = frame(&mut client).await;
+    assert_eq!(
+        (op, &payload[..2]),
+        (OpCode::Close, &1001u16.to_be_bytes()[..])
+    );
 }

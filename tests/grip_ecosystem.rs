@@ -328,3 +328,49 @@ async fn pushpin_publish_reaches_held_streams_and_responses() {
     assert_eq!(response.headers()["x-cli"], "yes");
     assert_eq!(response.text().await.unwrap(), "answer\n");
 }
+
+async fn ws_text(client: &mut support::WsClient) -> String {
+    within("a WebSocket text frame", async {
+        loop {
+            let f = client.ws.read_frame().await.expect("WebSocket read");
+            match f.opcode {
+                fastwebsockets::OpCode::Text => {
+                    return String::from_utf8(f.payload.to_vec()).unwrap();
+                }
+                fastwebsockets::OpCode::Close => panic!("closed: {:?}", f.payload.to_vec()),
+                _ => continue,
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn gripcontrol_websocket_over_http_backend() {
+    let Some(python) = python() else { return };
+    let (_origin, port) = origin(&python).await;
+    let pg = Pushgate::start(&config(port, true)).await;
+    // The origin answers OPEN with OPEN, a c:subscribe control message
+    // (websocket_control_message), Set-Meta-User and Keep-Alive-Interval.
+    let mut client = support::WsClient::connect(pg.http, "/ws/chat").await;
+    pg.wait_subscribers("chat", 1).await;
+    client.send_text("hello").await;
+    assert_eq!(ws_text(&mut client).await, "echo:hello");
+    client.send_text("whoami").await;
+    assert_eq!(ws_text(&mut client).await, "user=alice");
+    gripcontrol_publish(&python, &pg, &["chat", "ws-text", "from the publisher"]).await;
+    assert_eq!(ws_text(&mut client).await, "from the publisher");
+    client.send_text("leave").await;
+    pg.wait_subscribers("chat", 0).await;
+    client.send_text("bye").await;
+    within("the close from the backend", async {
+        loop {
+            let f = client.ws.read_frame().await.expect("WebSocket read");
+            if f.opcode == fastwebsockets::OpCode::Close {
+                assert_eq!(&f.payload[..2], &1000u16.to_be_bytes());
+                return;
+            }
+        }
+    })
+    .await;
+}
