@@ -234,6 +234,16 @@ impl Proxy {
                 headers.clone()
             };
 
+            // A stale GRIP response hold asks the origin again (body-less
+            // requests only): keep what it takes.
+            let replay = (route.grip && replayable).then(|| crate::grip::Replay {
+                client: upstream.client.clone(),
+                method: parts.method.clone(),
+                uri: outgoing.uri().clone(),
+                headers: outgoing.headers().clone(),
+                signer: upstream.grip_sig.clone(),
+                timeout: upstream.timeout,
+            });
             let started = Instant::now();
             let sent =
                 tokio::time::timeout(upstream.timeout, upstream.client.request(outgoing)).await;
@@ -288,7 +298,7 @@ impl Proxy {
                     if route.grip
                         && let Some(grip) = &self.grip
                     {
-                        return grip.respond(parts, body, &upstream.name).await;
+                        return grip.respond(parts, body, &upstream.name, replay).await;
                     }
                     return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
                 }

@@ -210,6 +210,13 @@ async fn origin(request: Request<Incoming>) -> Response<support::UpstreamBody> {
                     _ => {}
                 }
             }
+            if path == "/prev-response"
+                && let Some(last) = request.headers().get("grip-last")
+            {
+                // Pushpin's retry of a stale hold: answer with fresh state.
+                let text = format!("fresh: {}", last.to_str().unwrap());
+                return Response::builder().body(body(text)).unwrap();
+            }
             let hold = if path == "/prev-response" {
                 "response"
             } else {
@@ -515,7 +522,7 @@ async fn prev_id_orders_items_and_a_stale_hold_ends() {
     // the stream ends, so the client asks the origin again.
     let mut stale = Held::open(&pg, "/prev?channel=seq&prev=1").await;
     assert_eq!(stale.read_to_end().await, "");
-    // The same for a held response: answered at once.
+    // A stale held response asks the origin again, with Grip-Last.
     let response = within(
         "the stale held response",
         pg.client()
@@ -524,7 +531,21 @@ async fn prev_id_orders_items_and_a_stale_hold_ends() {
     )
     .await
     .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.text().await.unwrap(), "fresh: seq; last-id=2");
+    // So does one whose next item does not follow it (no-seq skips the
+    // sequencer, so the item reaches the hold out of order).
+    let client = pg.client().clone();
+    let url = pg.url("/prev-response?channel=seq&prev=3");
+    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
+    pg.wait_subscribers("seq", 2).await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "seq", "id": "6", "prev-id": "5", "no-seq": true,
+                "formats": {"http-response": {"body": "out of order"}}}]),
+    )
+    .await;
+    let response = within("the retried held response", waiting).await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "fresh: seq; last-id=3");
 
     // An item that waits for a predecessor that never comes is delivered
     // after 5 s (Pushpin's sequencer), and breaks the chain of the hold.

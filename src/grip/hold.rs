@@ -11,9 +11,9 @@
 //! matches, then follows each delivered item's `id`. When that chain is
 //! broken (the channel's last id already differs when the hold starts, or
 //! an item does not follow), the client's view is stale and cannot be
-//! repaired in order: a stream ends and a response is answered with the
-//! instruct's response, so the client asks the backend again (Pushpin
-//! re-requests the backend instead, see docs/from-pushpin.md). Shutdown
+//! repaired in order: a held response is [`Served::Stale`] (the caller
+//! asks the origin again, as Pushpin does), a stream ends (Pushpin needs a
+//! `Grip-Link` to recover one, see docs/from-pushpin.md). Shutdown
 //! ends streams and answers held responses at once. The queue is bounded
 //! (`realtime.queue`, `on_lag`); a lagged stream ends.
 
@@ -35,6 +35,18 @@ use crate::hub::grip::{Action, Formats};
 use crate::hub::message::Message;
 use crate::hub::queue::{Item, LagPolicy, Queue};
 use crate::shutdown::Shutdown;
+
+/// How a hold ended up.
+pub enum Served {
+    Response(Response<Body>),
+    /// A response hold whose `prev-id` chain is broken: the client's view
+    /// is stale. Ask the origin again with these `Grip-Last` values, or
+    /// send `fallback` (the instruct's own response).
+    Stale {
+        last_ids: Vec<(String, String)>,
+        fallback: Response<Body>,
+    },
+}
 
 /// What held requests share.
 pub struct Holds {
@@ -63,6 +75,14 @@ impl Subscription {
             queue,
             channels,
         }
+    }
+
+    /// `Grip-Last` values: each channel's `prev-id` as the hold knows it.
+    fn last_ids(&self) -> Vec<(String, String)> {
+        self.channels
+            .iter()
+            .filter_map(|c| Some((c.name.to_string(), c.prev_id.as_deref()?.to_owned())))
+            .collect()
     }
 
     /// The hold started behind its channel: some `prev-id` is not the
@@ -103,7 +123,7 @@ impl Drop for Subscription {
 
 impl Holds {
     /// Serves `instruct`, holding the request if it asks to.
-    pub async fn serve(&self, instruct: Instruct) -> Response<Body> {
+    pub async fn serve(&self, instruct: Instruct) -> Served {
         let Instruct {
             hold,
             status,
@@ -111,10 +131,10 @@ impl Holds {
             body,
         } = instruct;
         let Some(hold) = hold else {
-            return response(status, headers, crate::error::full(body));
+            return Served::Response(response(status, headers, crate::error::full(body)));
         };
         match hold.mode {
-            Mode::Stream => self.stream(hold, status, headers, body),
+            Mode::Stream => Served::Response(self.stream(hold, status, headers, body)),
             Mode::Response => self.respond(hold, status, headers, body).await,
         }
     }
@@ -125,11 +145,14 @@ impl Holds {
         status: StatusCode,
         headers: http::HeaderMap,
         body: Bytes,
-    ) -> Response<Body> {
+    ) -> Served {
         let timeout_answer = move || response(status, headers, crate::error::full(body));
         let mut sub = Subscription::new(self, hold.channels);
         if sub.conflicts() {
-            return timeout_answer();
+            return Served::Stale {
+                last_ids: sub.last_ids(),
+                fallback: timeout_answer(),
+            };
         }
         let deadline = tokio::time::sleep(hold.timeout);
         tokio::pin!(deadline);
@@ -137,20 +160,23 @@ impl Holds {
         loop {
             tokio::select! {
                 biased;
-                _ = self.shutdown.token.cancelled() => return timeout_answer(),
-                _ = &mut deadline => return timeout_answer(),
+                _ = self.shutdown.token.cancelled() => return Served::Response(timeout_answer()),
+                _ = &mut deadline => return Served::Response(timeout_answer()),
                 _ = sub.queue.ready() => {
                     if sub.queue.drain(&mut items).is_err() {
-                        return timeout_answer();
+                        return Served::Response(timeout_answer());
                     }
                     while let Some(item) = items.pop_front() {
                         let Item::Message(m) = item else { continue };
                         let Some(f) = m.payload.grip() else { continue };
                         let Some(r) = &f.http_response else { continue };
                         if !sub.follows(&m, f) {
-                            return timeout_answer();
+                            return Served::Stale {
+                                last_ids: sub.last_ids(),
+                                fallback: timeout_answer(),
+                            };
                         }
-                        return published_response(r);
+                        return Served::Response(published_response(r));
                     }
                 }
             }
