@@ -137,7 +137,7 @@ impl Proxy {
             timeout: upstream.timeout,
             upstream: upstream.name.clone(),
         };
-        crate::grip::wsevents::open(&grip.holds, backend, request).await
+        crate::grip::wsevents::open(&grip.holds, backend, request, conn.slot.clone()).await
     }
 
     pub async fn forward(

@@ -1015,3 +1015,15 @@ async fn websocket_over_http_refused_by_the_backend_and_shutdown() {
         (OpCode::Close, &1001u16.to_be_bytes()[..])
     );
 }
+
+#[tokio::test]
+async fn a_websocket_over_http_connection_counts_against_max_connections() {
+    let origin = upstream(origin).await;
+    let pg = Pushgate::start(&config(origin, "limits: { max_connections: 1 }")).await;
+    let mut client = ws_connect(&pg, "/ws/slot").await;
+    assert_eq!(text(&mut client).await, "welcome");
+    // A fresh client: the upgraded socket still holds the only slot.
+    let other = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = other.get(pg.url("/plain")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+}

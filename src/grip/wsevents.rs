@@ -237,6 +237,7 @@ pub async fn open(
     holds: &Holds,
     backend: Backend,
     mut request: Request<Incoming>,
+    slot: Arc<crate::listener::ConnSlot>,
 ) -> Response<Body> {
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
@@ -290,6 +291,8 @@ pub async fn open(
                 return;
             }
         };
+        // The upgraded socket keeps counting against max_connections.
+        let _slot = slot;
         run(ws, link, session, first, token).await;
     });
     response.map(|_| crate::error::empty())
