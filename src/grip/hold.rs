@@ -232,6 +232,9 @@ impl Stream {
             if self.done {
                 return None;
             }
+            // One item: its shared bytes as they are (no copy); a burst:
+            // one chunk.
+            let mut one: Option<Bytes> = None;
             let mut out = BytesMut::new();
             while let Some(item) = self.items.pop_front() {
                 let Item::Message(m) = item else { continue };
@@ -241,11 +244,23 @@ impl Stream {
                     self.done = true;
                     break;
                 }
-                out.extend_from_slice(&s.content);
+                match one.take() {
+                    None if out.is_empty() => one = Some(s.content.clone()),
+                    first => {
+                        if let Some(first) = first {
+                            out.extend_from_slice(&first);
+                        }
+                        out.extend_from_slice(&s.content);
+                    }
+                }
             }
-            if !out.is_empty() {
+            let chunk = match one {
+                Some(b) => b,
+                None => out.freeze(),
+            };
+            if !chunk.is_empty() {
                 self.rearm(false);
-                return Some(out.freeze());
+                return Some(chunk);
             }
             if self.done {
                 return None;
