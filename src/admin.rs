@@ -9,6 +9,7 @@
 //!   publish tokens when they are set.
 //! * `GET /admin` -- the status page (`admin/page.html`, no external assets).
 //! * `GET /admin/stats` -- its figures as JSON (`stats`).
+//! * `POST /publish/` -- Pushpin's GRIP publish (`grip::publish`).
 
 pub mod stats;
 
@@ -79,8 +80,12 @@ impl Handler for Admin {
                 );
                 response
             }
-            (&Method::POST, "/publish") => {
-                let mut response = self.publisher.handle(request).await;
+            (&Method::POST, "/publish" | "/publish/") => {
+                let mut response = if path == "/publish/" {
+                    crate::grip::publish::handle(&self.publisher, request).await
+                } else {
+                    self.publisher.handle(request).await
+                };
                 if response.status() == StatusCode::UNAUTHORIZED {
                     response
                         .headers_mut()
@@ -110,8 +115,8 @@ impl Handler for Admin {
             }
             (
                 _,
-                "/publish" | "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin"
-                | "/admin/stats",
+                "/publish" | "/publish/" | "/healthz" | "/readyz" | "/metrics" | "/admin/reload"
+                | "/admin" | "/admin/stats",
             ) => HttpError::new(ErrorCode::MethodNotAllowed, "method not allowed").into_response(),
             _ => HttpError::new(ErrorCode::NotFound, format!("no internal endpoint {path}"))
                 .into_response(),

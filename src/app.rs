@@ -182,7 +182,16 @@ pub(crate) fn build_service(config: &Config, shared: &Shared) -> Service {
             &config.upstreams,
             shared.metrics.clone(),
             shared.shutdown.clone(),
-        ),
+        )
+        .with_grip(Arc::new(crate::grip::Grip {
+            holds: crate::grip::hold::Holds {
+                hub: shared.realtime.hub.clone(),
+                queue: config.realtime.queue,
+                on_lag: config.realtime.on_lag,
+                shutdown: shared.shutdown.clone(),
+            },
+            max_instruct: config.limits.max_body,
+        })),
         realtime: shared.realtime.clone(),
         metrics: shared.metrics.clone(),
     }

@@ -95,6 +95,9 @@ struct UpstreamConfig {
     /// How long a target that failed to connect is skipped.
     #[serde(default)]
     fail_timeout: Option<DurationValue>,
+    /// Signs a `Grip-Sig` JWT on requests from GRIP routes (SPEC §5).
+    #[serde(default)]
+    grip_sig_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +118,12 @@ struct RouteConfig {
     add_headers: BTreeMap<String, String>,
     #[serde(default)]
     auth: Option<Spanned<auth::AuthConfig>>,
+    /// Upstream responses may hold the request (GRIP, SPEC §5).
+    #[serde(default)]
+    grip: Option<Spanned<bool>>,
+    /// WebSockets are spoken to the upstream as WebSocket-over-HTTP.
+    #[serde(default)]
+    ws_events: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +266,8 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub fail_timeout: Duration,
+    /// HS256 key for `Grip-Sig` (SPEC §5).
+    pub grip_sig_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -269,6 +280,10 @@ pub struct RouteSettings {
     pub action: RouteAction,
     pub strip_prefix: Option<String>,
     pub add_headers: Vec<(HeaderName, HeaderValue)>,
+    /// GRIP holds on this proxied route (`grip: true`).
+    pub grip: bool,
+    /// WebSocket-over-HTTP to the upstream (`ws_events: true`).
+    pub ws_events: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -633,6 +648,12 @@ impl<'a> Validator<'a> {
                         .value
                         .fail_timeout
                         .map_or(Duration::from_secs(10), |d| d.0),
+                    grip_sig_key: u.value.grip_sig_key.as_ref().map(|k| {
+                        if k.value.is_empty() {
+                            self.error(k, "grip_sig_key must not be empty");
+                        }
+                        k.value.clone()
+                    }),
                 },
             );
         }
@@ -828,6 +849,19 @@ impl<'a> Validator<'a> {
                 index: s.index.clone(),
             })
         };
+        let grip = r.grip.as_ref().is_some_and(|g| g.value);
+        let ws_events = r.ws_events.as_ref().is_some_and(|w| w.value);
+        for (key, flag) in [("grip", &r.grip), ("ws_events", &r.ws_events)] {
+            if let Some(flag) = flag
+                && flag.value
+                && r.upstream.is_none()
+            {
+                self.error(
+                    flag,
+                    format!("route {name:?}: {key} needs upstream (it changes how upstream answers are read)"),
+                );
+            }
+        }
         Some(RouteSettings {
             name,
             host: r.matcher.host.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -836,6 +870,8 @@ impl<'a> Validator<'a> {
             action,
             strip_prefix,
             add_headers,
+            grip,
+            ws_events,
         })
     }
 

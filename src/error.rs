@@ -68,11 +68,15 @@ pub enum ErrorCode {
     OriginNotAllowed,
     AuthUnavailable,
     RefreshNotAllowed,
+    GripInstructInvalid,
+    GripInstructUnreadable,
+    WebsocketRefused,
+    WebsocketOpenFailed,
 }
 
 impl ErrorCode {
     /// Every code, in the order docs/errors.md lists them.
-    pub const ALL: [ErrorCode; 39] = [
+    pub const ALL: [ErrorCode; 43] = [
         Self::InvalidRequest,
         Self::InvalidJson,
         Self::InvalidChannel,
@@ -112,6 +116,10 @@ impl ErrorCode {
         Self::OriginNotAllowed,
         Self::AuthUnavailable,
         Self::RefreshNotAllowed,
+        Self::GripInstructInvalid,
+        Self::GripInstructUnreadable,
+        Self::WebsocketRefused,
+        Self::WebsocketOpenFailed,
     ];
 
     /// The wire string.
@@ -149,6 +157,10 @@ impl ErrorCode {
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::WebsocketOpenFailed => "websocket_open_failed",
+            Self::WebsocketRefused => "websocket_refused",
+            Self::GripInstructUnreadable => "grip_instruct_unreadable",
+            Self::GripInstructInvalid => "grip_instruct_invalid",
             Self::RefreshNotAllowed => "refresh_not_allowed",
             Self::AuthUnavailable => "auth_unavailable",
             Self::OriginNotAllowed => "origin_not_allowed",
@@ -192,6 +204,10 @@ impl ErrorCode {
             }
             Self::UpstreamUnreachable | Self::UpstreamError => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::WebsocketOpenFailed => StatusCode::BAD_GATEWAY,
+            Self::WebsocketRefused => StatusCode::FORBIDDEN,
+            Self::GripInstructUnreadable => StatusCode::BAD_GATEWAY,
+            Self::GripInstructInvalid => StatusCode::BAD_GATEWAY,
             Self::RefreshNotAllowed => StatusCode::BAD_REQUEST,
             Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,

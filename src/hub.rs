@@ -9,6 +9,7 @@
 //! synchronous and never held across an `.await`.
 
 pub mod channel;
+pub mod grip;
 pub mod history;
 pub mod message;
 pub mod queue;
@@ -293,6 +294,14 @@ impl Hub {
         drop(entry);
         let head = lock(&channel).head();
         Some(head)
+    }
+
+    /// The id of the last GRIP item delivered on `channel` (its sequencer).
+    pub fn grip_last_id(&self, channel: &ChannelName) -> Option<Box<str>> {
+        let entry = self.channels.get(channel)?;
+        let channel = entry.value().clone();
+        drop(entry);
+        lock(&channel).grip_last_id().map(Box::from)
     }
 
     /// Subscribers of `channel` on this node.

@@ -35,6 +35,8 @@ pub struct Proxy {
     /// instead of by label on every request.
     upstreams: HashMap<String, (Upstream, Histogram)>,
     shutdown: Shutdown,
+    /// Reads `grip: true` routes' answers (holds); set by the app.
+    grip: Option<Arc<crate::grip::Grip>>,
 }
 
 /// At most this many targets are tried for one request whose body is empty
@@ -62,7 +64,72 @@ impl Proxy {
         Self {
             upstreams,
             shutdown,
+            grip: None,
         }
+    }
+
+    /// Serves `grip: true` routes' holds with `grip`.
+    pub fn with_grip(mut self, grip: Arc<crate::grip::Grip>) -> Self {
+        self.grip = Some(grip);
+        self
+    }
+
+    /// A WebSocket handshake on a `ws_events: true` route: the socket stays
+    /// here and the upstream hears WebSocket-over-HTTP (`grip::wsevents`).
+    pub async fn ws_events(
+        &self,
+        request: Request<Incoming>,
+        route: &RouteSettings,
+        upstream: &str,
+        conn: &ConnInfo,
+    ) -> Response<Body> {
+        let (Some(grip), Some((upstream, _))) = (&self.grip, self.upstreams.get(upstream)) else {
+            return HttpError::new(ErrorCode::NoUpstream, "route names no known upstream")
+                .into_response();
+        };
+        let path = match rewrite_path(request.uri(), route.strip_prefix.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        let Some(target) = upstream.pick() else {
+            return HttpError::new(ErrorCode::UpstreamUnreachable, "upstream has no targets")
+                .into_response();
+        };
+        let Ok(uri) = Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(path)
+            .build()
+        else {
+            return HttpError::new(
+                ErrorCode::InvalidRequest,
+                "request path cannot be forwarded",
+            )
+            .into_response();
+        };
+        let mut headers = request.headers().clone();
+        let host = headers.get(header::HOST).cloned();
+        headers::remove_hop_by_hop(&mut headers);
+        crate::grip::wsevents::clean_headers(&mut headers);
+        headers::set_forwarded(
+            &mut headers,
+            &conn.remote.ip().to_string(),
+            conn.scheme,
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            request.version(),
+        );
+        for (name, value) in &route.add_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        let backend = crate::grip::wsevents::Backend {
+            client: upstream.client.clone(),
+            uri,
+            headers,
+            signer: upstream.grip_sig.clone(),
+            timeout: upstream.timeout,
+            upstream: upstream.name.clone(),
+        };
+        crate::grip::wsevents::open(&grip.holds, backend, request, conn.slot.clone()).await
     }
 
     pub async fn forward(
@@ -116,6 +183,13 @@ impl Proxy {
         for (name, value) in &route.add_headers {
             headers.insert(name.clone(), value.clone());
         }
+        // Only pushgate signs Grip-Sig: a client's own never reaches a backend.
+        headers.remove(crate::grip::sig::GRIP_SIG);
+        if (route.grip || route.ws_events)
+            && let Some(signer) = &upstream.grip_sig
+        {
+            signer.sign(&mut headers);
+        }
         if let Some(protocol) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
@@ -154,6 +228,16 @@ impl Proxy {
                 headers.clone()
             };
 
+            // A stale GRIP response hold asks the origin again (body-less
+            // requests only): keep what it takes.
+            let replay = (route.grip && replayable).then(|| crate::grip::Replay {
+                client: upstream.client.clone(),
+                method: parts.method.clone(),
+                uri: outgoing.uri().clone(),
+                headers: outgoing.headers().clone(),
+                signer: upstream.grip_sig.clone(),
+                timeout: upstream.timeout,
+            });
             let started = Instant::now();
             let sent =
                 tokio::time::timeout(upstream.timeout, upstream.client.request(outgoing)).await;
@@ -211,6 +295,11 @@ impl Proxy {
                     let (mut parts, body) = response.into_parts();
                     headers::remove_hop_by_hop(&mut parts.headers);
                     headers::append_list(&mut parts.headers, header::VIA, "1.1 pushgate");
+                    if route.grip
+                        && let Some(grip) = &self.grip
+                    {
+                        return grip.respond(parts, body, &upstream.name, replay).await;
+                    }
                     return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
                 }
             }

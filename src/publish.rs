@@ -45,6 +45,22 @@ impl Publisher {
     }
 
     async fn publish(&self, request: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+        let body = self.authorized_body(request).await?;
+        let publications = decode(&body, self.max_message)?;
+        let receipts = self
+            .backplane
+            .publish(publications)
+            .await
+            .map_err(|e| HttpError::new(ErrorCode::BackplaneUnavailable, e.to_string()))?;
+        Ok(receipts_response(&receipts))
+    }
+
+    /// Checks the token, the JSON content type and `max_body`; returns the
+    /// whole body (shared by `POST /publish` and GRIP's `POST /publish/`).
+    pub(crate) async fn authorized_body(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Bytes, HttpError> {
         self.authorize(request.headers())?;
         self.limiter.publish(request.headers())?;
         let content_type = request
@@ -81,7 +97,7 @@ impl Publisher {
         if declared.is_some_and(|n| n > self.max_body) {
             return Err(too_large());
         }
-        let body: Bytes = match Limited::new(request.into_body(), self.max_body)
+        let body = match Limited::new(request.into_body(), self.max_body)
             .collect()
             .await
         {
@@ -94,13 +110,7 @@ impl Publisher {
                 ));
             }
         };
-        let publications = decode(&body, self.max_message)?;
-        let receipts = self
-            .backplane
-            .publish(publications)
-            .await
-            .map_err(|e| HttpError::new(ErrorCode::BackplaneUnavailable, e.to_string()))?;
-        Ok(receipts_response(&receipts))
+        Ok(body)
     }
 
     pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), HttpError> {

@@ -181,6 +181,11 @@ impl Service {
         };
         let route = matched.route.clone();
         let response = match &route.action {
+            RouteAction::Upstream(upstream)
+                if route.ws_events && crate::grip::wsevents::is_upgrade(&request) =>
+            {
+                self.proxy.ws_events(request, &route, upstream, &conn).await
+            }
             RouteAction::Upstream(upstream) => {
                 self.proxy.forward(request, &route, upstream, &conn).await
             }

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::grip::{Formats, Sequencer};
 use super::history::{History, HistoryLimits};
-use super::message::{ChannelName, Message, Position, Publication, Receipt};
+use super::message::{ChannelName, Message, Payload, Position, Publication, Receipt};
 use super::queue::{Item, Offer, Queue};
 
 mod external;
@@ -39,6 +40,8 @@ pub struct Channel {
     /// Set when a distributed backplane owns the stream: positions come
     /// from it and the history is a cache (see `external`).
     external: Option<Box<external::External>>,
+    /// GRIP id/prev-id ordering, created by the first GRIP item.
+    sequencer: Option<Box<Sequencer>>,
 }
 
 impl Channel {
@@ -53,6 +56,7 @@ impl Channel {
             removed: false,
             idle_since: Some(now),
             external: None,
+            sequencer: None,
         }
     }
 
@@ -69,6 +73,9 @@ impl Channel {
 
     /// Appends a message to the stream and offers it to every subscriber.
     pub fn publish(&mut self, publication: &Publication, fanout: &mut Fanout) -> Receipt {
+        if let Some(formats) = publication.payload.grip() {
+            return self.publish_grip(formats.clone(), publication.accepted_at, fanout);
+        }
         self.history.prune(publication.accepted_at);
         if let Some(key) = &publication.idempotency_key
             && let Some(receipt) = self.idempotency.get(key)
@@ -92,7 +99,7 @@ impl Channel {
                     fanout.dropped += 1;
                 }
                 Offer::Lagged => fanout.lagged += 1,
-                Offer::Closed => {}
+                Offer::Closed | Offer::Skipped => {}
             }
         }
         fanout.queued += reached;
@@ -161,6 +168,54 @@ impl Channel {
         from
     }
 
+    /// The id of the last GRIP item delivered on this channel.
+    pub fn grip_last_id(&self) -> Option<&str> {
+        self.sequencer.as_ref().and_then(|s| s.last_id())
+    }
+
+    /// Orders a GRIP item by `prev-id` and offers what is ready to the GRIP
+    /// subscribers. Neither the native sequence nor history changes.
+    fn publish_grip(
+        &mut self,
+        formats: std::sync::Arc<Formats>,
+        now: Instant,
+        fanout: &mut Fanout,
+    ) -> Receipt {
+        let ready = self.sequencer.get_or_insert_default().order(formats, now);
+        let reached = self.offer_grip(ready, now, fanout);
+        Receipt {
+            channel: self.name.clone(),
+            position: self.head(),
+            subscribers: reached,
+        }
+    }
+
+    fn offer_grip(&mut self, ready: Vec<Arc<Formats>>, now: Instant, fanout: &mut Fanout) -> usize {
+        let mut reached = 0;
+        for formats in ready {
+            let message = Arc::new(Message::new(
+                self.name.clone(),
+                self.head(),
+                None,
+                Payload::with_grip(formats),
+                now,
+            ));
+            for queue in &self.subscribers {
+                match queue.offer(&message) {
+                    Offer::Queued => reached += 1,
+                    Offer::QueuedDroppingOlder => {
+                        reached += 1;
+                        fanout.dropped += 1;
+                    }
+                    Offer::Lagged => fanout.lagged += 1,
+                    Offer::Closed | Offer::Skipped => {}
+                }
+            }
+        }
+        fanout.queued += reached;
+        reached
+    }
+
     pub fn unsubscribe(&mut self, queue: &Queue, now: Instant) {
         if let Some(index) = self
             .subscribers
@@ -180,12 +235,21 @@ impl Channel {
     pub fn sweep(&mut self, now: Instant) -> Option<Instant> {
         self.history.prune(now);
         self.forget_expired_keys();
+        if let Some(sequencer) = self.sequencer.as_mut() {
+            let expired = sequencer.expire(now);
+            self.offer_grip(expired, now, &mut Fanout::default());
+        }
         self.mark_idle(now);
         self.idle_since
     }
 
     fn mark_idle(&mut self, now: Instant) {
-        if self.subscribers.is_empty() && self.history.is_empty() && !self.has_pending() {
+        let grip_idle = self.sequencer.as_ref().is_none_or(|s| s.is_idle());
+        if self.subscribers.is_empty()
+            && self.history.is_empty()
+            && !self.has_pending()
+            && grip_idle
+        {
             self.idle_since.get_or_insert(now);
         } else {
             self.idle_since = None;

@@ -120,6 +120,9 @@ pub struct Payload {
     /// What text transports (SSE) carry: a JSON string's raw text, any other
     /// value as compact JSON (SPEC §1).
     text: Bytes,
+    /// A GRIP item's formats (`POST /publish/`); `None` for native
+    /// messages. Only GRIP subscribers take messages that carry them.
+    grip: Option<Arc<super::grip::Formats>>,
 }
 
 impl Payload {
@@ -131,7 +134,33 @@ impl Payload {
             serde_json::Value::String(s) => Bytes::from(s.clone().into_bytes()),
             _ => json.clone(),
         };
-        Self { json, text }
+        Self {
+            json,
+            text,
+            grip: None,
+        }
+    }
+
+    /// A GRIP item's payload: its formats, no native body.
+    pub fn from_grip(formats: super::grip::Formats) -> Self {
+        Self {
+            json: Bytes::new(),
+            text: Bytes::new(),
+            grip: Some(Arc::new(formats)),
+        }
+    }
+
+    pub fn grip(&self) -> Option<&Arc<super::grip::Formats>> {
+        self.grip.as_ref()
+    }
+
+    /// The same payload carrying `formats` instead (a sequenced GRIP item).
+    pub(crate) fn with_grip(formats: Arc<super::grip::Formats>) -> Self {
+        Self {
+            json: Bytes::new(),
+            text: Bytes::new(),
+            grip: Some(formats),
+        }
     }
 
     /// Rebuilds a payload from its compact JSON (as a backplane stores it).
@@ -142,12 +171,14 @@ impl Payload {
             return Some(Self {
                 json,
                 text: Bytes::from(text.into_bytes()),
+                grip: None,
             });
         }
         serde_json::from_slice::<serde::de::IgnoredAny>(&json).ok()?;
         Some(Self {
             text: json.clone(),
             json,
+            grip: None,
         })
     }
 
@@ -161,7 +192,10 @@ impl Payload {
 
     /// Size used for `max_message` checks: the larger of the two forms.
     pub fn len(&self) -> usize {
-        self.json.len().max(self.text.len())
+        match &self.grip {
+            Some(formats) => formats.size(),
+            None => self.json.len().max(self.text.len()),
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -61,6 +61,8 @@ pub enum Offer {
     Lagged,
     /// The queue was already closed; nothing was queued.
     Closed,
+    /// The queue takes the other kind of message (GRIP or native).
+    Skipped,
 }
 
 /// A subscriber's bounded queue. Shared by the hub (producer) and one
@@ -69,6 +71,9 @@ pub enum Offer {
 pub struct Queue {
     capacity: usize,
     policy: LagPolicy,
+    /// Takes GRIP messages only (held requests, WebSocket-over-HTTP);
+    /// otherwise native messages only.
+    grip: bool,
     state: Mutex<State>,
 }
 
@@ -90,8 +95,24 @@ impl Queue {
         Arc::new(Self {
             capacity: capacity.max(1),
             policy,
+            grip: false,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// A queue for a GRIP subscriber: it takes only messages that carry
+    /// GRIP formats (`hub::grip`).
+    pub fn new_grip(capacity: usize, policy: LagPolicy) -> Arc<Self> {
+        Arc::new(Self {
+            capacity: capacity.max(1),
+            policy,
+            grip: true,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn wants(&self, message: &Message) -> bool {
+        message.payload.grip().is_some() == self.grip
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -102,6 +123,9 @@ impl Queue {
 
     /// Offers a live message. Never blocks beyond a short critical section.
     pub fn offer(&self, message: &Arc<Message>) -> Offer {
+        if !self.wants(message) {
+            return Offer::Skipped;
+        }
         let mut state = self.lock();
         if state.closed.is_some() {
             return Offer::Closed;
@@ -139,6 +163,11 @@ impl Queue {
     /// Pushes an item that does not count against capacity: subscription
     /// confirmations, resume backlog (bounded by history), gaps and replies.
     pub fn push(&self, item: Item) {
+        if let Item::Message(m) = &item
+            && !self.wants(m)
+        {
+            return;
+        }
         let mut state = self.lock();
         if state.closed.is_some() {
             return;

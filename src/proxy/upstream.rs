@@ -16,6 +16,8 @@ pub struct Upstream {
     pub name: String,
     pub client: Client<HttpConnector, Body>,
     pub timeout: Duration,
+    /// Signs `Grip-Sig` on requests from GRIP routes (`grip_sig_key`).
+    pub grip_sig: Option<crate::grip::sig::Signer>,
     targets: Vec<Target>,
     next: AtomicUsize,
     fail_timeout: Duration,
@@ -54,6 +56,10 @@ impl Upstream {
             name: name.to_owned(),
             client,
             timeout: settings.timeout,
+            grip_sig: settings
+                .grip_sig_key
+                .as_deref()
+                .map(crate::grip::sig::Signer::new),
             targets,
             next: AtomicUsize::new(0),
             fail_timeout: settings.fail_timeout,
@@ -103,6 +109,7 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 timeout: Duration::from_secs(1),
                 fail_timeout: Duration::from_secs(60),
+                grip_sig_key: None,
             },
         )
     }

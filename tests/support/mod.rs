@@ -434,7 +434,7 @@ impl SseParser {
 
 // === WebSocket client ===
 
-struct SpawnExecutor;
+pub struct SpawnExecutor;
 
 impl<F> hyper::rt::Executor<F> for SpawnExecutor
 where

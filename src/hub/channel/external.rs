@@ -356,7 +356,7 @@ impl Channel {
                     fanout.dropped += 1;
                 }
                 Offer::Lagged => fanout.lagged += 1,
-                Offer::Closed => {}
+                Offer::Closed | Offer::Skipped => {}
             }
         }
         fanout.queued += reached;
