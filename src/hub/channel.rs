@@ -90,19 +90,7 @@ impl Channel {
             publication.payload.clone(),
             publication.accepted_at,
         ));
-        let mut reached = 0;
-        for queue in &self.subscribers {
-            match queue.offer(&message) {
-                Offer::Queued => reached += 1,
-                Offer::QueuedDroppingOlder => {
-                    reached += 1;
-                    fanout.dropped += 1;
-                }
-                Offer::Lagged => fanout.lagged += 1,
-                Offer::Closed | Offer::Skipped => {}
-            }
-        }
-        fanout.queued += reached;
+        let reached = offer_all(&self.subscribers, &message, fanout);
         self.history.push(message);
         let receipt = Receipt {
             channel: self.name.clone(),
@@ -200,19 +188,8 @@ impl Channel {
                 Payload::with_grip(formats),
                 now,
             ));
-            for queue in &self.subscribers {
-                match queue.offer(&message) {
-                    Offer::Queued => reached += 1,
-                    Offer::QueuedDroppingOlder => {
-                        reached += 1;
-                        fanout.dropped += 1;
-                    }
-                    Offer::Lagged => fanout.lagged += 1,
-                    Offer::Closed | Offer::Skipped => {}
-                }
-            }
+            reached += offer_all(&self.subscribers, &message, fanout);
         }
-        fanout.queued += reached;
         reached
     }
 
@@ -262,4 +239,28 @@ impl Channel {
         self.idempotency
             .retain(|_, r| r.position.epoch == epoch && history.holds(r.position.seq));
     }
+}
+
+/// Offers `message` to every subscriber queue, counting drops and lags in
+/// `fanout`; returns the number of queues that took it. The one fan-out
+/// loop of every stream kind (local, external, GRIP).
+pub(super) fn offer_all(
+    subscribers: &[Arc<Queue>],
+    message: &Arc<Message>,
+    fanout: &mut Fanout,
+) -> usize {
+    let mut reached = 0;
+    for queue in subscribers {
+        match queue.offer(message) {
+            Offer::Queued => reached += 1,
+            Offer::QueuedDroppingOlder => {
+                reached += 1;
+                fanout.dropped += 1;
+            }
+            Offer::Lagged => fanout.lagged += 1,
+            Offer::Closed | Offer::Skipped => {}
+        }
+    }
+    fanout.queued += reached;
+    reached
 }

@@ -21,7 +21,7 @@ use std::time::Instant;
 use super::{Channel, Fanout};
 use crate::hub::history::HistoryLimits;
 use crate::hub::message::{ChannelName, Message, Position};
-use crate::hub::queue::{Item, Offer, Queue};
+use crate::hub::queue::{Item, Queue};
 
 /// Most live messages held while a channel waits for a history read.
 /// Overflow policy: drop the oldest (the read usually returns it; if not,
@@ -347,19 +347,7 @@ impl Channel {
     /// Appends the next message of the stream and offers it to every
     /// subscriber (as `publish` does for a locally sequenced one).
     fn append(&mut self, message: Arc<Message>, fanout: &mut Fanout) {
-        let mut reached = 0;
-        for queue in &self.subscribers {
-            match queue.offer(&message) {
-                Offer::Queued => reached += 1,
-                Offer::QueuedDroppingOlder => {
-                    reached += 1;
-                    fanout.dropped += 1;
-                }
-                Offer::Lagged => fanout.lagged += 1,
-                Offer::Closed | Offer::Skipped => {}
-            }
-        }
-        fanout.queued += reached;
+        super::offer_all(&self.subscribers, &message, fanout);
         self.seq = message.position.seq;
         self.history.push(message);
         self.idle_since = None;
