@@ -14,9 +14,6 @@ mod plan;
 mod query;
 mod session;
 pub mod sse;
-// Moved in two steps so git follows the rename; the next commit makes
-// `ws.rs` the module root again.
-#[path = "realtime/ws/connection.rs"]
 pub mod ws;
 
 pub use self::coalesce::{Coalesce, send};

@@ -1,136 +1,36 @@
-//! WebSocket (SPEC §3.4) with fastwebsockets: one task per connection,
-//! the JSON frame protocol, client publish, pings and close codes.
-//!
-//! The socket is split: fastwebsockets' `WebSocketRead` owns the read half
-//! and its `read_frame` future lives across loop iterations (it is not
-//! cancel-safe, so it is only dropped when the connection ends); the task
-//! writes frames encoded by fastwebsockets (`Frame::write`) to the write
-//! half itself. Server frames are unmasked, so a message's frame is the
-//! same bytes for every subscriber: it is encoded once (`Message::encoded`)
-//! and a burst goes out in one write.
-//!
-//! Fragmented messages are reassembled here with our own size cap.
+//! One WebSocket connection's task: the split reader and writer, the
+//! loop over peer frames, deliveries, pings and timers, the client
+//! protocol's requests (subscribe, publish, auth) and the close handshake.
 
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
-use http::{Request, Response};
-use hyper::body::Incoming;
-use serde::Deserialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf};
 use tracing::debug;
 
-use super::deliver::Encoder;
-use super::{Coalesce, Grants, Plan, Realtime, Session, cursor, send};
+use super::encode::{WsEncoder, frame_bytes, send_frame, text_frame};
+use super::protocol::{ClientFrame, error_json, parse_client_frame, unsubscribed_json};
+use super::{
+    CLOSE_BAD_DATA, CLOSE_LAGGED, CLOSE_NOT_ALLOWED, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG,
+};
 use crate::auth::{self, Access, Denial, FIRST_FRAME_TIMEOUT, Reason};
 use crate::config::OnExpiry;
-use crate::error::{Body, ErrorCode, HttpError};
-use crate::hub::message::{ChannelName, Message, Position};
+use crate::error::ErrorCode;
+use crate::hub::message::{ChannelName, Position};
 use crate::hub::queue::{Closed, Item};
 use crate::limits::PublishBudget;
-use crate::listener::{ConnInfo, ConnSlot, RawIo};
+use crate::listener::{ConnSlot, RawIo};
 use crate::publish::{self, Content};
 use crate::realtime::negotiate::Transport;
-
-/// Cache slot of a message's encoded WebSocket frame in `Message`.
-pub const ENCODING_SLOT: usize = 1;
-
-/// Close codes (SPEC §3.4).
-pub const CLOSE_SHUTDOWN: u16 = 1001;
-pub const CLOSE_PROTOCOL: u16 = 1002;
-pub const CLOSE_BAD_DATA: u16 = 1007;
-pub const CLOSE_NOT_ALLOWED: u16 = 1008;
-pub const CLOSE_TOO_BIG: u16 = 1009;
-pub const CLOSE_LAGGED: u16 = 1013;
-
-pub fn respond(
-    realtime: &Arc<Realtime>,
-    request: &mut Request<Incoming>,
-    plan: Plan,
-    conn: ConnInfo,
-) -> Response<Body> {
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut *request) {
-        Ok(pair) => pair,
-        Err(error) => {
-            return HttpError::new(
-                ErrorCode::InvalidUpgrade,
-                format!("invalid WebSocket upgrade: {error}"),
-            )
-            .into_response();
-        }
-    };
-    let realtime = realtime.clone();
-    let tracker = realtime.shutdown.tracker.clone();
-    tracker.spawn(async move {
-        let ws = match upgrade.await {
-            Ok(ws) => ws,
-            Err(error) => {
-                debug!(%error, "WebSocket upgrade did not complete.");
-                return;
-            }
-        };
-        // Nothing has been read past the handshake: the stream is clean.
-        run(realtime, ws.into_inner(), plan, conn.slot, None);
-    });
-    response.map(|_| crate::error::empty())
-}
-
-/// Whether a request head is a WebSocket handshake we can answer.
-pub fn is_handshake(head: &Request<()>) -> bool {
-    let h = head.headers();
-    head.method() == http::Method::GET
-        && head.version() == http::Version::HTTP_11
-        && h.get("sec-websocket-key").is_some()
-        && h.get("sec-websocket-version").is_some_and(|v| v == "13")
-        && h.get(http::header::CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-}
-
-/// The `Sec-WebSocket-Accept` value for a key (RFC 6455 §4.2.2).
-pub fn accept_key(key: &[u8]) -> String {
-    use base64::Engine;
-    use sha1::Digest;
-    let mut sha1 = sha1::Sha1::new();
-    sha1.update(key);
-    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
-}
-
-/// Answers the handshake on the raw connection and runs the session there,
-/// with no HTTP buffers left behind.
-/// The 101 goes out in the connection's first write, together with the
-/// `subscribed` frames (one write, not two, per handshake).
-pub fn serve_raw<IO: RawIo>(
-    realtime: &Arc<Realtime>,
-    plan: Plan,
-    key: &http::HeaderValue,
-    io: IO,
-    conn: ConnInfo,
-) {
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
-        accept_key(key.as_bytes())
-    );
-    run(
-        realtime.clone(),
-        io,
-        plan,
-        conn.slot,
-        Some(Bytes::from(response)),
-    );
-}
+use crate::realtime::{Coalesce, Grants, Plan, Realtime, Session, cursor, send};
 
 /// Opens the session and runs the connection in a task of its own, so an
 /// idle connection keeps only [`Connection`]'s loop state and the socket,
 /// nothing of the request that opened it.
-fn run<S: RawIo>(
+pub(super) fn run<S: RawIo>(
     realtime: Arc<Realtime>,
     io: S,
     plan: Plan,
@@ -752,165 +652,9 @@ impl Connection {
     }
 }
 
-/// A client's JSON frame (SPEC §3.4), before its type, channel and
-/// `since` are checked.
-#[derive(Deserialize)]
-pub struct ClientFrame {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub channel: Option<String>,
-    #[serde(default)]
-    pub since: Option<String>,
-    #[serde(default)]
-    pub data: Option<serde_json::Value>,
-    #[serde(default)]
-    pub event: Option<serde_json::Value>,
-    #[serde(default)]
-    pub token: Option<String>,
-}
-
-/// The pure first step of handling a client text frame (also fuzzed,
-/// `fuzz/`).
-pub fn parse_client_frame(text: &str) -> Result<ClientFrame, serde_json::Error> {
-    serde_json::from_str(text)
-}
-
-fn quoted(out: &mut BytesMut, s: &str) {
-    // Channel and event names and ids are ASCII without quotes or
-    // backslashes (validated), but quote properly anyway.
-    out.put_slice(serde_json::to_string(s).unwrap_or_default().as_bytes());
-}
-
-/// The frames for drained items, joined (one write for a burst).
-struct WsEncoder(Coalesce);
-
-impl Encoder for WsEncoder {
-    fn message(&mut self, _: &Session, m: &Arc<Message>) {
-        self.0.push(m.encoded(ENCODING_SLOT, message_frame));
-    }
-
-    fn gap(&mut self, channel: &ChannelName) {
-        self.0.push(text_frame(&gap_json(channel)));
-    }
-
-    fn subscribed(&mut self, _: &Session, channel: &ChannelName, position: Position, _: bool) {
-        self.0.push(text_frame(&subscribed_json(channel, position)));
-    }
-
-    fn reply(&mut self, json: &Bytes) {
-        self.0.push(text_frame(json));
-    }
-}
-
-/// A message's whole text frame, shared by every subscriber.
-pub fn message_frame(m: &Message) -> Bytes {
-    text_frame(&message_json(m))
-}
-
-/// `{"type":"message","channel":C,"id":ID,"event":E,"data":D}`
-pub fn message_json(m: &Message) -> Bytes {
-    let mut out = BytesMut::with_capacity(m.payload.json().len() + 96);
-    out.put_slice(br#"{"type":"message","channel":"#);
-    quoted(&mut out, m.channel.as_str());
-    out.put_slice(br#","id":""#);
-    cursor_into(&mut out, m.position);
-    out.put_u8(b'"');
-    if let Some(event) = &m.event {
-        out.put_slice(br#","event":"#);
-        quoted(&mut out, event.as_str());
-    }
-    out.put_slice(br#","data":"#);
-    out.put_slice(m.payload.json());
-    out.put_u8(b'}');
-    out.freeze()
-}
-
-/// A server (unmasked) text frame carrying `json`.
-fn text_frame(json: &[u8]) -> Bytes {
-    frame_bytes(Frame::text(Payload::Borrowed(json)))
-}
-
-/// A frame's wire bytes, encoded by fastwebsockets.
-fn frame_bytes(mut frame: Frame<'_>) -> Bytes {
-    let mut out = Vec::new();
-    let len = frame.write(&mut out).len();
-    out.truncate(len);
-    Bytes::from(out)
-}
-
-async fn send_frame<W: AsyncWrite + Unpin>(write: &mut W, frame: Frame<'_>) -> std::io::Result<()> {
-    send(write, &frame_bytes(frame)).await
-}
-
-fn cursor_into(out: &mut BytesMut, position: Position) {
-    let mut s = String::with_capacity(16);
-    cursor::push_one(&mut s, position);
-    out.put_slice(s.as_bytes());
-}
-
-fn subscribed_json(channel: &ChannelName, position: Position) -> Bytes {
-    let v = serde_json::json!({"type": "subscribed", "channel": channel.as_str(), "id": cursor::encode_one(position)});
-    Bytes::from(v.to_string())
-}
-
-fn unsubscribed_json(channel: &ChannelName) -> Bytes {
-    Bytes::from(
-        serde_json::json!({"type": "unsubscribed", "channel": channel.as_str()}).to_string(),
-    )
-}
-
-fn gap_json(channel: &ChannelName) -> Bytes {
-    Bytes::from(serde_json::json!({"type": "gap", "channel": channel.as_str()}).to_string())
-}
-
-fn error_json(code: ErrorCode, message: &str) -> Bytes {
-    Bytes::from(
-        serde_json::json!({"type": "error", "code": code.as_str(), "message": message}).to_string(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::message::{EventName, Payload as MessagePayload};
-
-    #[test]
-    fn message_frame_is_the_spec_json() {
-        let m = Message::new(
-            ChannelName::parse("news").unwrap(),
-            Position { epoch: 35, seq: 36 },
-            Some(EventName::parse("update").unwrap()),
-            MessagePayload::from_json(&serde_json::json!({"a": 1})),
-            Instant::now(),
-        );
-        let v: serde_json::Value = serde_json::from_slice(&message_json(&m)).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"type":"message","channel":"news","id":"z-10","event":"update","data":{"a":1}})
-        );
-        let frame = message_frame(&m);
-        let json = message_json(&m);
-        assert_eq!(frame[0], 0x81, "FIN + text, one frame");
-        assert_eq!(usize::from(frame[1]), json.len(), "unmasked, short length");
-        assert_eq!(&frame[2..], &json[..]);
-    }
-
-    #[test]
-    fn long_frames_use_the_extended_length() {
-        let json = vec![b'x'; 300];
-        let frame = text_frame(&json);
-        assert_eq!(&frame[..4], &[0x81, 126, 1, 44]);
-        assert_eq!(frame.len(), 304);
-    }
-
-    #[test]
-    fn accept_key_matches_rfc_6455() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
 
     #[test]
     fn close_bodies_are_validated() {
@@ -924,20 +668,5 @@ mod tests {
         }
         assert_eq!(close_reply(b"\x03\xe8\xff\xfe").0, CLOSE_BAD_DATA);
         assert_eq!(close_reply(b"\x03\xe8caf\xc3\xa9"), (1000, ""));
-    }
-
-    #[test]
-    fn close_codes_match_the_spec() {
-        assert_eq!(
-            [
-                CLOSE_SHUTDOWN,
-                CLOSE_PROTOCOL,
-                CLOSE_BAD_DATA,
-                CLOSE_NOT_ALLOWED,
-                CLOSE_TOO_BIG,
-                CLOSE_LAGGED
-            ],
-            [1001, 1002, 1007, 1008, 1009, 1013]
-        );
     }
 }
