@@ -8,9 +8,6 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backplane;
-// Moved in two steps so git follows the rename; the next commit makes
-// `config.rs` the module root again.
-#[path = "config/validate.rs"]
 pub mod config;
 pub mod error;
 pub mod files;
