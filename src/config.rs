@@ -1,6 +1,8 @@
-//! The YAML configuration: schema (serde, unknown keys rejected), defaults,
-//! `${VAR}` interpolation and cross-field checks, turned into a typed
-//! [`Config`]. Every error is reported as `file:line:column: message`.
+//! The YAML configuration, turned into the typed [`Config`] this module
+//! owns: `schema` (serde, unknown keys rejected), `interpolate` (`${VAR}`),
+//! `validate` (cross-field checks, one function per section), `defaults`;
+//! `auth` and `backplane` hold their sections. Every error is reported as
+//! `file:line:column: message`.
 //!
 //! This module opens no sockets and reads no certificate: it keeps paths.
 
@@ -11,6 +13,7 @@ mod units;
 
 pub use self::backplane::BackplaneKind;
 
+mod defaults;
 mod schema;
 mod validate;
 
@@ -152,22 +155,6 @@ pub struct RealtimeSettings {
     pub max_message: usize,
 }
 
-impl Default for RealtimeSettings {
-    fn default() -> Self {
-        Self {
-            heartbeat: Duration::from_secs(15),
-            pong_timeout: Duration::from_secs(30),
-            longpoll_timeout: Duration::from_secs(30),
-            sse_retry: Duration::from_secs(2),
-            queue: 1024,
-            on_lag: LagPolicy::Disconnect,
-            history_messages: 1000,
-            history_max_age: Duration::from_secs(600),
-            max_message: 1 << 20,
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct StaticSettings {
     pub dir: PathBuf,
@@ -180,17 +167,6 @@ pub struct Limits {
     pub max_header: usize,
     pub max_body: usize,
     pub header_read_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections: 100_000,
-            max_header: 16 << 10,
-            max_body: 1 << 20,
-            header_read_timeout: Duration::from_secs(10),
-        }
-    }
 }
 
 /// A 1-based place in the config file.

@@ -9,13 +9,16 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method, Uri};
 use serde_saphyr::Spanned;
 
-use super::schema::{ClientPublishConfig, FileConfig, RealtimeBlock, RouteConfig};
+use super::defaults::{self, default_internal};
+use super::schema::{
+    ClientPublishConfig, FileConfig, InternalConfig, LimitsConfig, ListenConfig, RealtimeBlock,
+    RouteConfig, TlsConfig, UpstreamConfig,
+};
 use super::{
-    CertificatePaths, ClientPublish, Config, Diagnostic, Error, InternalSettings, Limits,
-    PathMatch, Position, RealtimeRoute, RealtimeSettings, RouteAction, RouteSettings,
+    CertificatePaths, ClientPublish, Config, Diagnostic, DurationValue, Error, InternalSettings,
+    Limits, PathMatch, Position, RealtimeRoute, RealtimeSettings, RouteAction, RouteSettings,
     StaticSettings, UpstreamSettings,
 };
-use crate::realtime::negotiate::Transport;
 use crate::router::pattern::{PathPattern, Template};
 
 pub(super) struct Validator<'a> {
@@ -70,164 +73,23 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// Checks every section in file order (so diagnostics come in the
+    /// order of the file), then the whole.
     pub(super) fn validate(mut self, file: FileConfig) -> Result<Config, Error> {
-        let listen_http: Vec<_> = file
-            .listen
-            .http
-            .iter()
-            .filter_map(|a| self.address(a))
-            .collect();
-        let listen_https: Vec<_> = file
-            .listen
-            .https
-            .iter()
-            .filter_map(|a| self.address(a))
-            .collect();
-
-        let mut certificates = Vec::new();
-        for c in file.tls.iter().flat_map(|t| &t.certificates) {
-            for p in [&c.cert, &c.key] {
-                if !self.resolve(&p.value).is_file() {
-                    self.error(p, format!("certificate file {:?} not found", p.value));
-                }
-            }
-            certificates.push(CertificatePaths {
-                cert: self.resolve(&c.cert.value),
-                key: self.resolve(&c.key.value),
-                at: (&c.cert).into(),
-            });
-        }
-        if !file.listen.https.is_empty() && certificates.is_empty() {
-            self.error(
-                &file.listen.https[0],
-                "listen.https needs at least one entry in tls.certificates",
-            );
-        }
-
-        let internal = match &file.internal {
-            Some(i) => {
-                let listen = self.address(&i.listen);
-                // An empty token (an unset `${VAR:-}`) means no token.
-                let tokens: Vec<String> =
-                    i.tokens.iter().filter(|t| !t.is_empty()).cloned().collect();
-                if let Some(a) = listen
-                    && tokens.is_empty()
-                    && !a.ip().is_loopback()
-                {
-                    self.error(&i.listen, format!(
-                        "internal.listen {a} is not a loopback address and internal.tokens is empty: \
-                         the publish API would be open to the network; add a token or listen on 127.0.0.1"
-                    ));
-                }
-                InternalSettings {
-                    listen: listen.unwrap_or_else(default_internal),
-                    tokens,
-                }
-            }
-            None => InternalSettings {
-                listen: default_internal(),
-                tokens: Vec::new(),
-            },
-        };
-
-        let mut upstreams = BTreeMap::new();
-        for (name, u) in &file.upstreams {
-            let mut targets = Vec::new();
-            if u.value.targets.is_empty() {
-                self.error(u, format!("upstream {name:?} has no targets"));
-            }
-            for t in &u.value.targets {
-                match t.value.parse::<Uri>() {
-                    Ok(uri)
-                        if uri.scheme_str() == Some("http")
-                            && uri.authority().is_some()
-                            && matches!(uri.path(), "" | "/") =>
-                    {
-                        targets.push(uri)
-                    }
-                    Ok(uri) if uri.scheme_str() == Some("https") => {
-                        self.error(t, format!("upstream target {uri}: https upstreams are not supported yet; use http://"));
-                    }
-                    _ => self.error(
-                        t,
-                        format!(
-                            "invalid upstream target {:?}: expected http://HOST:PORT",
-                            t.value
-                        ),
-                    ),
-                }
-            }
-            upstreams.insert(
-                name.clone(),
-                UpstreamSettings {
-                    targets,
-                    connect_timeout: u
-                        .value
-                        .connect_timeout
-                        .map_or(Duration::from_secs(2), |d| d.0),
-                    timeout: u.value.timeout.map_or(Duration::from_secs(30), |d| d.0),
-                    fail_timeout: u
-                        .value
-                        .fail_timeout
-                        .map_or(Duration::from_secs(10), |d| d.0),
-                    grip_sig_key: u.value.grip_sig_key.as_ref().map(|k| {
-                        if k.value.is_empty() {
-                            self.error(k, "grip_sig_key must not be empty");
-                        }
-                        k.value.clone()
-                    }),
-                },
-            );
-        }
-
+        let listen_http = self.addresses(&file.listen.http);
+        let listen_https = self.addresses(&file.listen.https);
+        let certificates = self.certificates(&file.listen, file.tls.as_ref());
+        let internal = self.internal(file.internal.as_ref());
+        let upstreams = self.upstreams(&file.upstreams);
         let realtime = resolve_realtime(RealtimeSettings::default(), &file.realtime);
-        self.top_level_realtime(&file.realtime);
-        self.allowed_origins = file.realtime.allowed_origins.clone().map(Into::into);
-        let mut names = BTreeSet::new();
-        let mut routes = Vec::new();
-        for r in &file.routes {
-            if let Some(route) = self.route(r, &upstreams, &realtime, &mut names) {
-                routes.push(route);
-            }
-        }
-
-        let limits = Limits::default();
-        let max_header = match &file.limits.max_header {
-            Some(s) if s.value.0 < 8192 => {
-                self.error(s, "limits.max_header must be at least 8KiB");
-                limits.max_header
-            }
-            Some(s) => s.value.0,
-            None => limits.max_header,
-        };
+        let routes = self.routes(&file.routes, &file.realtime, &upstreams, &realtime);
+        let limits = self.limits(&file.limits);
         let rate_limits = self.rate_limits(&file.limits);
-        let limits = Limits {
-            max_connections: file
-                .limits
-                .max_connections
-                .unwrap_or(limits.max_connections),
-            max_header,
-            max_body: file.limits.max_body.map_or(limits.max_body, |b| b.0),
-            header_read_timeout: file
-                .limits
-                .header_read_timeout
-                .map_or(limits.header_read_timeout, |d| d.0),
-        };
-
         let backplane = self.backplane(&file.backplane);
-
-        let shutdown_grace = file.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0);
-        let drain_window = match &file.drain_window {
-            Some(w) if w.value.0 > shutdown_grace => {
-                self.error(
-                    w,
-                    format!("drain_window must not exceed shutdown_grace ({shutdown_grace:?})"),
-                );
-                shutdown_grace / 2
-            }
-            Some(w) => w.value.0,
-            None => shutdown_grace / 2,
-        };
+        let shutdown_grace = file
+            .shutdown_grace
+            .map_or(defaults::SHUTDOWN_GRACE, |d| d.0);
+        let drain_window = self.drain_window(file.drain_window.as_ref(), shutdown_grace);
 
         if self.errors.is_empty() && listen_http.is_empty() && listen_https.is_empty() {
             self.error(
@@ -254,6 +116,184 @@ impl<'a> Validator<'a> {
             shutdown_grace,
             drain_window,
         })
+    }
+
+    /// `listen.http` / `listen.https`.
+    fn addresses(&mut self, list: &[Spanned<String>]) -> Vec<SocketAddr> {
+        list.iter().filter_map(|a| self.address(a)).collect()
+    }
+
+    /// `tls.certificates`: the files must exist; `listen.https` needs one.
+    fn certificates(
+        &mut self,
+        listen: &ListenConfig,
+        tls: Option<&TlsConfig>,
+    ) -> Vec<CertificatePaths> {
+        let mut certificates = Vec::new();
+        for c in tls.iter().flat_map(|t| &t.certificates) {
+            for p in [&c.cert, &c.key] {
+                if !self.resolve(&p.value).is_file() {
+                    self.error(p, format!("certificate file {:?} not found", p.value));
+                }
+            }
+            certificates.push(CertificatePaths {
+                cert: self.resolve(&c.cert.value),
+                key: self.resolve(&c.key.value),
+                at: (&c.cert).into(),
+            });
+        }
+        if !listen.https.is_empty() && certificates.is_empty() {
+            self.error(
+                &listen.https[0],
+                "listen.https needs at least one entry in tls.certificates",
+            );
+        }
+        certificates
+    }
+
+    /// `internal`: the publish API is loopback-only unless it has tokens.
+    fn internal(&mut self, internal: Option<&InternalConfig>) -> InternalSettings {
+        let Some(i) = internal else {
+            return InternalSettings {
+                listen: default_internal(),
+                tokens: Vec::new(),
+            };
+        };
+        let listen = self.address(&i.listen);
+        // An empty token (an unset `${VAR:-}`) means no token.
+        let tokens: Vec<String> = i.tokens.iter().filter(|t| !t.is_empty()).cloned().collect();
+        if let Some(a) = listen
+            && tokens.is_empty()
+            && !a.ip().is_loopback()
+        {
+            self.error(
+                &i.listen,
+                format!(
+                    "internal.listen {a} is not a loopback address and internal.tokens is empty: \
+                 the publish API would be open to the network; add a token or listen on 127.0.0.1"
+                ),
+            );
+        }
+        InternalSettings {
+            listen: listen.unwrap_or_else(default_internal),
+            tokens,
+        }
+    }
+
+    /// `upstreams`: http:// targets, timeouts, the `Grip-Sig` key.
+    fn upstreams(
+        &mut self,
+        file: &BTreeMap<String, Spanned<UpstreamConfig>>,
+    ) -> BTreeMap<String, UpstreamSettings> {
+        let mut upstreams = BTreeMap::new();
+        for (name, u) in file {
+            let mut targets = Vec::new();
+            if u.value.targets.is_empty() {
+                self.error(u, format!("upstream {name:?} has no targets"));
+            }
+            for t in &u.value.targets {
+                match t.value.parse::<Uri>() {
+                    Ok(uri)
+                        if uri.scheme_str() == Some("http")
+                            && uri.authority().is_some()
+                            && matches!(uri.path(), "" | "/") =>
+                    {
+                        targets.push(uri)
+                    }
+                    Ok(uri) if uri.scheme_str() == Some("https") => {
+                        self.error(t, format!("upstream target {uri}: https upstreams are not supported yet; use http://"));
+                    }
+                    _ => self.error(
+                        t,
+                        format!(
+                            "invalid upstream target {:?}: expected http://HOST:PORT",
+                            t.value
+                        ),
+                    ),
+                }
+            }
+            let u = &u.value;
+            upstreams.insert(
+                name.clone(),
+                UpstreamSettings {
+                    targets,
+                    connect_timeout: u
+                        .connect_timeout
+                        .map_or(defaults::UPSTREAM_CONNECT_TIMEOUT, |d| d.0),
+                    timeout: u.timeout.map_or(defaults::UPSTREAM_TIMEOUT, |d| d.0),
+                    fail_timeout: u
+                        .fail_timeout
+                        .map_or(defaults::UPSTREAM_FAIL_TIMEOUT, |d| d.0),
+                    grip_sig_key: u.grip_sig_key.as_ref().map(|k| {
+                        if k.value.is_empty() {
+                            self.error(k, "grip_sig_key must not be empty");
+                        }
+                        k.value.clone()
+                    }),
+                },
+            );
+        }
+        upstreams
+    }
+
+    /// `routes`, after the top-level `realtime` block they inherit from.
+    fn routes(
+        &mut self,
+        file: &[Spanned<RouteConfig>],
+        top: &RealtimeBlock,
+        upstreams: &BTreeMap<String, UpstreamSettings>,
+        realtime: &RealtimeSettings,
+    ) -> Vec<RouteSettings> {
+        self.top_level_realtime(top);
+        self.allowed_origins = top.allowed_origins.clone().map(Into::into);
+        let mut names = BTreeSet::new();
+        let mut routes = Vec::new();
+        for r in file {
+            if let Some(route) = self.route(r, upstreams, realtime, &mut names) {
+                routes.push(route);
+            }
+        }
+        routes
+    }
+
+    /// `limits` (the rates and caps of SPEC §9 are `rate_limits`).
+    fn limits(&mut self, file: &LimitsConfig) -> Limits {
+        let limits = Limits::default();
+        let max_header = match &file.max_header {
+            Some(s) if s.value.0 < 8192 => {
+                self.error(s, "limits.max_header must be at least 8KiB");
+                limits.max_header
+            }
+            Some(s) => s.value.0,
+            None => limits.max_header,
+        };
+        Limits {
+            max_connections: file.max_connections.unwrap_or(limits.max_connections),
+            max_header,
+            max_body: file.max_body.map_or(limits.max_body, |b| b.0),
+            header_read_timeout: file
+                .header_read_timeout
+                .map_or(limits.header_read_timeout, |d| d.0),
+        }
+    }
+
+    /// `drain_window`: at most `shutdown_grace`, by default half of it.
+    fn drain_window(
+        &mut self,
+        window: Option<&Spanned<DurationValue>>,
+        shutdown_grace: Duration,
+    ) -> Duration {
+        match window {
+            Some(w) if w.value.0 > shutdown_grace => {
+                self.error(
+                    w,
+                    format!("drain_window must not exceed shutdown_grace ({shutdown_grace:?})"),
+                );
+                shutdown_grace / 2
+            }
+            Some(w) => w.value.0,
+            None => shutdown_grace / 2,
+        }
     }
 
     fn route(
@@ -453,7 +493,7 @@ impl<'a> Validator<'a> {
             .transports
             .as_ref()
             .map(|t| t.value.clone())
-            .unwrap_or_else(|| vec![Transport::Websocket, Transport::Sse, Transport::Longpoll]);
+            .unwrap_or_else(defaults::transports);
         if transports.is_empty() {
             self.error(
                 route,
@@ -503,10 +543,6 @@ impl<'a> Validator<'a> {
                 .or_else(|| self.allowed_origins.clone()),
         }
     }
-}
-
-fn default_internal() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 5561))
 }
 
 fn resolve_realtime(base: RealtimeSettings, o: &RealtimeBlock) -> RealtimeSettings {
