@@ -18,7 +18,7 @@ mod protocol;
 
 pub use self::connection::{CLOSE_HANDSHAKE_TIMEOUT, close_code_allowed};
 pub use self::encode::{message_frame, message_json};
-pub use self::handshake::{accept_key, is_handshake, respond, serve_raw};
+pub use self::handshake::{accept_key, is_handshake, respond, serve_raw, upgrade};
 pub use self::protocol::{ClientFrame, parse_client_frame};
 
 /// Cache slot of a message's encoded WebSocket frame in `Message`.

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use fastwebsockets::upgrade::UpgradeFut;
 use http::{Request, Response};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use tracing::debug;
 
@@ -19,15 +21,9 @@ pub fn respond(
     plan: Plan,
     conn: ConnInfo,
 ) -> Response<Body> {
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut *request) {
+    let (response, upgrade) = match upgrade(request) {
         Ok(pair) => pair,
-        Err(error) => {
-            return HttpError::new(
-                ErrorCode::InvalidUpgrade,
-                format!("invalid WebSocket upgrade: {error}"),
-            )
-            .into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     let realtime = realtime.clone();
     let tracker = realtime.shutdown.tracker.clone();
@@ -43,6 +39,19 @@ pub fn respond(
         run(realtime, ws.into_inner(), plan, conn.slot, None);
     });
     response.map(|_| crate::error::empty())
+}
+
+/// Accepts a WebSocket upgrade through hyper: the 101 and the socket to
+/// come, or `invalid_upgrade` (realtime routes and WebSocket-over-HTTP).
+pub fn upgrade(
+    request: &mut Request<Incoming>,
+) -> Result<(Response<Empty<Bytes>>, UpgradeFut), HttpError> {
+    fastwebsockets::upgrade::upgrade(request).map_err(|error| {
+        HttpError::new(
+            ErrorCode::InvalidUpgrade,
+            format!("invalid WebSocket upgrade: {error}"),
+        )
+    })
 }
 
 /// Whether a request head is a WebSocket handshake we can answer.
