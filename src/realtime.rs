@@ -4,37 +4,43 @@
 //!
 //! Wire formats live in the transport modules (`sse`, `ws`, `longpoll`).
 
+mod coalesce;
 pub mod cursor;
 pub mod deliver;
+mod grants;
 pub mod longpoll;
 pub mod negotiate;
+mod plan;
+mod query;
+mod session;
 pub mod sse;
 pub mod ws;
 
-use std::sync::Arc;
+pub use self::coalesce::{Coalesce, send};
+pub use self::grants::Grants;
+pub use self::plan::{Plan, Prepared};
+pub use self::query::Query;
+pub use self::session::Session;
 
-use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::auth::callback::{Ask, Callbacks};
-use crate::auth::{self, Access, Denial, Grant};
+use crate::auth::{self, Access, Denial};
 use crate::backplane::Backplane;
-use crate::config::{AuthSettings, ClientPublish, RealtimeRoute, RealtimeSettings};
+use crate::config::{ClientPublish, RealtimeRoute};
 use crate::error::{Body, ErrorCode, HttpError, json_response};
 use crate::hub::Hub;
-use crate::hub::message::{ChannelName, Position};
-use crate::hub::queue::{LagPolicy, Queue};
 use crate::limits::{ConnPermit, Limiter};
 use crate::listener::{ConnInfo, RawIo};
-use crate::metrics::{AuthFailureLabels, Metrics, TransportLabels};
+use crate::metrics::Metrics;
 use crate::realtime::negotiate::Transport;
-use crate::router::pattern::{self, Captures};
+use crate::router::pattern::Captures;
 use crate::shutdown::Shutdown;
 
+use self::grants::{count_failure, grant, resolve_channels};
 use self::negotiate::Choice;
 
 /// Most channels one connection may hold, so ids stay under 512 bytes.
@@ -50,129 +56,6 @@ pub struct Realtime {
     pub callbacks: Callbacks,
     /// Per-address and per-token limits (SPEC §9).
     pub limiter: Arc<Limiter>,
-}
-
-/// What a connection may do, from its route and path captures, narrowed
-/// by its token's (or the callback's) grant when the route has `auth:`.
-#[derive(Debug, Clone)]
-pub struct Grants {
-    /// Channels from the route's templates.
-    route_channels: Vec<ChannelName>,
-    /// `query_channels: true`: any valid channel may be subscribed.
-    any_channel: bool,
-    publish: ClientPublish,
-    captures: Captures,
-    /// The route's auth settings; with them, nothing is allowed until
-    /// `claims` is set.
-    pub auth: Option<Arc<AuthSettings>>,
-    pub claims: Option<Arc<Grant>>,
-    /// The route's name (metric label, callback body).
-    pub route: Arc<str>,
-}
-
-impl Grants {
-    pub fn may_subscribe(&self, channel: &ChannelName) -> bool {
-        (self.any_channel || self.route_channels.contains(channel))
-            && self.claims_allow(|g| g.channels.matches(channel.as_str()))
-    }
-
-    pub fn may_publish(&self, channel: &ChannelName) -> bool {
-        let route = match &self.publish {
-            ClientPublish::Denied => false,
-            ClientPublish::Granted => self.may_subscribe(channel),
-            ClientPublish::Patterns(patterns) => patterns.iter().any(|p| {
-                p.render(&self.captures)
-                    .is_some_and(|p| pattern::glob(&p, channel.as_str()))
-            }),
-        };
-        route && self.claims_allow(|g| g.publish.matches(channel.as_str()))
-    }
-
-    fn claims_allow(&self, check: impl Fn(&Grant) -> bool) -> bool {
-        match (&self.auth, &self.claims) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(_), Some(g)) => check(g),
-        }
-    }
-
-    /// The first of `channels` the grant does not cover.
-    pub fn uncovered<'a>(&self, channels: &'a [ChannelName]) -> Option<&'a ChannelName> {
-        channels.iter().find(|c| !self.may_subscribe(c))
-    }
-
-    /// When the connection's grant ends, as a timer deadline.
-    pub fn expiry(&self) -> Option<tokio::time::Instant> {
-        let left = self.claims.as_ref()?.remaining(auth::now_unix())?;
-        Some(tokio::time::Instant::now() + left)
-    }
-
-    /// Counts a refusal by its reason; the token itself is never logged.
-    pub fn count_failure(&self, metrics: &Metrics, denial: &Denial) {
-        count_failure(metrics, &self.route, denial);
-    }
-
-    pub fn publish_enabled(&self) -> bool {
-        self.publish != ClientPublish::Denied
-    }
-}
-
-/// A request's parsed query string.
-#[derive(Debug, Default)]
-pub struct Query {
-    pairs: Vec<(String, String)>,
-}
-
-impl Query {
-    pub fn parse(query: Option<&str>) -> Self {
-        let pairs = query
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .filter_map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let decode = |s: &str| pattern::percent_decode(&s.replace('+', " "));
-                Some((decode(k)?, decode(v)?))
-            })
-            .collect();
-        Self { pairs }
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.pairs
-            .iter()
-            .filter(move |(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A realtime request, validated and ready to become a session.
-pub struct Plan {
-    pub transport: Transport,
-    pub channels: Vec<ChannelName>,
-    pub since: Option<Vec<Position>>,
-    pub grants: Grants,
-    pub settings: RealtimeSettings,
-    /// Where the request stands with the route's auth.
-    pub access: Access,
-    /// The request's share of the per-address connection cap.
-    pub permit: Option<ConnPermit>,
-}
-
-/// What a realtime request asks for.
-// Short-lived and moved once or twice per request: boxing buys nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum Prepared {
-    /// `?transport=info`.
-    Info(Response<Body>),
-    Session(Plan),
 }
 
 impl Realtime {
@@ -354,53 +237,6 @@ impl Realtime {
             _ => {}
         }
     }
-
-    /// Opens `plan`'s session under its route's lag policy, holding its
-    /// connection permit; hands back the grants and settings left.
-    pub fn open_plan(&self, plan: Plan) -> (Session, Grants, RealtimeSettings) {
-        let settings = plan.settings;
-        let mut session = self.open(
-            plan.transport,
-            plan.channels,
-            plan.since,
-            &settings,
-            settings.on_lag,
-        );
-        session.hold(plan.permit);
-        (session, plan.grants, settings)
-    }
-
-    /// Opens a session subscribed to `channels` (resuming from `since`).
-    pub fn open(
-        &self,
-        transport: Transport,
-        channels: Vec<ChannelName>,
-        since: Option<Vec<Position>>,
-        settings: &RealtimeSettings,
-        policy: LagPolicy,
-    ) -> Session {
-        let queue = self.hub.queue(settings.queue, policy);
-        let positions = channels
-            .iter()
-            .enumerate()
-            .map(|(i, ch)| {
-                let from = since.as_ref().and_then(|s| s.get(i).copied());
-                self.hub.subscribe(&queue, ch, from)
-            })
-            .collect();
-        let gauge = self.metrics.sessions.get_or_create(&TransportLabels {
-            transport: transport.as_str(),
-        });
-        gauge.inc();
-        Session {
-            hub: self.hub.clone(),
-            queue,
-            channels,
-            positions,
-            gauge: gauge.clone(),
-            permit: None,
-        }
-    }
 }
 
 /// Why `prepare` refused a request.
@@ -413,36 +249,6 @@ enum Refusal {
 impl From<HttpError> for Refusal {
     fn from(e: HttpError) -> Self {
         Refusal::Http(e)
-    }
-}
-
-fn count_failure(metrics: &Metrics, route: &str, denial: &Denial) {
-    tracing::debug!(
-        route,
-        reason = denial.reason.as_str(),
-        "realtime auth refused"
-    );
-    metrics
-        .auth_failures
-        .get_or_create(&AuthFailureLabels {
-            route: route.to_owned(),
-            reason: denial.reason.as_str(),
-        })
-        .inc();
-}
-
-/// Applies a grant to `grants`; a grant that does not cover every one of
-/// `channels` becomes a `forbidden` refusal.
-fn grant(grants: &mut Grants, access: Access, channels: &[ChannelName]) -> Access {
-    let Access::Granted(g) = access else {
-        return access;
-    };
-    grants.claims = Some(g.clone());
-    match grants.uncovered(channels) {
-        Some(c) => Access::Denied(Denial::forbidden(format!(
-            "the token does not grant channel {c}"
-        ))),
-        None => Access::Granted(g),
     }
 }
 
@@ -481,196 +287,4 @@ fn info(route: &RealtimeRoute) -> Response<Body> {
         http::HeaderValue::from_static("no-cache"),
     );
     response
-}
-
-/// The connection's channels (route templates, then `?channel=` when
-/// allowed), sorted and unique so composite ids are stable.
-fn resolve_channels(
-    route: &RealtimeRoute,
-    captures: &Captures,
-    query: &Query,
-) -> Result<(Vec<ChannelName>, Grants), HttpError> {
-    let bad = |name: &str, e: &dyn std::fmt::Display| {
-        HttpError::new(
-            ErrorCode::InvalidChannel,
-            format!("invalid channel {name:?}: {e}"),
-        )
-    };
-    let mut route_channels = Vec::new();
-    for template in &route.channels {
-        let name = template.render(captures).ok_or_else(|| {
-            HttpError::new(ErrorCode::InvalidChannel, "channel template has no value")
-        })?;
-        route_channels.push(ChannelName::parse(&name).map_err(|e| bad(&name, &e))?);
-    }
-    let mut channels = route_channels.clone();
-    if route.query_channels {
-        for name in query.all("channel") {
-            channels.push(ChannelName::parse(name).map_err(|e| bad(name, &e))?);
-        }
-    }
-    channels.sort();
-    channels.dedup();
-    if channels.len() > MAX_CHANNELS_PER_CONNECTION {
-        return Err(HttpError::new(
-            ErrorCode::TooManySubscriptions,
-            format!("at most {MAX_CHANNELS_PER_CONNECTION} channels per connection"),
-        ));
-    }
-    let grants = Grants {
-        route_channels,
-        any_channel: route.query_channels,
-        publish: route.client_publish.clone(),
-        captures: captures.clone(),
-        auth: route.auth.clone(),
-        claims: None,
-        route: route.name.clone(),
-    };
-    Ok((channels, grants))
-}
-
-/// One subscriber: its queue, channels and positions. Dropping it
-/// unsubscribes from every channel.
-pub struct Session {
-    hub: Arc<Hub>,
-    pub queue: Arc<Queue>,
-    /// Subscribed channels; `positions[i]` is the last position delivered
-    /// (or resumed from) on `channels[i]`.
-    pub channels: Vec<ChannelName>,
-    pub positions: Vec<Position>,
-    gauge: Gauge,
-    /// The connection's share of the per-address cap, released with it.
-    permit: Option<ConnPermit>,
-}
-
-impl Session {
-    /// Keeps the connection's limit permit for as long as the session.
-    pub fn hold(&mut self, permit: Option<ConnPermit>) {
-        self.permit = permit;
-    }
-
-    /// Records that `position` of `channel` was delivered.
-    pub fn advance(&mut self, channel: &ChannelName, position: Position) {
-        if let Some(i) = self.channels.iter().position(|c| c == channel) {
-            self.positions[i] = position;
-        }
-    }
-
-    /// The position last delivered (or resumed from) on `channel`.
-    pub fn position(&self, channel: &ChannelName) -> Option<Position> {
-        let i = self.channels.iter().position(|c| c == channel)?;
-        self.positions.get(i).copied()
-    }
-
-    /// The id covering every channel at the current positions.
-    pub fn cursor(&self) -> String {
-        cursor::encode(&self.positions)
-    }
-
-    pub fn subscribe(&mut self, channel: ChannelName, since: Option<Position>) {
-        if let Some(i) = self.channels.iter().position(|c| *c == channel) {
-            // Re-subscribing replays from `since`: drop the old registration.
-            self.hub.unsubscribe(&self.queue, &channel);
-            self.channels.remove(i);
-            self.positions.remove(i);
-        }
-        let position = self.hub.subscribe(&self.queue, &channel, since);
-        self.channels.push(channel);
-        self.positions.push(position);
-    }
-
-    pub fn unsubscribe(&mut self, channel: &ChannelName) -> bool {
-        match self.channels.iter().position(|c| c == channel) {
-            Some(i) => {
-                self.hub.unsubscribe(&self.queue, channel);
-                self.channels.remove(i);
-                self.positions.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        for channel in &self.channels {
-            self.hub.unsubscribe(&self.queue, channel);
-        }
-        self.gauge.dec();
-    }
-}
-
-/// Writes and flushes (a TLS stream holds bytes until flushed).
-pub async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    writer.write_all(bytes).await?;
-    writer.flush().await
-}
-
-/// Joins encoded items into one buffer for one write, without copying
-/// (or allocating) when there is a single item, the common case.
-#[derive(Default)]
-pub struct Coalesce {
-    first: Option<Bytes>,
-    joined: Option<BytesMut>,
-}
-
-impl Coalesce {
-    pub fn push(&mut self, bytes: Bytes) {
-        if let Some(joined) = &mut self.joined {
-            joined.extend_from_slice(&bytes);
-            return;
-        }
-        match self.first.take() {
-            None => self.first = Some(bytes),
-            Some(first) => {
-                let mut joined = BytesMut::with_capacity(2 * (first.len() + bytes.len()));
-                joined.extend_from_slice(&first);
-                joined.extend_from_slice(&bytes);
-                self.joined = Some(joined);
-            }
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.first.is_none() && self.joined.is_none()
-    }
-
-    pub fn finish(self) -> Bytes {
-        match self.joined {
-            Some(joined) => joined.freeze(),
-            None => self.first.unwrap_or_default(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coalesce_joins_in_order_and_keeps_a_lone_chunk() {
-        let lone = Bytes::from_static(b"abc");
-        let mut c = Coalesce::default();
-        c.push(lone.clone());
-        let out = c.finish();
-        assert_eq!(out.as_ptr(), lone.as_ptr(), "a lone chunk is not copied");
-        let mut c = Coalesce::default();
-        for part in ["a", "bc", "", "def"] {
-            c.push(Bytes::from(part));
-        }
-        assert!(!c.is_empty(), "joined chunks are not empty");
-        assert_eq!(&c.finish()[..], b"abcdef");
-        assert!(Coalesce::default().is_empty());
-        assert!(Coalesce::default().finish().is_empty());
-    }
-
-    #[test]
-    fn query_parsing_decodes_and_repeats() {
-        let q = Query::parse(Some("channel=a&channel=b%3Ac&since=1-2&x=a+b&bad=%zz"));
-        assert_eq!(q.all("channel").collect::<Vec<_>>(), ["a", "b:c"]);
-        assert_eq!(q.get("since"), Some("1-2"));
-        assert_eq!(q.get("x"), Some("a b"));
-        assert_eq!(q.get("bad"), None);
-    }
 }

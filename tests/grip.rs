@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
+use support::held::Held;
 use support::{Pushgate, WAIT, body, upstream, within};
 
 /// Every WebSocket-over-HTTP request the origin saw: (path,
@@ -283,58 +283,6 @@ async fn publish_ok(pg: &Pushgate, items: Value) {
 }
 
 /// A held stream, read chunk by chunk.
-struct Held {
-    status: u16,
-    headers: http::HeaderMap,
-    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    buffer: Vec<u8>,
-}
-
-impl Held {
-    async fn open(pg: &Pushgate, path: &str) -> Self {
-        let response = within(
-            "held response headers",
-            pg.client().get(pg.url(path)).send(),
-        )
-        .await
-        .unwrap();
-        Self {
-            status: response.status().as_u16(),
-            headers: response.headers().clone(),
-            stream: Box::pin(response.bytes_stream()),
-            buffer: Vec::new(),
-        }
-    }
-
-    /// Reads until the body so far ends with `expected`; returns it all.
-    async fn read_until(&mut self, expected: &str) -> String {
-        within(&format!("{expected:?} on the held stream"), async {
-            while !self.buffer.ends_with(expected.as_bytes()) {
-                match self.stream.next().await {
-                    Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
-                    other => panic!(
-                        "stream ended ({other:?}) before {expected:?}; got {:?}",
-                        String::from_utf8_lossy(&self.buffer)
-                    ),
-                }
-            }
-        })
-        .await;
-        String::from_utf8(std::mem::take(&mut self.buffer)).unwrap()
-    }
-
-    /// Waits for the end of the stream; returns what came before it.
-    async fn read_to_end(&mut self) -> String {
-        within("the held stream to end", async {
-            while let Some(chunk) = self.stream.next().await {
-                self.buffer.extend_from_slice(&chunk.unwrap());
-            }
-        })
-        .await;
-        String::from_utf8(std::mem::take(&mut self.buffer)).unwrap()
-    }
-}
-
 #[tokio::test]
 async fn a_held_stream_gets_http_stream_content_and_closes_on_close() {
     let pg = start().await;

@@ -14,8 +14,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
+use support::held::Held;
 use support::{Pushgate, within};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -136,59 +135,13 @@ async fn gripcontrol_publish(python: &PathBuf, pg: &Pushgate, args: &[&str]) {
     );
 }
 
-struct Held {
-    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    buffer: Vec<u8>,
-}
-
-impl Held {
-    async fn open(pg: &Pushgate, path: &str) -> (u16, http::HeaderMap, Self) {
-        let response = within("the held stream", pg.client().get(pg.url(path)).send())
-            .await
-            .unwrap();
-        (
-            response.status().as_u16(),
-            response.headers().clone(),
-            Self {
-                stream: Box::pin(response.bytes_stream()),
-                buffer: Vec::new(),
-            },
-        )
-    }
-
-    async fn read_until(&mut self, expected: &str) -> String {
-        within(&format!("{expected:?}"), async {
-            while !self.buffer.ends_with(expected.as_bytes()) {
-                match self.stream.next().await {
-                    Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
-                    other => panic!(
-                        "ended ({other:?}) before {expected:?}: {:?}",
-                        String::from_utf8_lossy(&self.buffer)
-                    ),
-                }
-            }
-        })
-        .await;
-        String::from_utf8(std::mem::take(&mut self.buffer)).unwrap()
-    }
-
-    async fn read_to_end(&mut self) -> String {
-        within("the end of the stream", async {
-            while let Some(chunk) = self.stream.next().await {
-                self.buffer.extend_from_slice(&chunk.unwrap());
-            }
-        })
-        .await;
-        String::from_utf8(std::mem::take(&mut self.buffer)).unwrap()
-    }
-}
-
 #[tokio::test]
 async fn gripcontrol_origin_holds_a_stream_that_gripcontrol_publishes_to() {
     let Some(python) = python() else { return };
     let (_origin, port) = origin(&python).await;
     let pg = Pushgate::start(&config(port, true)).await;
-    let (status, headers, mut held) = Held::open(&pg, "/stream/news").await;
+    let mut held = Held::open(&pg, "/stream/news").await;
+    let (status, headers) = (held.status, held.headers.clone());
     assert_eq!(status, 200, "the origin checked Grip-Sig with gripcontrol");
     assert!(headers.keys().all(|k| !k.as_str().starts_with("grip-")));
     assert_eq!(held.read_until("stream open\n").await, "stream open\n");
@@ -207,7 +160,8 @@ async fn gripcontrol_instruct_holds_with_prev_id_and_a_response_hold() {
     let (_origin, port) = origin(&python).await;
     let pg = Pushgate::start(&config(port, true)).await;
     gripcontrol_publish(&python, &pg, &["seq", "stream", "first\n", "1"]).await;
-    let (status, headers, mut held) = Held::open(&pg, "/instruct/seq?prev=1").await;
+    let mut held = Held::open(&pg, "/instruct/seq?prev=1").await;
+    let (status, headers) = (held.status, held.headers.clone());
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "text/plain");
     held.read_until("instruct open\n").await;
@@ -292,7 +246,7 @@ async fn pushpin_publish_reaches_held_streams_and_responses() {
     // pushpin-publish sends credentials over https only: no tokens here
     // (the internal listener is loopback-only without them).
     let pg = Pushgate::start(&config(port, false)).await;
-    let (_, _, mut held) = Held::open(&pg, "/stream/cli").await;
+    let mut held = Held::open(&pg, "/stream/cli").await;
     held.read_until("stream open\n").await;
     pg.wait_subscribers("cli", 1).await;
     pushpin_publish_run(&cli, &pg, &["cli", "hello", "--id", "1"]).await;

@@ -31,15 +31,7 @@ async fn every_transport_gets_every_message_exactly_once_across_two_drops() {
 
     let sse = tokio::spawn(sse_subscriber(pg.url("/live/noloss")));
     let ws = tokio::spawn(ws_subscriber(pg.http));
-    let poll_start: Value = pg
-        .client()
-        .get(pg.url("/live/noloss"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let poll_start: Value = pg.get_json(pg.url("/live/noloss")).await;
     let longpoll = tokio::spawn(longpoll_subscriber(
         pg.client().clone(),
         pg.url("/live/noloss"),

@@ -215,15 +215,7 @@ async fn health_readiness_and_metrics_on_the_internal_listener() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let ready: Value = pg
-        .client()
-        .get(pg.internal_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = pg.get_json(pg.internal_url("/readyz")).await;
     assert_eq!(ready["ready"], true);
     let _s = SseClient::connect(&pg.url("/live/m"), None).await;
     pg.wait_subscribers("m", 1).await;

@@ -230,15 +230,7 @@ async fn bad_channel_names_are_rejected() {
 #[tokio::test]
 async fn negotiation_info_406_and_426() {
     let pg = Pushgate::start(CONFIG).await;
-    let info: serde_json::Value = pg
-        .client()
-        .get(pg.url("/live/x?transport=info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: serde_json::Value = pg.get_json(pg.url("/live/x?transport=info")).await;
     assert_eq!(info["transports"], json!(["websocket", "sse", "longpoll"]));
     assert_eq!(info["heartbeat_ms"], 200);
     assert_eq!(info["longpoll_timeout_ms"], 30000);

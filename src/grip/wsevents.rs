@@ -239,15 +239,9 @@ pub async fn open(
     mut request: Request<Incoming>,
     slot: Arc<crate::listener::ConnSlot>,
 ) -> Response<Body> {
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+    let (response, upgrade) = match crate::realtime::ws::upgrade(&mut request) {
         Ok(pair) => pair,
-        Err(error) => {
-            return HttpError::new(
-                ErrorCode::InvalidUpgrade,
-                format!("invalid WebSocket upgrade: {error}"),
-            )
-            .into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     let upstream = backend.upstream.clone();
     let mut link = Link {

@@ -3,6 +3,9 @@
 //! WebSocket client (fastwebsockets), and the real binary for signal tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod backplane;
+pub mod held;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -139,6 +142,18 @@ impl Pushgate {
 
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// GETs `url` and parses the JSON answer, whatever its status.
+    pub async fn get_json(&self, url: impl reqwest::IntoUrl) -> serde_json::Value {
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Number of subscribers of `channel` on this node.

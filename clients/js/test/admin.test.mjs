@@ -4,58 +4,28 @@
 // PUSHGATE_UPDATE_DOCS=1 also docs/admin.png (the README's screenshot).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
 import { mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { join } from "node:path";
+import { SHOTS, eventually, launchBrowser, root, sleep, spawnPushgate } from "../test-support/browser.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, "../../..");
-const BIN = process.env.PUSHGATE_BIN || join(root, "target/debug/pushgate");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SHOTS = join(root, "target/screenshots");
 const DOCS = process.env.PUSHGATE_UPDATE_DOCS === "1";
 // How long messages flow before the screenshot (longer for the docs one).
 const FLOW_MS = DOCS ? 25000 : 3000;
 
 let browser;
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
-  });
+  browser = await launchBrowser();
 });
 after(async () => {
   await browser?.close();
 });
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function eventually(what, f, ms = 15000) {
-  const end = Date.now() + ms;
-  let last;
-  while (Date.now() < end) {
-    try {
-      last = await f();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    await sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what} (last: ${last})`);
-}
-
 async function startPushgate() {
   const dir = mkdtempSync(join(tmpdir(), "pushgate-admin-"));
   mkdirSync(join(dir, "public"), { recursive: true });
   writeFileSync(join(dir, "public/blank.html"), "<!doctype html><title>blank</title>");
-  const file = join(dir, "pushgate.yaml");
-  writeFileSync(file, `
+  const { child, addrs } = await spawnPushgate(dir, `
 listen: { http: ["127.0.0.1:0"] }
 internal: { listen: "127.0.0.1:0" }
 upstreams: { api: { targets: ["http://127.0.0.1:3000"] } }
@@ -66,19 +36,6 @@ routes:
   - { name: api, match: { path_prefix: "/api" }, upstream: api }
   - { name: files, match: { path_prefix: "/" }, static: { dir: public } }
 `);
-  const child = spawn(BIN, ["--log-format", "json", "--config", file], { stdio: ["ignore", "ignore", "pipe"] });
-  const addrs = {};
-  const lines = createInterface({ input: child.stderr });
-  await new Promise((resolveListen, reject) => {
-    child.on("exit", (code) => reject(new Error(`pushgate exited with ${code}`)));
-    lines.on("line", (line) => {
-      try {
-        const v = JSON.parse(line);
-        if (v.fields?.message === "listening") addrs[v.fields.listener] = v.fields.addr;
-        if (addrs.http && addrs.internal) resolveListen();
-      } catch {}
-    });
-  });
   return { child, base: `http://${addrs.http}`, internal: `http://${addrs.internal}` };
 }
 

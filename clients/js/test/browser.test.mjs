@@ -2,51 +2,22 @@
 // playwright-core) against the real pushgate binary.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFile } from "node:child_process";
-import { createInterface } from "node:readline";
+import { execFile } from "node:child_process";
 import { mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import http from "node:http";
-import { chromium } from "playwright-core";
-
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, "../../..");
-const BIN = process.env.PUSHGATE_BIN || join(root, "target/debug/pushgate");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SHOTS = join(root, "target/screenshots");
+import { BIN, SHOTS, eventually, launchBrowser, root, sleep, spawnPushgate } from "../test-support/browser.mjs";
 
 let browser;
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
-  });
+  browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close();
 });
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function eventually(what, f, ms = 15000) {
-  const end = Date.now() + ms;
-  let last;
-  while (Date.now() < end) {
-    try {
-      last = await f();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    await sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what} (last: ${last})`);
-}
 
 function config(http, internal, dir) {
   mkdirSync(join(dir, "public"), { recursive: true });
@@ -68,21 +39,7 @@ routes:
 /** Starts the binary; resolves with its addresses once it listens. */
 async function startPushgate({ dir, http = "127.0.0.1:0", internal = "127.0.0.1:0", yaml } = {}) {
   dir ??= mkdtempSync(join(tmpdir(), "pushgate-browser-"));
-  const file = join(dir, "pushgate.yaml");
-  writeFileSync(file, yaml ?? config(http, internal, dir));
-  const child = spawn(BIN, ["--log-format", "json", "--config", file], { stdio: ["ignore", "ignore", "pipe"] });
-  const addrs = {};
-  const lines = createInterface({ input: child.stderr });
-  await new Promise((resolveListen, reject) => {
-    child.on("exit", (code) => reject(new Error(`pushgate exited with ${code}`)));
-    lines.on("line", (line) => {
-      try {
-        const v = JSON.parse(line);
-        if (v.fields?.message === "listening") addrs[v.fields.listener] = v.fields.addr;
-        if (addrs.http && addrs.internal) resolveListen();
-      } catch {}
-    });
-  });
+  const { child, addrs } = await spawnPushgate(dir, yaml ?? config(http, internal, dir));
   return { child, dir, base: `http://${addrs.http}`, http: addrs.http, internal: `http://${addrs.internal}` };
 }
 

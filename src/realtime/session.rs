@@ -1,0 +1,137 @@
+//! One subscriber's [`Session`]: its bounded hub queue, channels and
+//! positions; opened by [`Realtime`], unsubscribed when dropped.
+
+use std::sync::Arc;
+
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::config::RealtimeSettings;
+use crate::hub::Hub;
+use crate::hub::message::{ChannelName, Position};
+use crate::hub::queue::{LagPolicy, Queue};
+use crate::limits::ConnPermit;
+use crate::metrics::TransportLabels;
+use crate::realtime::negotiate::Transport;
+
+use super::{Grants, Plan, Realtime, cursor};
+
+/// One subscriber: its queue, channels and positions. Dropping it
+/// unsubscribes from every channel.
+pub struct Session {
+    hub: Arc<Hub>,
+    pub queue: Arc<Queue>,
+    /// Subscribed channels; `positions[i]` is the last position delivered
+    /// (or resumed from) on `channels[i]`.
+    pub channels: Vec<ChannelName>,
+    pub positions: Vec<Position>,
+    gauge: Gauge,
+    /// The connection's share of the per-address cap, released with it.
+    permit: Option<ConnPermit>,
+}
+
+impl Session {
+    /// Keeps the connection's limit permit for as long as the session.
+    pub fn hold(&mut self, permit: Option<ConnPermit>) {
+        self.permit = permit;
+    }
+
+    /// Records that `position` of `channel` was delivered.
+    pub fn advance(&mut self, channel: &ChannelName, position: Position) {
+        if let Some(i) = self.channels.iter().position(|c| c == channel) {
+            self.positions[i] = position;
+        }
+    }
+
+    /// The position last delivered (or resumed from) on `channel`.
+    pub fn position(&self, channel: &ChannelName) -> Option<Position> {
+        let i = self.channels.iter().position(|c| c == channel)?;
+        self.positions.get(i).copied()
+    }
+
+    /// The id covering every channel at the current positions.
+    pub fn cursor(&self) -> String {
+        cursor::encode(&self.positions)
+    }
+
+    pub fn subscribe(&mut self, channel: ChannelName, since: Option<Position>) {
+        if let Some(i) = self.channels.iter().position(|c| *c == channel) {
+            // Re-subscribing replays from `since`: drop the old registration.
+            self.hub.unsubscribe(&self.queue, &channel);
+            self.channels.remove(i);
+            self.positions.remove(i);
+        }
+        let position = self.hub.subscribe(&self.queue, &channel, since);
+        self.channels.push(channel);
+        self.positions.push(position);
+    }
+
+    pub fn unsubscribe(&mut self, channel: &ChannelName) -> bool {
+        match self.channels.iter().position(|c| c == channel) {
+            Some(i) => {
+                self.hub.unsubscribe(&self.queue, channel);
+                self.channels.remove(i);
+                self.positions.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for channel in &self.channels {
+            self.hub.unsubscribe(&self.queue, channel);
+        }
+        self.gauge.dec();
+    }
+}
+
+impl Realtime {
+    /// Opens `plan`'s session under its route's lag policy, holding its
+    /// connection permit; hands back the grants and settings left.
+    pub fn open_plan(&self, plan: Plan) -> (Session, Grants, RealtimeSettings) {
+        let settings = plan.settings;
+        let mut session = self.open(
+            plan.transport,
+            plan.channels,
+            plan.since,
+            &settings,
+            settings.on_lag,
+        );
+        session.hold(plan.permit);
+        (session, plan.grants, settings)
+    }
+
+    /// Opens a session subscribed to `channels` (resuming from `since`).
+    pub fn open(
+        &self,
+        transport: Transport,
+        channels: Vec<ChannelName>,
+        since: Option<Vec<Position>>,
+        settings: &RealtimeSettings,
+        policy: LagPolicy,
+    ) -> Session {
+        let queue = self.hub.queue(settings.queue, policy);
+        let positions = channels
+            .iter()
+            .enumerate()
+            .map(|(i, ch)| {
+                let from = since.as_ref().and_then(|s| s.get(i).copied());
+                self.hub.subscribe(&queue, ch, from)
+            })
+            .collect();
+        let gauge = self.metrics.sessions.get_or_create(&TransportLabels {
+            transport: transport.as_str(),
+        });
+        gauge.inc();
+        Session {
+            hub: self.hub.clone(),
+            queue,
+            channels,
+            positions,
+            gauge: gauge.clone(),
+            permit: None,
+        }
+    }
+}

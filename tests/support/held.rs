@@ -1,0 +1,61 @@
+//! A held GRIP response read as a stream (tests/grip.rs,
+//! tests/grip_ecosystem.rs): its status and headers, then its body up to
+//! an expected end or to the end of the stream.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{Pushgate, within};
+
+/// A held response: status and headers, the body read on demand.
+pub struct Held {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    buffer: Vec<u8>,
+}
+
+impl Held {
+    pub async fn open(pg: &Pushgate, path: &str) -> Self {
+        let response = within(
+            "held response headers",
+            pg.client().get(pg.url(path)).send(),
+        )
+        .await
+        .unwrap();
+        Self {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            stream: Box::pin(response.bytes_stream()),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Reads until the body so far ends with `expected`; returns it all.
+    pub async fn read_until(&mut self, expected: &str) -> String {
+        within(&format!("{expected:?} on the held stream"), async {
+            while !self.buffer.ends_with(expected.as_bytes()) {
+                match self.stream.next().await {
+                    Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
+                    other => panic!(
+                        "stream ended ({other:?}) before {expected:?}; got {:?}",
+                        String::from_utf8_lossy(&self.buffer)
+                    ),
+                }
+            }
+        })
+        .await;
+        String::from_utf8(std::mem::take(&mut self.buffer)).unwrap()
+    }
+
+    /// Waits for the end of the stream; returns what came before it.
+    pub async fn read_to_end(&mut self) -> String {
+        within("the held stream to end", async {
+            while let Some(chunk) = self.stream.next().await {
+                self.buffer.extend_from_slice(&chunk.unwrap());
+            }
+        })
+        .await;
+        String::from_utf8(std::mem::take(&mut self.buffer)).unwrap()
+    }
+}
