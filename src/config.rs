@@ -179,13 +179,16 @@ struct RealtimeBlock {
     allowed_origins: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HistoryConfig {
     #[serde(default)]
     messages: Option<usize>,
     #[serde(default)]
     max_age: Option<DurationValue>,
+    /// Top level only: what all channels' histories hold together (§9).
+    #[serde(default)]
+    max_total: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,6 +340,8 @@ pub struct RealtimeSettings {
     pub on_lag: LagPolicy,
     pub history_messages: usize,
     pub history_max_age: Duration,
+    /// `realtime.history.max_total`; the top-level value is the hub's.
+    pub history_max_total: usize,
     pub max_message: usize,
 }
 
@@ -351,6 +356,7 @@ impl Default for RealtimeSettings {
             on_lag: LagPolicy::Disconnect,
             history_messages: 1000,
             history_max_age: Duration::from_secs(600),
+            history_max_total: crate::hub::budget::DEFAULT_MAX_TOTAL,
             max_message: 1 << 20,
         }
     }
@@ -888,6 +894,14 @@ impl<'a> Validator<'a> {
                 rt.client_publish.as_ref().map(Position::from),
             ),
         ];
+        if let Some(max_total) = rt.history.as_ref().and_then(|h| h.max_total.as_ref())
+            && max_total.value.0 == 0
+        {
+            self.error(
+                max_total,
+                "realtime.history.max_total must be more than 0 (history.messages: 0 keeps none)",
+            );
+        }
         for (key, at) in route_only {
             if let Some(at) = at {
                 self.error(
@@ -959,6 +973,12 @@ impl<'a> Validator<'a> {
                 ClientPublish::Patterns(parsed)
             }
         };
+        if let Some(max_total) = rt.history.as_ref().and_then(|h| h.max_total.as_ref()) {
+            self.error(
+                max_total,
+                format!("realtime route {name:?}: history.max_total is the hub's, set it in the top-level realtime block"),
+            );
+        }
         let settings = resolve_realtime(*defaults, rt);
         if settings.queue == 0 {
             self.error(
@@ -988,7 +1008,7 @@ fn default_internal() -> SocketAddr {
 }
 
 fn resolve_realtime(base: RealtimeSettings, o: &RealtimeBlock) -> RealtimeSettings {
-    let history = o.history;
+    let history = o.history.as_ref();
     RealtimeSettings {
         heartbeat: o.heartbeat.map_or(base.heartbeat, |d| d.0),
         pong_timeout: o.pong_timeout.map_or(base.pong_timeout, |d| d.0),
@@ -1002,6 +1022,9 @@ fn resolve_realtime(base: RealtimeSettings, o: &RealtimeBlock) -> RealtimeSettin
         history_max_age: history
             .and_then(|h| h.max_age)
             .map_or(base.history_max_age, |d| d.0),
+        history_max_total: history
+            .and_then(|h| h.max_total.as_ref())
+            .map_or(base.history_max_total, |b| b.value.0),
         max_message: o.max_message.map_or(base.max_message, |b| b.0),
     }
 }
