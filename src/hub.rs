@@ -430,6 +430,7 @@ impl Hub {
     /// Evicts the least recently published channels' histories until the
     /// hub is within `max_total`. Takes no lock while holding another.
     fn enforce_budget(&self) {
+        let mut evicted = false;
         while self.budget.over() {
             let Some((tick, name)) = self.budget.pop_oldest() else {
                 break;
@@ -454,6 +455,10 @@ impl Hub {
                 self.channels.remove_if(&name, |_, c| Arc::ptr_eq(c, &arc));
             }
             self.metrics.history_evictions.inc();
+            evicted = true;
+        }
+        if evicted {
+            self.metrics.channels.set(self.channels.len() as i64);
         }
         self.metrics.history_bytes.set(self.budget.held() as i64);
     }
