@@ -113,6 +113,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         BackplaneKind::Memory => Hub::new(history_policy(history.clone())),
         _ => Hub::external(history_policy(history.clone())),
     });
+    hub.set_max_total(config.realtime.history_max_total);
     let metrics = Arc::new(Metrics::new(hub.metrics().clone()));
     let backplane: Arc<dyn Backplane> = match &config.backplane {
         BackplaneKind::Memory => Arc::new(MemoryBackplane::new(hub.clone())),

@@ -152,6 +152,8 @@ pub struct RealtimeSettings {
     pub on_lag: LagPolicy,
     pub history_messages: usize,
     pub history_max_age: Duration,
+    /// `realtime.history.max_total`; the top-level value is the hub's.
+    pub history_max_total: usize,
     pub max_message: usize,
 }
 

@@ -8,6 +8,7 @@
 //! The hub does no IO and knows no HTTP or wire format. Locks are short,
 //! synchronous and never held across an `.await`.
 
+pub mod budget;
 pub mod channel;
 pub mod grip;
 pub mod history;
@@ -24,6 +25,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use self::budget::Budget;
 use self::channel::{Channel, Fanout, Fetch, Fetched, Want};
 use self::history::HistoryLimits;
 use self::message::{ChannelName, Position, Publication, Receipt};
@@ -44,6 +46,8 @@ pub struct Hub {
     metrics: HubMetrics,
     /// Set when a distributed backplane owns order and history.
     demand: Option<Demand>,
+    /// `realtime.history.max_total`: what all histories may hold together.
+    budget: Budget,
 }
 
 /// Channels whose [`Want`] changed, for the backplane task. Bounded by the
@@ -73,6 +77,8 @@ pub struct HubMetrics {
     pub dropped: Counter,
     pub lag_disconnects: Counter,
     pub channels: Gauge,
+    pub history_bytes: Gauge,
+    pub history_evictions: Counter,
 }
 
 impl HubMetrics {
@@ -102,6 +108,16 @@ impl HubMetrics {
             "Channels held by the hub",
             self.channels.clone(),
         );
+        registry.register(
+            "pushgate_history_bytes",
+            "Bytes the hub accounts for history against realtime.history.max_total (an estimate from above)",
+            self.history_bytes.clone(),
+        );
+        registry.register(
+            "pushgate_history_evictions",
+            "Channel histories evicted because the hub was over realtime.history.max_total",
+            self.history_evictions.clone(),
+        );
     }
 }
 
@@ -114,7 +130,19 @@ impl Hub {
             epoch_counter: AtomicU64::new(0),
             metrics: HubMetrics::default(),
             demand: None,
+            budget: Budget::default(),
         }
+    }
+
+    /// Sets `realtime.history.max_total`; evicts at once when over it.
+    pub fn set_max_total(&self, bytes: usize) {
+        self.budget.set_max_total(bytes);
+        self.enforce_budget();
+    }
+
+    /// Bytes accounted for history against `max_total`.
+    pub fn history_bytes(&self) -> usize {
+        self.budget.held()
     }
 
     /// A hub fed by a distributed backplane: positions come from the
@@ -153,10 +181,13 @@ impl Hub {
             .iter()
             .map(|p| {
                 self.with_channel(&p.channel, p.accepted_at, |channel| {
-                    channel.publish(p, &mut fanout)
+                    let receipt = channel.publish(p, &mut fanout);
+                    self.settle(channel, true);
+                    receipt
                 })
             })
             .collect();
+        self.enforce_budget();
         self.metrics.published.inc_by(publications.len() as u64);
         self.metrics.queued.inc_by(fanout.queued as u64);
         self.metrics.dropped.inc_by(fanout.dropped as u64);
@@ -176,10 +207,17 @@ impl Hub {
     ) -> Position {
         let now = Instant::now();
         let Some(demand) = &self.demand else {
-            return self.with_channel(channel, now, |c| c.subscribe(queue, since, now));
+            return self.with_channel(channel, now, |c| {
+                let position = c.subscribe(queue, since, now);
+                self.settle(c, false);
+                position
+            });
         };
-        let (position, changed) =
-            self.with_channel(channel, now, |c| c.subscribe_external(queue, since, now));
+        let (position, changed) = self.with_channel(channel, now, |c| {
+            let answer = c.subscribe_external(queue, since, now);
+            self.settle(c, false);
+            answer
+        });
         if changed {
             demand.mark(channel);
         }
@@ -192,11 +230,13 @@ impl Hub {
             drop(entry);
             let mut c = lock(&arc);
             c.unsubscribe(queue, Instant::now());
+            self.settle(&mut c, false);
             let quiet = c.is_external() && !c.listening();
             drop(c);
             if quiet && let Some(demand) = &self.demand {
                 demand.mark(channel);
             }
+            self.enforce_budget();
         }
     }
 
@@ -241,8 +281,14 @@ impl Hub {
         drop(entry);
         let mut fanout = Fanout::default();
         let name = message.channel.clone();
-        let wants = lock(&arc).deliver(message, &mut fanout);
+        let wants = {
+            let mut c = lock(&arc);
+            let wants = c.deliver(message, &mut fanout);
+            self.settle(&mut c, true);
+            wants
+        };
         self.count(1, fanout);
+        self.enforce_budget();
         if wants && let Some(demand) = &self.demand {
             demand.mark(&name);
         }
@@ -256,8 +302,14 @@ impl Hub {
         let arc = entry.value().clone();
         drop(entry);
         let mut fanout = Fanout::default();
-        let wants = lock(&arc).apply(asked, fetched, Instant::now(), &mut fanout);
+        let wants = {
+            let mut c = lock(&arc);
+            let wants = c.apply(asked, fetched, Instant::now(), &mut fanout);
+            self.settle(&mut c, true);
+            wants
+        };
         self.count(0, fanout);
+        self.enforce_budget();
         if wants && let Some(demand) = &self.demand {
             demand.mark(channel);
         }
@@ -343,15 +395,72 @@ impl Hub {
     pub fn sweep(&self, now: Instant) {
         self.channels.retain(|_, channel| {
             let mut channel = lock(channel);
+            if channel.removed {
+                return false; // evicted; its evictor removes it too
+            }
             let idle = channel
                 .sweep(now)
                 .is_some_and(|since| now.saturating_duration_since(since) >= IDLE_CHANNEL_GRACE);
             if idle {
                 channel.removed = true;
             }
+            self.settle(&mut channel, false);
             !idle
         });
         self.metrics.channels.set(self.channels.len() as i64);
+        self.enforce_budget();
+    }
+
+    /// Reports `channel`'s cost to the budget (after anything that may have
+    /// changed it) and keeps its place in the eviction order: the newest
+    /// when `published`, else wherever it was. Under the channel's lock.
+    fn settle(&self, channel: &mut Channel, published: bool) {
+        let cost = channel.cost();
+        self.budget.adjust(channel.accounted, cost);
+        channel.accounted = cost;
+        if cost == 0 {
+            if let Some(tick) = channel.lru.take() {
+                self.budget.forget(tick);
+            }
+        } else if published || channel.lru.is_none() {
+            channel.lru = Some(self.budget.touch(channel.lru, channel.name()));
+        }
+    }
+
+    /// Evicts the least recently published channels' histories until the
+    /// hub is within `max_total`. Takes no lock while holding another.
+    fn enforce_budget(&self) {
+        let mut evicted = false;
+        while self.budget.over() {
+            let Some((tick, name)) = self.budget.pop_oldest() else {
+                break;
+            };
+            let Some(arc) = self.channels.get(&name).map(|e| e.value().clone()) else {
+                continue;
+            };
+            let mut channel = lock(&arc);
+            if channel.removed || channel.lru != Some(tick) {
+                continue; // moved or gone since it was popped
+            }
+            channel.lru = None;
+            let remove = channel.evict();
+            channel.removed = remove;
+            // Not back into the order here (that could loop): a channel
+            // that still costs something re-enters at its next settle.
+            let cost = channel.cost();
+            self.budget.adjust(channel.accounted, cost);
+            channel.accounted = cost;
+            drop(channel);
+            if remove {
+                self.channels.remove_if(&name, |_, c| Arc::ptr_eq(c, &arc));
+            }
+            self.metrics.history_evictions.inc();
+            evicted = true;
+        }
+        if evicted {
+            self.metrics.channels.set(self.channels.len() as i64);
+        }
+        self.metrics.history_bytes.set(self.budget.held() as i64);
     }
 
     /// Runs `f` on `name`'s channel, creating it on first use.
@@ -527,6 +636,110 @@ mod tests {
         hub.sweep(start + Duration::from_secs(7) + IDLE_CHANNEL_GRACE);
         assert_eq!(hub.channel_count(), 0);
         assert!(hub.head(&ch).is_none());
+    }
+
+    fn held(hub: &Hub, name: &str) -> bool {
+        hub.head(&ChannelName::parse(name).unwrap()).is_some()
+    }
+
+    /// A hub whose cap holds `channels` one-message channels like `c0`.
+    fn capped(channels: usize) -> Hub {
+        let probe = Hub::with_limits(HistoryLimits::default());
+        probe.publish(&[publication("c0", serde_json::json!(0))]);
+        let one = probe.history_bytes();
+        assert!(one > 200, "a channel with a message costs something: {one}");
+        let hub = Hub::with_limits(HistoryLimits::default());
+        hub.set_max_total(channels * one + one / 2);
+        hub
+    }
+
+    #[test]
+    fn over_max_total_the_least_recently_published_channel_goes_first() {
+        let hub = capped(3);
+        for name in ["c1", "c2", "c3"] {
+            hub.publish(&[publication(name, serde_json::json!(0))]);
+        }
+        assert_eq!(hub.channel_count(), 3);
+        assert_eq!(hub.metrics().history_evictions.get(), 0);
+        // c1 is published again: c2 is now the least recently published.
+        hub.publish(&[publication("c1", serde_json::json!(1))]);
+        hub.publish(&[publication("c4", serde_json::json!(0))]);
+        assert!(hub.metrics().history_evictions.get() >= 1);
+        assert!(!held(&hub, "c2"), "c2 was evicted first");
+        assert!(held(&hub, "c4"), "the newest stays");
+        assert!(hub.history_bytes() <= hub.budget.max_total());
+        hub.publish(&[publication("c5", serde_json::json!(0))]);
+        assert!(!held(&hub, "c3"), "then c3");
+        assert!(held(&hub, "c5"));
+    }
+
+    #[test]
+    fn a_resume_into_an_evicted_range_gets_a_gap() {
+        let hub = capped(2);
+        let kept = ChannelName::parse("kept").unwrap();
+        let gone = ChannelName::parse("gone").unwrap();
+        let live = hub.queue(64, LagPolicy::Disconnect);
+        hub.subscribe(&live, &kept, None);
+        let first = hub.publish(&[
+            publication("kept", serde_json::json!(1)),
+            publication("gone", serde_json::json!(1)),
+            publication("kept", serde_json::json!(2)),
+        ]);
+        // A flood of new channels evicts both histories.
+        for i in 0..10 {
+            hub.publish(&[publication(&format!("flood{i}"), serde_json::json!(i))]);
+        }
+        assert!(hub.metrics().history_evictions.get() >= 2);
+        // `kept` has a subscriber: it stays, with its position, but holds
+        // nothing; a resume from before its messages is a gap.
+        assert_eq!(hub.head(&kept).unwrap().seq, 2);
+        let q = hub.queue(64, LagPolicy::Disconnect);
+        hub.subscribe(&q, &kept, Some(first[0].position));
+        let items = drain(&q);
+        assert!(items.iter().any(|i| matches!(i, Item::Gap(_))), "{items:?}");
+        // Live delivery to the subscriber was never affected.
+        assert_eq!(data(&drain(&live)), ["1", "2"]);
+        // `gone` had none: it was dropped, and a resume finds a new epoch.
+        assert!(hub.head(&gone).is_none());
+        let q = hub.queue(64, LagPolicy::Disconnect);
+        hub.subscribe(&q, &gone, Some(first[1].position));
+        let items = drain(&q);
+        assert!(items.iter().any(|i| matches!(i, Item::Gap(_))), "{items:?}");
+    }
+
+    #[test]
+    fn history_accounting_returns_to_zero() {
+        let hub = Hub::with_limits(HistoryLimits {
+            messages: 3,
+            max_age: Duration::from_secs(5),
+        });
+        let start = Instant::now();
+        let q = hub.queue(1024, LagPolicy::Disconnect);
+        let sub = ChannelName::parse("sub").unwrap();
+        hub.subscribe(&q, &sub, None);
+        assert_eq!(
+            hub.history_bytes(),
+            0,
+            "a subscribed channel alone costs nothing"
+        );
+        for i in 0..50 {
+            let mut p = publication(&format!("c{}", i % 7), serde_json::json!({"i": i}));
+            p.idempotency_key = Some(Arc::from(format!("key{i}")));
+            let mut text = publication("sub", serde_json::json!(format!("text {i}")));
+            text.event = Some(message::EventName::parse("e").unwrap());
+            hub.publish(&[p, text]);
+        }
+        assert!(hub.history_bytes() > 0);
+        // A small cap evicts some; the rest ages out.
+        hub.set_max_total(hub.history_bytes() / 3);
+        assert!(hub.history_bytes() <= hub.budget.max_total());
+        hub.unsubscribe(&q, &sub);
+        hub.sweep(start + Duration::from_secs(6));
+        assert!(hub.history_bytes() > 0, "idle channels cost until dropped");
+        hub.sweep(start + Duration::from_secs(7) + IDLE_CHANNEL_GRACE);
+        assert_eq!(hub.channel_count(), 0);
+        assert_eq!(hub.history_bytes(), 0);
+        assert_eq!(hub.budget.ordered(), 0, "no place left in the order");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! each request to a [`Handler`].
 
 pub mod prefixed;
+pub mod reserve;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -122,15 +123,24 @@ pub async fn serve<H: Handler>(
     let mut head = options.head.load_full();
     let mut builder = Arc::new(self::builder(&head));
     let addr = listener.local_addr().ok();
+    let mut reserve = reserve::Reserve::new();
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
+                    // At the fd limit: answer the waiting connection 503
+                    // with the reserve descriptor. Otherwise (or without a
+                    // reserve) back off briefly instead of spinning.
+                    if reserve::Reserve::is_fd_limit(&error)
+                        && reserve.shed(&listener, options.tls.is_none()).await
+                    {
+                        debug!(listener = options.name, "At the fd limit: a new connection was answered 503.");
+                        continue;
+                    }
                     warn!(%error, listener = options.name, "Accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(reserve::BACKOFF).await;
                     continue;
                 }
             },

@@ -450,6 +450,10 @@ impl Control {
         self.head.store(Arc::new(head_limits(&config)));
         self.resize_connections(&mut state, config.limits.max_connections);
         self.history.store(Arc::new(HistoryRules::new(&config)));
+        self.shared
+            .realtime
+            .hub
+            .set_max_total(config.realtime.history_max_total);
         self.public
             .0
             .store(Arc::new(app::build_service(&config, &self.shared)));

@@ -62,6 +62,16 @@ fn every_bad_config_is_reported_at_its_place() {
             "FILE:2:21: invalid size \"1 TiB\"",
         ),
         (
+            &format!("{BASE}realtime: {{ history: {{ max_total: 0 }} }}\n"),
+            "FILE:2:35: realtime.history.max_total must be more than 0",
+        ),
+        (
+            &format!(
+                "{BASE}routes:\n  - {{ name: r, match: {{ path: /r }}, realtime: {{ channels: [a], history: {{ max_total: 1MiB }} }} }}\n"
+            ),
+            "history.max_total is the hub's, set it in the top-level realtime block",
+        ),
+        (
             "listen: { http: [\"localhost\"] }\n",
             "FILE:1:18: invalid listen address \"localhost\"",
         ),

@@ -41,6 +41,7 @@ impl Default for RealtimeSettings {
             on_lag: LagPolicy::Disconnect,
             history_messages: 1000,
             history_max_age: Duration::from_secs(600),
+            history_max_total: crate::hub::budget::DEFAULT_MAX_TOTAL,
             max_message: 1 << 20,
         }
     }

@@ -160,13 +160,16 @@ pub(super) struct RealtimeBlock {
     pub(super) allowed_origins: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HistoryConfig {
     #[serde(default)]
     pub(super) messages: Option<usize>,
     #[serde(default)]
     pub(super) max_age: Option<DurationValue>,
+    /// Top level only: what all channels' histories hold together (§9).
+    #[serde(default)]
+    pub(super) max_total: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Deserialize)]

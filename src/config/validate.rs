@@ -450,6 +450,14 @@ impl<'a> Validator<'a> {
                 rt.client_publish.as_ref().map(Position::from),
             ),
         ];
+        if let Some(max_total) = rt.history.as_ref().and_then(|h| h.max_total.as_ref())
+            && max_total.value.0 == 0
+        {
+            self.error(
+                max_total,
+                "realtime.history.max_total must be more than 0 (history.messages: 0 keeps none)",
+            );
+        }
         for (key, at) in route_only {
             if let Some(at) = at {
                 self.error(
@@ -521,6 +529,12 @@ impl<'a> Validator<'a> {
                 ClientPublish::Patterns(parsed)
             }
         };
+        if let Some(max_total) = rt.history.as_ref().and_then(|h| h.max_total.as_ref()) {
+            self.error(
+                max_total,
+                format!("realtime route {name:?}: history.max_total is the hub's, set it in the top-level realtime block"),
+            );
+        }
         let settings = resolve_realtime(*defaults, rt);
         if settings.queue == 0 {
             self.error(
@@ -546,7 +560,7 @@ impl<'a> Validator<'a> {
 }
 
 fn resolve_realtime(base: RealtimeSettings, o: &RealtimeBlock) -> RealtimeSettings {
-    let history = o.history;
+    let history = o.history.as_ref();
     RealtimeSettings {
         heartbeat: o.heartbeat.map_or(base.heartbeat, |d| d.0),
         pong_timeout: o.pong_timeout.map_or(base.pong_timeout, |d| d.0),
@@ -560,6 +574,9 @@ fn resolve_realtime(base: RealtimeSettings, o: &RealtimeBlock) -> RealtimeSettin
         history_max_age: history
             .and_then(|h| h.max_age)
             .map_or(base.history_max_age, |d| d.0),
+        history_max_total: history
+            .and_then(|h| h.max_total.as_ref())
+            .map_or(base.history_max_total, |b| b.value.0),
         max_message: o.max_message.map_or(base.max_message, |b| b.0),
     }
 }

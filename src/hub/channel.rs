@@ -42,7 +42,32 @@ pub struct Channel {
     external: Option<Box<external::External>>,
     /// GRIP id/prev-id ordering, created by the first GRIP item.
     sequencer: Option<Box<Sequencer>>,
+    /// Bytes of the idempotency keys held.
+    key_bytes: usize,
+    /// What this channel last reported to the hub's budget (`cost`).
+    pub(super) accounted: usize,
+    /// Its place in the budget's eviction order, while it holds something.
+    pub(super) lru: Option<u64>,
 }
+
+/// What one allocation costs beyond its bytes (allocator header, rounding).
+const ALLOC: usize = 16;
+
+/// A channel's fixed cost while nothing but its history keeps it: the
+/// channel behind its `Arc<Mutex<_>>`, the name's allocation, the hub
+/// map's slot (counted twice: the map is at worst half full) and its place
+/// in the budget's order (a B-tree entry with its share of the node).
+const CHANNEL_BASE: usize = std::mem::size_of::<std::sync::Mutex<Channel>>()
+    + 16
+    + ALLOC
+    + 16
+    + ALLOC
+    + 2 * (std::mem::size_of::<ChannelName>() + std::mem::size_of::<Arc<()>>() + 1)
+    + 64;
+
+/// One idempotency key's fixed cost: its map slot (counted twice, as the
+/// map's) and the key's allocation header; its bytes are counted apart.
+const KEY_BASE: usize = 2 * (std::mem::size_of::<(Arc<str>, Receipt)>() + 1) + 16 + ALLOC;
 
 impl Channel {
     pub fn new(name: ChannelName, epoch: u64, limits: HistoryLimits, now: Instant) -> Self {
@@ -57,7 +82,49 @@ impl Channel {
             idle_since: Some(now),
             external: None,
             sequencer: None,
+            key_bytes: 0,
+            accounted: 0,
+            lru: None,
         }
+    }
+
+    pub fn name(&self) -> &ChannelName {
+        &self.name
+    }
+
+    /// What this channel holds against `realtime.history.max_total`, an
+    /// estimate from above: its history, its idempotency keys, and, while
+    /// no subscriber keeps it, the channel itself (a subscribed channel is
+    /// part of its subscribers' cost, bounded by the connection limits).
+    pub(super) fn cost(&self) -> usize {
+        if self.removed {
+            return 0;
+        }
+        let keys = self.idempotency.len() * KEY_BASE + self.key_bytes;
+        let own = if self.listening() {
+            0
+        } else {
+            let external = if self.external.is_some() {
+                std::mem::size_of::<external::External>() + ALLOC
+            } else {
+                0
+            };
+            CHANNEL_BASE + self.name.as_str().len() + external
+        };
+        self.history.bytes() + keys + own
+    }
+
+    /// Drops the history and the idempotency keys (the hub is over
+    /// `max_total`). Subscribers stay, and so do the epoch and sequence: a
+    /// resume into the dropped range gets a gap; an external channel reads
+    /// the backplane again instead. Returns whether nothing else keeps the
+    /// channel, so the hub can remove it.
+    pub(super) fn evict(&mut self) -> bool {
+        self.history.clear();
+        self.idempotency = HashMap::new();
+        self.key_bytes = 0;
+        self.cache_evicted();
+        !self.listening() && self.sequencer.as_ref().is_none_or(|s| s.is_idle())
     }
 
     pub fn head(&self) -> Position {
@@ -99,8 +166,13 @@ impl Channel {
         };
         if let Some(key) = &publication.idempotency_key {
             self.forget_expired_keys();
-            if self.history.limits().messages > 0 {
-                self.idempotency.insert(key.clone(), receipt.clone());
+            if self.history.limits().messages > 0
+                && self
+                    .idempotency
+                    .insert(key.clone(), receipt.clone())
+                    .is_none()
+            {
+                self.key_bytes += key.len();
             }
         }
         self.idle_since = None;
@@ -236,8 +308,14 @@ impl Channel {
     fn forget_expired_keys(&mut self) {
         let history = &self.history;
         let epoch = self.epoch;
-        self.idempotency
-            .retain(|_, r| r.position.epoch == epoch && history.holds(r.position.seq));
+        let key_bytes = &mut self.key_bytes;
+        self.idempotency.retain(|key, r| {
+            let keep = r.position.epoch == epoch && history.holds(r.position.seq);
+            if !keep {
+                *key_bytes -= key.len();
+            }
+            keep
+        });
     }
 }
 

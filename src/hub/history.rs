@@ -38,6 +38,8 @@ pub struct Resume {
 pub struct History {
     limits: HistoryLimits,
     messages: VecDeque<Arc<Message>>,
+    /// Sum of the held messages' [`Message::held_bytes`].
+    bytes: usize,
 }
 
 impl History {
@@ -46,6 +48,20 @@ impl History {
             limits,
             // Empty until the first publish: an idle channel allocates nothing.
             messages: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// What the held messages cost (see [`Message::held_bytes`]), with
+    /// the buffer of pointers to them.
+    pub fn bytes(&self) -> usize {
+        let buffer = self.messages.capacity() * std::mem::size_of::<Arc<Message>>();
+        self.bytes + if buffer > 0 { buffer + 16 } else { 0 }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(message) = self.messages.pop_front() {
+            self.bytes -= message.held_bytes();
         }
     }
 
@@ -73,8 +89,9 @@ impl History {
             "history sequences are consecutive"
         );
         if self.messages.len() == self.limits.messages {
-            self.messages.pop_front();
+            self.pop_front();
         }
+        self.bytes += message.held_bytes();
         self.messages.push_back(message);
     }
 
@@ -82,6 +99,9 @@ impl History {
     /// no longer continuous with the stream).
     pub fn clear(&mut self) {
         self.messages.clear();
+        // Give the buffer back too: an evicted channel holds nothing.
+        self.messages.shrink_to_fit();
+        self.bytes = 0;
     }
 
     /// Drops messages older than `max_age` at `now`.
@@ -90,7 +110,7 @@ impl History {
             if now.saturating_duration_since(oldest.published_at) <= self.limits.max_age {
                 break;
             }
-            self.messages.pop_front();
+            self.pop_front();
         }
     }
 

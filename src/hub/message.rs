@@ -246,6 +246,42 @@ impl Message {
         }
     }
 
+    /// An estimate, from above, of the heap this message costs while the
+    /// history holds it: the message, its bodies and an allowance for the
+    /// encodings transports cache in it (each about the body plus an
+    /// envelope). Depends only on the message, so it is the same when the
+    /// history lets it go. Feeds `realtime.history.max_total`.
+    pub fn held_bytes(&self) -> usize {
+        /// What one allocation costs beyond its bytes (allocator header and
+        /// rounding), and a shared `Bytes` its refcount block.
+        const ALLOC: usize = 16;
+        const SHARED: usize = 32 + ALLOC;
+        /// An encoding's envelope beyond the body, channel and event.
+        const ENVELOPE: usize = 96;
+        let json = self.payload.json.len();
+        let text = if self.payload.text.as_ptr() == self.payload.json.as_ptr() {
+            0
+        } else {
+            self.payload.text.len() + ALLOC + SHARED
+        };
+        let event = self.event.as_ref().map_or(0, |e| e.as_str().len() + ALLOC);
+        let encoding = json.max(self.payload.text.len())
+            + self.channel.as_str().len()
+            + event
+            + ENVELOPE
+            + ALLOC
+            + SHARED;
+        // The `Arc` block (counts and the message).
+        16 + ALLOC
+            + std::mem::size_of::<Message>()
+            + json
+            + ALLOC
+            + SHARED
+            + text
+            + event
+            + ENCODING_SLOTS * encoding
+    }
+
     /// The cached encoding in `slot`, computed by `encode` on first use.
     pub fn encoded(&self, slot: usize, encode: impl FnOnce(&Message) -> Bytes) -> Bytes {
         self.encodings[slot].get_or_init(|| encode(self)).clone()

@@ -338,6 +338,15 @@ impl Channel {
         listening
     }
 
+    /// The history (the cache) was dropped: it is complete from the next
+    /// message on, so an older resume reads the backplane again.
+    pub(super) fn cache_evicted(&mut self) {
+        let seq = self.seq;
+        if let Some(ext) = self.external.as_mut() {
+            ext.cache_from = seq + 1;
+        }
+    }
+
     fn gap_live(&self) {
         for queue in &self.subscribers {
             queue.push(Item::Gap(self.name.clone()));
