@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Drives a fixed SSE fan-out workload for instruction counting (stdlib only).
+
+  sse-drive.py --url URL --publish-url URL --body BODY [--subs N] [--messages M]
+               [--before CMD] [--after CMD]
+
+Opens SUBS SSE streams on URL (loopback), waits until every stream has its
+response head, runs --before (e.g. `callgrind_control -z PID`), then
+publishes MESSAGES messages one at a time -- the next one only once every
+stream has the previous one, so each delivery is one wake-up of its
+stream -- and runs --after (e.g. `callgrind_control -d PID`) once all
+SUBS * MESSAGES deliveries arrived. BODY's `{seq}` is replaced by the
+message number. Prints one JSON line: subs, messages, deliveries, seconds.
+"""
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+
+async def open_stream(url):
+    u = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(u.hostname, u.port)
+    path = u.path + (("?" + u.query) if u.query else "")
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode()
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise SystemExit(f"stream refused: {head[:80]!r}")
+    return reader, writer
+
+
+def publish(url, body, token):
+    req = urllib.request.Request(url, data=body.encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        r.read()
+
+
+async def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--publish-url", required=True)
+    p.add_argument("--body", required=True)
+    p.add_argument("--token", default="")
+    p.add_argument("--subs", type=int, default=200)
+    p.add_argument("--messages", type=int, default=50)
+    p.add_argument("--before", default="")
+    p.add_argument("--after", default="")
+    a = p.parse_args()
+
+    streams = []
+    for i in range(0, a.subs, 50):
+        streams += await asyncio.gather(*(open_stream(a.url) for _ in range(min(50, a.subs - i))))
+    counts = [0] * a.subs
+    cond = asyncio.Condition()
+
+    async def read(i, reader):
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            n = data.count(b'"seq":')
+            if n:
+                async with cond:
+                    counts[i] += n
+                    cond.notify_all()
+
+    tasks = [asyncio.create_task(read(i, r)) for i, (r, _) in enumerate(streams)]
+    await asyncio.sleep(1)
+    if a.before:
+        subprocess.run(a.before, shell=True, check=True)
+    start = time.monotonic()
+    loop = asyncio.get_running_loop()
+    for seq in range(1, a.messages + 1):
+        await loop.run_in_executor(None, publish, a.publish_url, a.body.replace("{seq}", str(seq)), a.token)
+        async with cond:
+            await asyncio.wait_for(cond.wait_for(lambda: min(counts) >= seq), 120)
+    seconds = time.monotonic() - start
+    if a.after:
+        subprocess.run(a.after, shell=True, check=True)
+    for t in tasks:
+        t.cancel()
+    for _, w in streams:
+        w.close()
+    print(json.dumps({"subs": a.subs, "messages": a.messages, "deliveries": sum(counts), "seconds": round(seconds, 2)}))
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
