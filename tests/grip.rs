@@ -1196,13 +1196,13 @@ async fn grip_across_nodes(kind: &str) {
 
     // A WebSocket-over-HTTP connection on B gets ws-message items from A,
     // and a close.
-    let mut client = ws_connect(&b, "/ws/room").await;
+    let mut client = ws_connect(&b, &format!("/ws/{kind}-room")).await;
     assert_eq!(text(&mut client).await, "welcome");
-    b.wait_subscribers("room", 1).await;
+    b.wait_subscribers(&format!("{kind}-room"), 1).await;
     let ws = std::sync::Arc::new(tokio::sync::Mutex::new(client));
     publish_until(
         &a,
-        json!([{"channel": "room", "formats": {"ws-message": {"content": "from a"}}}]),
+        json!([{"channel": format!("{kind}-room"), "formats": {"ws-message": {"content": "from a"}}}]),
         || {
             let ws = ws.clone();
             async move {
@@ -1216,7 +1216,7 @@ async fn grip_across_nodes(kind: &str) {
     .await;
     publish_ok(
         &a,
-        json!([{"channel": "room", "formats": {"ws-message": {"action": "close", "code": 4002}}}]),
+        json!([{"channel": format!("{kind}-room"), "formats": {"ws-message": {"action": "close", "code": 4002}}}]),
     )
     .await;
     let mut ws = ws.lock().await;
