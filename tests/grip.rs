@@ -1240,3 +1240,92 @@ async fn grip_items_cross_nodes_on_redis() {
 async fn grip_items_cross_nodes_on_nats() {
     grip_across_nodes("nats").await;
 }
+
+/// Reads from `s` until what was read (all of it) satisfies `done`.
+async fn read_raw(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, done: impl Fn(&str) -> bool) {
+    use tokio::io::AsyncReadExt;
+    within("raw bytes", async {
+        let mut buf = [0u8; 4096];
+        while !done(&String::from_utf8_lossy(got)) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_claimed_grip_request_is_framed_by_hand_and_keeps_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = start().await;
+    // Two pipelined requests: the first is written on the raw socket, the
+    // second is served by hyper on the same connection.
+    let mut s = tokio::net::TcpStream::connect(pg.http).await.unwrap();
+    s.write_all(b"GET /plain HTTP/1.1\r\nHost: t\r\n\r\nGET /plain HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_raw(&mut s, &mut got, |t| t.matches("\r\n\r\nplain").count() == 2).await;
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert_eq!(text.matches("http/1.1 200 ok\r\n").count(), 2, "{text}");
+    assert_eq!(text.matches("content-length: 5\r\n").count(), 2, "{text}");
+    assert!(!text.contains("grip-"), "{text}");
+
+    // An HTTP/1.1 held stream is chunked.
+    let mut s = tokio::net::TcpStream::connect(pg.http).await.unwrap();
+    s.write_all(b"GET /stream?chunked HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_raw(&mut s, &mut got, |t| t.ends_with("6\r\nstart\n\r\n")).await;
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert!(
+        head.contains("x-origin: yes\r\n") && !head.contains("grip-"),
+        "{head}"
+    );
+    pg.wait_subscribers("chunked", 1).await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "chunked", "formats": {"http-stream": {"content": "one\n"}}}]),
+    )
+    .await;
+    read_raw(&mut s, &mut got, |t| t.ends_with("4\r\none\n\r\n")).await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "chunked", "formats": {"http-stream": {"action": "close"}}}]),
+    )
+    .await;
+    read_raw(&mut s, &mut got, |t| t.ends_with("0\r\n\r\n")).await;
+
+    // An HTTP/1.0 one is delimited by the connection's end.
+    let mut s = tokio::net::TcpStream::connect(pg.http).await.unwrap();
+    s.write_all(b"GET /stream?old HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_raw(&mut s, &mut got, |t| t.ends_with("\r\n\r\nstart\n")).await;
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    pg.wait_subscribers("old", 1).await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "old", "formats": {"http-stream": {"content": "two\n"}}}]),
+    )
+    .await;
+    read_raw(&mut s, &mut got, |t| t.ends_with("start\ntwo\n")).await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "old", "formats": {"http-stream": {"action": "close"}}}]),
+    )
+    .await;
+    let mut rest = Vec::new();
+    within("the end of the stream", s.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    pg.wait_subscribers("old", 0).await;
+}
