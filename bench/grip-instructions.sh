@@ -11,7 +11,8 @@
 # SUBS streams on a fresh channel, zeroes the counters, publishes MESSAGES
 # messages in lock step (bench/sse-drive.py) and dumps the counters: the
 # instructions of exactly SUBS*MESSAGES deliveries and their publishes.
-# Native and GRIP alternate RUNS times; prints one line per run.
+# Native, GRIP (raw socket) and GRIP as a connection's second request
+# (hyper's body path) alternate RUNS times; prints one line per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUBS=${1:-200} MESSAGES=${2:-50} RUNS=${3:-3}
@@ -44,9 +45,8 @@ for _ in $(seq 300); do curl -sf http://127.0.0.1:5571/readyz > /dev/null && bre
 
 NATIVE='{"channel":"CH","data":"{\"seq\":{seq}}"}'
 GRIP='{"items":[{"channel":"CH","formats":{"http-stream":{"content":"data: {\"seq\":{seq}}\n\n"}}}]}'
-run() {  # $1 name, $2 url, $3 publish url, $4 body
-  local dumps before after
-  python3 bench/sse-drive.py --url "$2" --publish-url "$3" --body "$4" --token bench \
+run() {  # $1 name, $2 url, $3 publish url, $4 body, [$5 prime path]
+  python3 bench/sse-drive.py --url "$2" --publish-url "$3" --body "$4" --token bench --prime "${5:-}" \
     --subs "$SUBS" --messages "$MESSAGES" \
     --before "callgrind_control -z $PG > /dev/null" --after "callgrind_control -d $1 $PG > /dev/null" \
     > "$OUT/$1.json"
@@ -58,4 +58,7 @@ run() {  # $1 name, $2 url, $3 publish url, $4 body
 for i in $(seq "$RUNS"); do
   run "native-$i" "http://127.0.0.1:7080/sub/n$i" http://127.0.0.1:5571/publish "${NATIVE/CH/n$i}"
   run "grip-$i" "http://127.0.0.1:7080/sse/g$i" http://127.0.0.1:5571/publish/ "${GRIP/CH/g$i}"
+  # The same held stream as a connection's second request: served by
+  # hyper's body path (what every held stream took before the raw path).
+  run "griphyper-$i" "http://127.0.0.1:7080/sse/h$i" http://127.0.0.1:5571/publish/ "${GRIP/CH/h$i}" /sse/prime/x
 done

@@ -2,7 +2,7 @@
 """Drives a fixed SSE fan-out workload for instruction counting (stdlib only).
 
   sse-drive.py --url URL --publish-url URL --body BODY [--subs N] [--messages M]
-               [--before CMD] [--after CMD]
+               [--before CMD] [--after CMD] [--prime PATH]
 
 Opens SUBS SSE streams on URL (loopback), waits until every stream has its
 response head, runs --before (e.g. `callgrind_control -z PID`), then
@@ -23,9 +23,16 @@ import urllib.parse
 import urllib.request
 
 
-async def open_stream(url):
+async def open_stream(url, prime=""):
     u = urllib.parse.urlsplit(url)
     reader, writer = await asyncio.open_connection(u.hostname, u.port)
+    if prime:
+        # A first request on the connection, so the stream is its second
+        # (served by hyper, not on the claimed raw socket).
+        writer.write(f"GET {prime} HTTP/1.1\r\nHost: {u.netloc}\r\n\r\n".encode())
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)).lower()
+        length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
     path = u.path + (("?" + u.query) if u.query else "")
     writer.write(
         f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode()
@@ -56,11 +63,12 @@ async def main():
     p.add_argument("--messages", type=int, default=50)
     p.add_argument("--before", default="")
     p.add_argument("--after", default="")
+    p.add_argument("--prime", default="", help="a path requested first on each connection")
     a = p.parse_args()
 
     streams = []
     for i in range(0, a.subs, 50):
-        streams += await asyncio.gather(*(open_stream(a.url) for _ in range(min(50, a.subs - i))))
+        streams += await asyncio.gather(*(open_stream(a.url, a.prime) for _ in range(min(50, a.subs - i))))
     counts = [0] * a.subs
     cond = asyncio.Condition()
 
