@@ -1266,7 +1266,10 @@ async fn a_claimed_grip_request_is_framed_by_hand_and_keeps_its_connection() {
         .await
         .unwrap();
     let mut got = Vec::new();
-    read_raw(&mut s, &mut got, |t| t.matches("\r\n\r\nplain").count() == 2).await;
+    read_raw(&mut s, &mut got, |t| {
+        t.matches("\r\n\r\nplain").count() == 2
+    })
+    .await;
     let text = String::from_utf8_lossy(&got).to_lowercase();
     assert_eq!(text.matches("http/1.1 200 ok\r\n").count(), 2, "{text}");
     assert_eq!(text.matches("content-length: 5\r\n").count(), 2, "{text}");
