@@ -21,8 +21,8 @@ BACKEND=../shared/bench/rtload/contrib/grip_backend.py
 OUT=${OUT:-/tmp/grip-instructions}
 rm -rf "$OUT" && mkdir -p "$OUT"
 cat > "$OUT/pushgate.yaml" <<YAML
-listen: { http: ["127.0.0.1:7080"] }
-internal: { listen: "127.0.0.1:5571", tokens: ["bench"] }
+listen: { http: ["127.0.0.1:17081"] }
+internal: { listen: "127.0.0.1:15572", tokens: ["bench"] }
 upstreams:
   grip: { targets: ["http://127.0.0.1:17900"] }
 routes:
@@ -41,7 +41,7 @@ trap cleanup EXIT
 python3 "$BACKEND" 3600 & pids+=($!)
 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" \
   "$PUSHGATE_BIN" --config "$OUT/pushgate.yaml" > "$OUT/pushgate.log" 2>&1 & PG=$!; pids+=($PG)
-for _ in $(seq 300); do curl -sf http://127.0.0.1:5571/readyz > /dev/null && break; sleep 0.5; done
+for _ in $(seq 300); do curl -sf http://127.0.0.1:15572/readyz > /dev/null && break; sleep 0.5; done
 
 NATIVE='{"channel":"CH","data":"{\"seq\":{seq}}"}'
 GRIP='{"items":[{"channel":"CH","formats":{"http-stream":{"content":"data: {\"seq\":{seq}}\n\n"}}}]}'
@@ -50,15 +50,15 @@ run() {  # $1 name, $2 url, $3 publish url, $4 body, [$5 prime path]
     --subs "$SUBS" --messages "$MESSAGES" \
     --before "callgrind_control -z $PG > /dev/null" --after "callgrind_control -d $1 $PG > /dev/null" \
     > "$OUT/$1.json"
-  local dump; dump=$(grep -l "^desc: Trigger: Client Request: $1" "$OUT"/cg.* | head -1)
+  local dump; dump=$(grep -l "^desc: Trigger: .* $1$" "$OUT"/cg.* | head -1)
   local ir; ir=$(grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}')
   local n; n=$(jq .deliveries "$OUT/$1.json")
   echo "$1: $n deliveries, $ir instructions, $((ir / n)) instructions/delivery"
 }
 for i in $(seq "$RUNS"); do
-  run "native-$i" "http://127.0.0.1:7080/sub/n$i" http://127.0.0.1:5571/publish "${NATIVE/CH/n$i}"
-  run "grip-$i" "http://127.0.0.1:7080/sse/g$i" http://127.0.0.1:5571/publish/ "${GRIP/CH/g$i}"
+  run "native-$i" "http://127.0.0.1:17081/sub/n$i" http://127.0.0.1:15572/publish "${NATIVE/CH/n$i}"
+  run "grip-$i" "http://127.0.0.1:17081/sse/g$i" http://127.0.0.1:15572/publish/ "${GRIP/CH/g$i}"
   # The same held stream as a connection's second request: served by
   # hyper's body path (what every held stream took before the raw path).
-  run "griphyper-$i" "http://127.0.0.1:7080/sse/h$i" http://127.0.0.1:5571/publish/ "${GRIP/CH/h$i}" /sse/prime/x
+  run "griphyper-$i" "http://127.0.0.1:17081/sse/h$i" http://127.0.0.1:15572/publish/ "${GRIP/CH/h$i}" /sse/prime/x
 done

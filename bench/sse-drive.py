@@ -10,12 +10,15 @@ publishes MESSAGES messages one at a time -- the next one only once every
 stream has the previous one, so each delivery is one wake-up of its
 stream -- and runs --after (e.g. `callgrind_control -d PID`) once all
 SUBS * MESSAGES deliveries arrived. BODY's `{seq}` is replaced by the
-message number. Prints one JSON line: subs, messages, deliveries, seconds.
+message number. With --pids, the CPU time (user + system, /proc) those
+processes spent meanwhile. Prints one JSON line: subs, messages,
+deliveries, seconds, server_cpu_us_per_delivery.
 """
 
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -44,6 +47,16 @@ async def open_stream(url, prime=""):
     return reader, writer
 
 
+def cpu_seconds(pids):
+    """User + system CPU time of `pids` (and their threads), from /proc."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def publish(url, body, token):
     req = urllib.request.Request(url, data=body.encode(), method="POST")
     req.add_header("Content-Type", "application/json")
@@ -63,6 +76,7 @@ async def main():
     p.add_argument("--messages", type=int, default=50)
     p.add_argument("--before", default="")
     p.add_argument("--after", default="")
+    p.add_argument("--pids", default="", help="comma-separated server PIDs: report their CPU time")
     p.add_argument("--prime", default="", help="a path requested first on each connection")
     a = p.parse_args()
 
@@ -87,6 +101,8 @@ async def main():
     await asyncio.sleep(1)
     if a.before:
         subprocess.run(a.before, shell=True, check=True)
+    pids = [int(x) for x in a.pids.split(",") if x]
+    cpu = cpu_seconds(pids)
     start = time.monotonic()
     loop = asyncio.get_running_loop()
     for seq in range(1, a.messages + 1):
@@ -94,13 +110,15 @@ async def main():
         async with cond:
             await asyncio.wait_for(cond.wait_for(lambda: min(counts) >= seq), 120)
     seconds = time.monotonic() - start
+    cpu = cpu_seconds(pids) - cpu
     if a.after:
         subprocess.run(a.after, shell=True, check=True)
     for t in tasks:
         t.cancel()
     for _, w in streams:
         w.close()
-    print(json.dumps({"subs": a.subs, "messages": a.messages, "deliveries": sum(counts), "seconds": round(seconds, 2)}))
+    print(json.dumps({"subs": a.subs, "messages": a.messages, "deliveries": sum(counts), "seconds": round(seconds, 2),
+                      "server_cpu_us_per_delivery": round(cpu * 1e6 / max(1, sum(counts)), 2)}))
 
 
 if __name__ == "__main__":

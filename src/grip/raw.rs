@@ -203,14 +203,33 @@ fn frame_into(out: &mut BytesMut, framing: &Framing, data: &[u8]) {
     }
     match framing {
         Framing::Chunked => {
-            out.reserve(data.len() + 12);
-            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            out.reserve(data.len() + 20);
+            put_hex(out, data.len());
+            out.put_slice(b"\r\n");
             out.put_slice(data);
             out.put_slice(b"\r\n");
         }
         Framing::Length | Framing::Close => out.put_slice(data),
         Framing::None => {}
     }
+}
+
+/// `n` in lower-case hex (a chunk size), without `format!`'s machinery:
+/// this runs once per delivery.
+fn put_hex(out: &mut BytesMut, n: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&buf[i..]);
 }
 
 fn head_bytes(status: StatusCode, headers: &http::HeaderMap) -> BytesMut {
@@ -247,5 +266,10 @@ mod tests {
         frame_into(&mut out, &Framing::Chunked, b"hello, world!!!!!");
         frame_into(&mut out, &Framing::Chunked, b"");
         assert_eq!(&out[..], b"11\r\nhello, world!!!!!\r\n");
+        for n in [0usize, 1, 15, 16, 255, 4096, usize::MAX] {
+            let mut out = BytesMut::new();
+            put_hex(&mut out, n);
+            assert_eq!(out, format!("{n:x}").as_bytes());
+        }
     }
 }
