@@ -55,7 +55,7 @@ impl Handler for Admin {
         claim: Self::Claim,
         _io: IO,
         _conn: ConnInfo,
-    ) {
+    ) -> crate::listener::HandBack<IO> {
         match claim {}
     }
 

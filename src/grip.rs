@@ -7,12 +7,14 @@
 //! * [`instruct`] -- reads a `grip: true` route's upstream answer
 //!   (`Grip-*` headers or `application/grip-instruct`).
 //! * [`hold`] -- held streams and held responses, subscribed in the hub.
+//! * [`raw`] -- a `grip: true` route's request served on the raw socket.
 //! * [`sig`] -- the `Grip-Sig` JWT on requests to GRIP upstreams.
 //! * [`wsevents`] -- WebSocket-over-HTTP for `ws_events: true` routes.
 
 pub mod hold;
 pub mod instruct;
 pub mod publish;
+pub mod raw;
 pub mod sig;
 pub mod wsevents;
 

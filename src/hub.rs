@@ -294,6 +294,28 @@ impl Hub {
         }
     }
 
+    /// A GRIP item from the backplane (another node's `POST /publish/`):
+    /// ordered by this node's sequencer and offered to the channel's GRIP
+    /// subscribers, as if published here. Channels without local
+    /// subscribers ignore it.
+    pub fn deliver_grip(&self, channel: &ChannelName, payload: message::Payload) {
+        let Some(entry) = self.channels.get(channel) else {
+            return;
+        };
+        let arc = entry.value().clone();
+        drop(entry);
+        let mut fanout = Fanout::default();
+        let publication = message::Publication {
+            channel: channel.clone(),
+            event: None,
+            payload,
+            idempotency_key: None,
+            accepted_at: Instant::now(),
+        };
+        lock(&arc).publish(&publication, &mut fanout);
+        self.count(1, fanout);
+    }
+
     /// The backplane's answer to `asked` (a [`Want`]'s fetch) for `channel`.
     pub fn apply(&self, channel: &ChannelName, asked: Fetch, fetched: Fetched) {
         let Some(entry) = self.channels.get(channel) else {

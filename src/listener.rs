@@ -81,14 +81,19 @@ pub trait Handler: Send + Sync + 'static {
     /// WebSocket) are claimed so an idle subscriber keeps no HTTP buffers.
     fn claim(&self, head: &Request<()>, conn: &ConnInfo) -> Option<Self::Claim>;
 
-    /// Serves a claimed request; owns the connection until it ends.
+    /// Serves a claimed request; owns the connection until it ends, or
+    /// hands it back (`Some`) for hyper to serve the next requests.
     fn serve_claimed<IO: RawIo>(
         self: Arc<Self>,
         claim: Self::Claim,
         io: IO,
         conn: ConnInfo,
-    ) -> impl Future<Output = ()> + Send + 'static;
+    ) -> impl Future<Output = HandBack<IO>> + Send + 'static;
 }
+
+/// A claimed connection given back after its response, kept alive: the
+/// bytes already read past that request, and the connection.
+pub type HandBack<IO> = Option<(Vec<u8>, IO)>;
 
 /// Request head limits, swapped on reload: each connection uses the
 /// limits current when it was accepted.
@@ -279,13 +284,17 @@ impl<H: Handler> Connection<H> {
                         // A task of its own, and this one ends: an idle
                         // stream then holds only its session's state, not
                         // the accept path's (TLS handshake, head parsing,
-                        // hyper's connection future).
+                        // hyper's connection future). A connection handed
+                        // back goes on with hyper in that task.
                         let handler = self.handler.clone();
-                        self.tracker.spawn(handler.serve_claimed(
-                            claim,
-                            Prefixed::new(rest, io),
-                            info,
-                        ));
+                        let tracker = self.tracker.clone();
+                        tracker.spawn(async move {
+                            let served =
+                                handler.serve_claimed(claim, Prefixed::new(rest, io), info.clone());
+                            if let Some((rest, io)) = served.await {
+                                self.serve_hyper(io, rest, info, watcher, false).await;
+                            }
+                        });
                         return;
                     }
                     prefix = buf;
@@ -295,6 +304,19 @@ impl<H: Handler> Connection<H> {
                 FirstHead::Closed => return,
             }
         }
+        self.serve_hyper(io, prefix, info, watcher, over_limit)
+            .await;
+    }
+
+    /// Serves the connection with hyper, `prefix` read first.
+    async fn serve_hyper<IO: RawIo>(
+        self,
+        io: IO,
+        prefix: Vec<u8>,
+        info: ConnInfo,
+        watcher: Watcher,
+        over_limit: bool,
+    ) {
         let handler = self.handler;
         let service = service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();

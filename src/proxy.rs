@@ -17,7 +17,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::histogram::Histogram;
 use tracing::{debug, warn};
@@ -132,13 +132,17 @@ impl Proxy {
         crate::grip::wsevents::open(&grip.holds, backend, request, conn.slot.clone()).await
     }
 
-    pub async fn forward(
+    pub async fn forward<B>(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<B>,
         route: &RouteSettings,
         upstream: &str,
         conn: &ConnInfo,
-    ) -> Response<Body> {
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::error::BoxError>,
+    {
         let Some((upstream, latency)) = self.upstreams.get(upstream) else {
             return HttpError::new(ErrorCode::NoUpstream, "route names no known upstream")
                 .into_response();

@@ -68,7 +68,7 @@ impl<H: Handler> Handler for Current<H> {
         (handler, claim): Self::Claim,
         io: IO,
         conn: ConnInfo,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    ) -> impl Future<Output = crate::listener::HandBack<IO>> + Send + 'static {
         handler.serve_claimed(claim, io, conn)
     }
 }

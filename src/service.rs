@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use crate::config::RouteAction;
 use crate::error::{Body, ErrorCode, HttpError};
 use crate::files;
-use crate::listener::{ConnInfo, Handler, RawIo};
+use crate::listener::{ConnInfo, HandBack, Handler, RawIo};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::proxy::Proxy;
 use crate::realtime::negotiate::Transport;
@@ -59,9 +59,16 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
 }
 
-/// A first request served on the raw connection: an SSE stream or a
-/// WebSocket session.
-pub struct Claimed {
+/// A first request served on the raw connection: a realtime session, or
+/// a `grip: true` route's request (its answer may be a held stream).
+#[allow(clippy::large_enum_variant)] // built once per connection, never stored
+pub enum Claimed {
+    Realtime(RealtimeClaim),
+    Grip(crate::grip::raw::Claim),
+}
+
+/// An SSE stream or a WebSocket session.
+pub struct RealtimeClaim {
     route: String,
     plan: Plan,
     /// `Sec-WebSocket-Key` of a WebSocket handshake.
@@ -83,8 +90,12 @@ impl Handler for Service {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok());
         let matched = self.router.route(host, head.method(), head.uri().path())?;
-        let RouteAction::Realtime(rt) = &matched.route.action else {
-            return None;
+        let rt = match &matched.route.action {
+            RouteAction::Realtime(rt) => rt,
+            RouteAction::Upstream(upstream) => {
+                return crate::grip::raw::claim(head, matched.route, upstream).map(Claimed::Grip);
+            }
+            RouteAction::Static(_) => return None,
         };
         // Anything else, including every error, is answered through hyper.
         let Ok(Prepared::Session(mut plan)) =
@@ -109,15 +120,38 @@ impl Handler for Service {
             }
             Err(e) => Some(e),
         };
-        Some(Claimed {
+        Some(Claimed::Realtime(RealtimeClaim {
             route: matched.route.name.clone(),
             plan,
             ws_key: head.headers().get("sec-websocket-key").cloned(),
             refused,
-        })
+        }))
     }
 
-    async fn serve_claimed<IO: RawIo>(self: Arc<Self>, claim: Claimed, mut io: IO, conn: ConnInfo) {
+    async fn serve_claimed<IO: RawIo>(
+        self: Arc<Self>,
+        claim: Claimed,
+        mut io: IO,
+        conn: ConnInfo,
+    ) -> HandBack<IO> {
+        let claim = match claim {
+            Claimed::Realtime(c) => c,
+            Claimed::Grip(c) => {
+                let route = c.route.name.clone();
+                let response = self
+                    .proxy
+                    .forward(c.request(), &c.route, &c.upstream, &conn)
+                    .await;
+                self.metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        route,
+                        status: response.status().as_u16(),
+                    })
+                    .inc();
+                return crate::grip::raw::write(response, &c, io).await;
+            }
+        };
         if let Some(e) = claim.refused {
             self.metrics
                 .requests
@@ -128,7 +162,7 @@ impl Handler for Service {
                 .inc();
             let _ = crate::realtime::send(&mut io, &e.into_http1()).await;
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
-            return;
+            return None;
         }
         let status = if claim.plan.transport == Transport::Websocket {
             101
@@ -143,6 +177,7 @@ impl Handler for Service {
             })
             .inc();
         self.realtime.serve_raw(claim.plan, claim.ws_key, io, conn);
+        None
     }
 
     async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {

@@ -975,3 +975,308 @@ async fn a_websocket_over_http_connection_counts_against_max_connections() {
     let response = other.get(pg.url("/plain")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 503);
 }
+
+// === GRIP across nodes: a publish on one node reaches holds on another ===
+
+/// A real `redis-server` or `nats-server -js` on a free loopback port,
+/// stopped by PID when dropped.
+struct BackplaneServer {
+    child: std::process::Child,
+    yaml: String,
+}
+
+impl BackplaneServer {
+    async fn start(kind: &str) -> Self {
+        use std::process::{Command, Stdio};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (mut command, yaml) = match kind {
+            "redis" => {
+                let mut c = Command::new("redis-server");
+                c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"]);
+                (
+                    c,
+                    format!(
+                        "backplane: {{ type: redis, url: \"redis://127.0.0.1:{port}/0\", prefix: \"g\" }}\n"
+                    ),
+                )
+            }
+            _ => {
+                let mut c = Command::new("nats-server");
+                c.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                    .arg(support::temp_dir("grip-nats"));
+                (
+                    c,
+                    format!(
+                        "backplane: {{ type: nats, url: \"nats://127.0.0.1:{port}\", prefix: \"g\" }}\n"
+                    ),
+                )
+            }
+        };
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server and nats-server are installed (scripts/test installs them)");
+        within(&format!("{kind} to accept"), async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        Self { child, yaml }
+    }
+}
+
+impl Drop for BackplaneServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(node: &Pushgate) {
+    within("the node to be ready", async {
+        while !node
+            .client()
+            .get(node.internal_url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Publishes `items` on `node` until `arrived` sees them: the other node
+/// may still be subscribing to the channel on the backplane, and GRIP
+/// items have no history to catch up from (as in Pushpin).
+async fn publish_until<F: std::future::Future<Output = bool>>(
+    node: &Pushgate,
+    items: Value,
+    mut arrived: impl FnMut() -> F,
+) {
+    within("the item on the other node", async {
+        loop {
+            publish_ok(node, items.clone()).await;
+            if arrived().await {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+async fn grip_across_nodes(kind: &str) {
+    let server = BackplaneServer::start(kind).await;
+    let origin = upstream(origin).await;
+    let a = Pushgate::start(&config(origin, &server.yaml)).await;
+    let b = Pushgate::start(&config(origin, &server.yaml)).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+
+    // A held stream on B gets an http-stream item published on A.
+    let mut held = Held::open(&b, "/stream?news").await;
+    assert_eq!(held.read_until("start\n").await, "start\n");
+    b.wait_subscribers("news", 1).await;
+    let got = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<u8>::new()));
+    let reader = {
+        let got = got.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut held.stream).await {
+                got.lock().await.extend_from_slice(&chunk);
+            }
+        })
+    };
+    publish_until(
+        &a,
+        json!([{"channel": "news", "formats": {"http-stream": {"content-bin": "AP8K"}}}]),
+        || {
+            let got = got.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                !got.lock().await.is_empty()
+            }
+        },
+    )
+    .await;
+    assert!(got.lock().await.starts_with(&[0x00, 0xff, b'\n']));
+    // `action: close` ends it, from A too.
+    publish_ok(
+        &a,
+        json!([{"channel": "news", "formats": {"http-stream": {"action": "close"}}}]),
+    )
+    .await;
+    within("the stream to end", reader).await.unwrap();
+    b.wait_subscribers("news", 0).await;
+
+    // A held response on B is answered by an http-response item from A.
+    let client = b.client().clone();
+    let url = b.url("/response?poll");
+    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
+    b.wait_subscribers("poll", 1).await;
+    publish_until(
+        &a,
+        json!([{"channel": "poll", "formats": {"http-response": {
+            "code": 201, "headers": [["X-Published", "yes"]], "body": "result\n"}}}]),
+        || {
+            let done = waiting.is_finished();
+            async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                done
+            }
+        },
+    )
+    .await;
+    let response = waiting.await.unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-published"], "yes");
+    assert_eq!(response.text().await.unwrap(), "result\n");
+
+    // A WebSocket-over-HTTP connection on B gets ws-message items from A,
+    // and a close.
+    let mut client = ws_connect(&b, &format!("/ws/{kind}-room")).await;
+    assert_eq!(text(&mut client).await, "welcome");
+    b.wait_subscribers(&format!("{kind}-room"), 1).await;
+    let ws = std::sync::Arc::new(tokio::sync::Mutex::new(client));
+    publish_until(
+        &a,
+        json!([{"channel": format!("{kind}-room"), "formats": {"ws-message": {"content": "from a"}}}]),
+        || {
+            let ws = ws.clone();
+            async move {
+                let mut ws = ws.lock().await;
+                tokio::time::timeout(Duration::from_millis(300), text(&mut ws))
+                    .await
+                    .is_ok_and(|t| t == "from a")
+            }
+        },
+    )
+    .await;
+    publish_ok(
+        &a,
+        json!([{"channel": format!("{kind}-room"), "formats": {"ws-message": {"action": "close", "code": 4002}}}]),
+    )
+    .await;
+    let mut ws = ws.lock().await;
+    loop {
+        let (op, payload) = frame(&mut ws).await;
+        if op == OpCode::Close {
+            assert_eq!(&payload[..2], &4002u16.to_be_bytes());
+            break;
+        }
+        // Repeats of the probe item.
+        assert_eq!((op, payload.as_slice()), (OpCode::Text, &b"from a"[..]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grip_items_cross_nodes_on_redis() {
+    grip_across_nodes("redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grip_items_cross_nodes_on_nats() {
+    grip_across_nodes("nats").await;
+}
+
+/// Reads from `s` until what was read (all of it) satisfies `done`.
+async fn read_raw(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, done: impl Fn(&str) -> bool) {
+    use tokio::io::AsyncReadExt;
+    within("raw bytes", async {
+        let mut buf = [0u8; 4096];
+        while !done(&String::from_utf8_lossy(got)) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_claimed_grip_request_is_framed_by_hand_and_keeps_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = start().await;
+    // Two pipelined requests: the first is written on the raw socket, the
+    // second is served by hyper on the same connection.
+    let mut s = tokio::net::TcpStream::connect(pg.http).await.unwrap();
+    s.write_all(b"GET /plain HTTP/1.1\r\nHost: t\r\n\r\nGET /plain HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_raw(&mut s, &mut got, |t| {
+        t.matches("\r\n\r\nplain").count() == 2
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert_eq!(text.matches("http/1.1 200 ok\r\n").count(), 2, "{text}");
+    assert_eq!(text.matches("content-length: 5\r\n").count(), 2, "{text}");
+    assert!(!text.contains("grip-"), "{text}");
+
+    // An HTTP/1.1 held stream is chunked.
+    let mut s = tokio::net::TcpStream::connect(pg.http).await.unwrap();
+    s.write_all(b"GET /stream?chunked HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_raw(&mut s, &mut got, |t| t.ends_with("6\r\nstart\n\r\n")).await;
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert!(
+        head.contains("x-origin: yes\r\n") && !head.contains("grip-"),
+        "{head}"
+    );
+    pg.wait_subscribers("chunked", 1).await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "chunked", "formats": {"http-stream": {"content": "one\n"}}}]),
+    )
+    .await;
+    read_raw(&mut s, &mut got, |t| t.ends_with("4\r\none\n\r\n")).await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "chunked", "formats": {"http-stream": {"action": "close"}}}]),
+    )
+    .await;
+    read_raw(&mut s, &mut got, |t| t.ends_with("0\r\n\r\n")).await;
+
+    // An HTTP/1.0 one is delimited by the connection's end.
+    let mut s = tokio::net::TcpStream::connect(pg.http).await.unwrap();
+    s.write_all(b"GET /stream?old HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_raw(&mut s, &mut got, |t| t.ends_with("\r\n\r\nstart\n")).await;
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    pg.wait_subscribers("old", 1).await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "old", "formats": {"http-stream": {"content": "two\n"}}}]),
+    )
+    .await;
+    read_raw(&mut s, &mut got, |t| t.ends_with("start\ntwo\n")).await;
+    publish_ok(
+        &pg,
+        json!([{"channel": "old", "formats": {"http-stream": {"action": "close"}}}]),
+    )
+    .await;
+    let mut rest = Vec::new();
+    within("the end of the stream", s.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    pg.wait_subscribers("old", 0).await;
+}

@@ -22,6 +22,9 @@
 //! lost on the way (a reconnect, a publisher that died after the ack) is
 //! found by the hub as a hole at the next message, or at the reconnect, and
 //! read back from the stream with direct gets.
+//!
+//! GRIP items (`POST /publish/`) travel only as core messages on `P.n.C`
+//! (header `Pushgate-Grip`): no position, no history, as in Pushpin.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +57,9 @@ const EPOCH: &str = "Pushgate-Epoch";
 const SEQ: &str = "Pushgate-Seq";
 const MS: &str = "Pushgate-Ms";
 const EVENT: &str = "Pushgate-Event";
+/// Marks a notify-subject message as a GRIP item rather than a positioned
+/// message.
+const GRIP: &str = "Pushgate-Grip";
 
 /// `backplane: {type: nats, url, prefix}` plus the history limits the
 /// stream is sized for.
@@ -217,6 +223,10 @@ impl Shared {
         let started = Instant::now();
         let mut receipts = Vec::with_capacity(batch.len());
         for p in &batch {
+            if let Some(formats) = p.payload.grip() {
+                receipts.push(self.publish_grip(p, formats).await?);
+                continue;
+            }
             let position = tokio::time::timeout(ANSWER_TIMEOUT * 2, self.publish_one(&stream, p))
                 .await
                 .map_err(|_| Error::Unavailable("nats did not answer in time".to_owned()))??;
@@ -230,6 +240,40 @@ impl Shared {
             .publish_latency
             .observe(started.elapsed().as_secs_f64());
         Ok(receipts)
+    }
+
+    /// A GRIP item (`POST /publish/`): a core message on the notify
+    /// subject marked [`GRIP`], not kept in the stream (Pushpin keeps
+    /// none), ordered by each receiving node's sequencer.
+    async fn publish_grip(
+        &self,
+        p: &Publication,
+        formats: &crate::hub::grip::Formats,
+    ) -> Result<Receipt, Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert(GRIP, "1");
+        let payload = Bytes::from(crate::grip::publish::encode_wire(formats));
+        let sent = async {
+            self.client
+                .publish_with_headers(self.notify_subject(&p.channel), headers, payload)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Flushed: the item is on its way once the publish answers.
+            self.client.flush().await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, sent).await {
+            Err(_) => return Err(Error::Unavailable("nats did not answer in time".to_owned())),
+            Ok(Err(e)) => return Err(Error::Unavailable(format!("nats: {e}"))),
+            Ok(Ok(())) => {}
+        }
+        Ok(Receipt {
+            channel: p.channel.clone(),
+            position: self
+                .hub
+                .head(&p.channel)
+                .unwrap_or(Position { epoch: 0, seq: 0 }),
+            subscribers: self.hub.subscriber_count(&p.channel),
+        })
     }
 
     async fn publish_one(
@@ -511,6 +555,15 @@ async fn run(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>, shutdown: S
                                 let Some(headers) = &msg.headers else {
                                     continue;
                                 };
+                                if headers.get(GRIP).is_some() {
+                                    match crate::grip::publish::decode_wire(&msg.payload) {
+                                        Some(payload) => hub.deliver_grip(&ch, payload),
+                                        None => {
+                                            warn!(backplane = "nats", channel = %ch, "ignored a malformed GRIP item")
+                                        }
+                                    }
+                                    continue;
+                                }
                                 let Some(position) = position_of(headers) else {
                                     continue;
                                 };

@@ -248,6 +248,9 @@ impl Shared {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        if batch.iter().any(|p| p.payload.grip().is_some()) {
+            return self.publish_mixed(conn, batch).await;
+        }
         let started = Instant::now();
         let mut invocation = self.publish.prepare_invoke();
         invocation.arg(batch.len());
@@ -306,6 +309,64 @@ impl Shared {
         Ok(receipts)
     }
 
+    /// A batch with GRIP items: those go straight to pub/sub (`g:` and the
+    /// item, see [`GRIP_PREFIX`]), neither sequenced nor kept, as Pushpin
+    /// keeps none; native publications still take the script. Receipts
+    /// in the batch's order.
+    async fn publish_mixed(
+        self: &Arc<Self>,
+        mut conn: MultiplexedConnection,
+        batch: Vec<Publication>,
+    ) -> Result<Vec<Receipt>, Error> {
+        let (grip, native): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .enumerate()
+            .partition(|(_, p)| p.payload.grip().is_some());
+        let mut receipts: Vec<Option<Receipt>> = vec![None; grip.len() + native.len()];
+        let mut pipe = redis::pipe();
+        for (_, p) in &grip {
+            let formats = p.payload.grip().map(|f| &**f);
+            let mut payload = GRIP_PREFIX.to_vec();
+            payload.extend(
+                formats
+                    .map(crate::grip::publish::encode_wire)
+                    .unwrap_or_default(),
+            );
+            pipe.cmd("PUBLISH")
+                .arg(self.pubsub_name(&p.channel))
+                .arg(payload)
+                .ignore();
+        }
+        let sent: Result<(), _> =
+            match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async(&mut conn)).await {
+                Err(_) => {
+                    return Err(Error::Unavailable(
+                        "redis did not answer in time".to_owned(),
+                    ));
+                }
+                Ok(r) => r,
+            };
+        sent.map_err(|e| Error::Unavailable(format!("redis: {e}")))?;
+        for (i, p) in &grip {
+            receipts[*i] = Some(Receipt {
+                channel: p.channel.clone(),
+                position: self
+                    .hub
+                    .head(&p.channel)
+                    .unwrap_or(Position { epoch: 0, seq: 0 }),
+                subscribers: self.hub.subscriber_count(&p.channel),
+            });
+        }
+        let (indexes, native): (Vec<usize>, Vec<Publication>) = native.into_iter().unzip();
+        if !native.is_empty() {
+            let done = Box::pin(self.publish(native)).await?;
+            for (i, r) in indexes.into_iter().zip(done) {
+                receipts[i] = Some(r);
+            }
+        }
+        Ok(receipts.into_iter().flatten().collect())
+    }
+
     /// Reads what `asked` needs of `channel`'s history.
     async fn fetch(
         self: Arc<Self>,
@@ -343,6 +404,15 @@ impl Shared {
         let Some(channel) = self.channel_of(msg.get_channel_name()) else {
             return;
         };
+        if let Some(item) = msg.get_payload_bytes().strip_prefix(GRIP_PREFIX) {
+            match crate::grip::publish::decode_wire(item) {
+                Some(payload) => self.hub.deliver_grip(&channel, payload),
+                None => {
+                    warn!(%channel, "backplane: ignored a malformed GRIP item on redis pub/sub")
+                }
+            }
+            return;
+        }
         match parse_live(&channel, msg.get_payload_bytes()) {
             Some(message) => self.hub.deliver(Arc::new(message)),
             None => warn!(%channel, "backplane: ignored a malformed message on redis pub/sub"),
@@ -519,6 +589,10 @@ async fn serve(
         }
     }
 }
+
+/// Starts a pub/sub payload that is a GRIP item (`POST /publish/`) rather
+/// than a positioned message (`EPOCH:SEQ:...`, which starts with a digit).
+const GRIP_PREFIX: &[u8] = b"g:";
 
 /// `EPOCH:SEQ`.
 fn parse_position(id: &str) -> Option<Position> {

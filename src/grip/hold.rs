@@ -200,6 +200,7 @@ impl Holds {
                 (ka, sleep)
             }),
             cancelled: Box::pin(self.shutdown.token.clone().cancelled_owned()),
+            last_data: Instant::now(),
             items: VecDeque::new(),
             sub,
         };
@@ -216,6 +217,10 @@ struct Stream {
     initial: Option<Bytes>,
     done: bool,
     keep_alive: Option<(KeepAlive, Pin<Box<Sleep>>)>,
+    /// When data last went out: an idle-mode keep-alive is due this long
+    /// after it. Recorded per delivery instead of re-arming the timer, so
+    /// a delivery does not touch the timer wheel.
+    last_data: Instant,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     items: VecDeque<Item>,
 }
@@ -259,7 +264,7 @@ impl Stream {
                 None => out.freeze(),
             };
             if !chunk.is_empty() {
-                self.rearm(false);
+                self.last_data = Instant::now();
                 return Some(chunk);
             }
             if self.done {
@@ -291,23 +296,27 @@ impl Stream {
                     }
                 }
                 Woke::KeepAlive => {
-                    self.rearm(true);
-                    if let Some((ka, _)) = &self.keep_alive {
-                        return Some(ka.data.clone());
+                    if let Some(data) = self.keep_alive_due() {
+                        return Some(data);
                     }
                 }
             }
         }
     }
 
-    /// Restarts the keep-alive timer: always after a keep-alive, after data
-    /// only in idle mode.
-    fn rearm(&mut self, fired: bool) {
-        if let Some((ka, sleep)) = &mut self.keep_alive
-            && (fired || !ka.interval)
-        {
-            sleep.as_mut().reset(Instant::now() + ka.timeout);
+    /// The keep-alive timer fired: the keep-alive data when it is due
+    /// (always in interval mode; in idle mode when no data went out for
+    /// the timeout), and the timer set for the next one.
+    fn keep_alive_due(&mut self) -> Option<Bytes> {
+        let (ka, sleep) = self.keep_alive.as_mut()?;
+        let now = Instant::now();
+        let idle_until = self.last_data + ka.timeout;
+        if !ka.interval && now < idle_until {
+            sleep.as_mut().reset(idle_until);
+            return None;
         }
+        sleep.as_mut().reset(now + ka.timeout);
+        Some(ka.data.clone())
     }
 }
 

@@ -155,6 +155,85 @@ fn decode_item(item: &Value, now: Instant) -> Result<Publication, HttpError> {
     })
 }
 
+/// A GRIP item as a backplane carries it between nodes: Pushpin's own item
+/// JSON (bytes as `-bin` base64), read back by the same decoder as
+/// `POST /publish/`, so every node orders and delivers it as if published
+/// there.
+pub fn encode_wire(formats: &Formats) -> Vec<u8> {
+    let b64 = |b: &Bytes| Value::String(base64::engine::general_purpose::STANDARD.encode(b));
+    let mut f = Map::new();
+    if let Some(s) = &formats.http_stream {
+        f.insert(
+            "http-stream".into(),
+            match s.action {
+                Action::Close => serde_json::json!({"action": "close"}),
+                Action::Send => serde_json::json!({"content-bin": b64(&s.content)}),
+            },
+        );
+    }
+    if let Some(r) = &formats.http_response {
+        let headers: Vec<Value> = r
+            .headers
+            .iter()
+            .map(|(k, v)| serde_json::json!([&**k, &**v]))
+            .collect();
+        let mut m =
+            serde_json::json!({"code": r.code, "headers": headers, "body-bin": b64(&r.body)});
+        if let Some(reason) = &r.reason {
+            m["reason"] = Value::String(reason.to_string());
+        }
+        f.insert("http-response".into(), m);
+    }
+    if let Some(w) = &formats.ws_message {
+        let m = match w {
+            WsMessage::Send { kind, content } => {
+                let kind = match kind {
+                    WsType::Text => "text",
+                    WsType::Binary => "binary",
+                    WsType::Ping => "ping",
+                    WsType::Pong => "pong",
+                };
+                serde_json::json!({"type": kind, "content-bin": b64(content)})
+            }
+            WsMessage::Close { code, reason } => {
+                let mut m = serde_json::json!({"action": "close",
+                    "reason": String::from_utf8_lossy(reason)});
+                if let Some(code) = code {
+                    m["code"] = (*code).into();
+                }
+                m
+            }
+        };
+        f.insert("ws-message".into(), m);
+    }
+    if f.is_empty() {
+        // A hint-only item: nothing to deliver, but its id moves the
+        // channel's order on.
+        f.insert("http-stream".into(), serde_json::json!({"action": "hint"}));
+    }
+    let mut item = Map::new();
+    // The channel travels beside the item (the backplane's subject or
+    // pub/sub name); any valid name satisfies the decoder.
+    item.insert("channel".into(), "_".into());
+    if let Some(id) = &formats.id {
+        item.insert("id".into(), Value::String(id.to_string()));
+    }
+    if let Some(prev) = &formats.prev_id {
+        item.insert("prev-id".into(), Value::String(prev.to_string()));
+    }
+    if formats.no_seq {
+        item.insert("no-seq".into(), true.into());
+    }
+    item.insert("formats".into(), Value::Object(f));
+    serde_json::to_vec(&Value::Object(item)).unwrap_or_default()
+}
+
+/// Reads [`encode_wire`]'s bytes back; `None` when they are not an item.
+pub fn decode_wire(bytes: &[u8]) -> Option<Payload> {
+    let value: Value = serde_json::from_slice(bytes).ok()?;
+    decode_item(&value, Instant::now()).ok().map(|p| p.payload)
+}
+
 fn in_format(mut e: HttpError, format: &str) -> HttpError {
     e.message.insert_str(0, &format!("{format}: "));
     e
@@ -366,6 +445,24 @@ mod tests {
                 content: Bytes::from_static(&[0, 1])
             })
         );
+    }
+
+    #[test]
+    fn wire_encoding_round_trips_every_format() {
+        for body in [
+            r#"{"items":[{"channel":"c","id":"2","prev-id":"1","formats":{
+                "http-stream":{"content-bin":"AP8="},
+                "http-response":{"code":201,"reason":"Made","headers":[["X-A","1"],["X-A","2"]],"body":"b"},
+                "ws-message":{"type":"binary","content":"w"}}}]}"#,
+            r#"{"items":[{"channel":"c","no-seq":true,"formats":{
+                "http-stream":{"action":"close"},
+                "ws-message":{"action":"close","code":4001,"reason":"bye"}}}]}"#,
+            r#"{"items":[{"channel":"c","id":"h","formats":{"http-stream":{"action":"hint"}}}]}"#,
+        ] {
+            let f = formats(body);
+            let back = decode_wire(&encode_wire(&f)).unwrap();
+            assert_eq!(**back.grip().unwrap(), f);
+        }
     }
 
     #[test]

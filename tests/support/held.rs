@@ -11,7 +11,7 @@ use super::{Pushgate, within};
 pub struct Held {
     pub status: u16,
     pub headers: http::HeaderMap,
-    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    pub stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
     buffer: Vec<u8>,
 }
 
