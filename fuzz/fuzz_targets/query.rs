@@ -1,37 +1,21 @@
+#![no_main]
 //! The SSE / long-poll / WebSocket query string (`realtime::Query`) and
 //! the transport negotiation that reads it.
-fn main() {
-    let dict: &[&[u8]] = &[
-        b"&",
-        b"=",
-        b"+",
-        b"%",
-        b"%2",
-        b"%zz",
-        b"channel=",
-        b"since=",
-        b"transport=",
-        b"websocket",
-        b"sse",
-        b"longpoll",
-        b"info",
-        b"last_event_id=",
-    ];
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let allowed = [
         pushgate::realtime::negotiate::Transport::Websocket,
         pushgate::realtime::negotiate::Transport::Sse,
         pushgate::realtime::negotiate::Transport::Longpoll,
     ];
     let headers = http::HeaderMap::new();
-    pushgate_fuzz::run("query", dict, 2048, |data| {
-        let Ok(q) = std::str::from_utf8(data) else {
-            return;
-        };
-        let query = pushgate::realtime::Query::parse(Some(q));
-        let _ = query.all("channel").count();
-        if let Some(since) = query.get("since") {
-            let _ = pushgate::realtime::cursor::decode(since, 2);
-        }
-        let _ = pushgate::realtime::negotiate::choose(&headers, query.get("transport"), &allowed);
-    });
-}
+    let Ok(q) = std::str::from_utf8(data) else {
+        return;
+    };
+    let query = pushgate::realtime::Query::parse(Some(q));
+    let _ = query.all("channel").count();
+    if let Some(since) = query.get("since") {
+        let _ = pushgate::realtime::cursor::decode(since, 2);
+    }
+    let _ = pushgate::realtime::negotiate::choose(&headers, query.get("transport"), &allowed);
+});

@@ -1,41 +1,24 @@
+#![no_main]
 //! The WebSocket client-frame protocol's pure steps, as `handle_text`
 //! takes them: the JSON frame, the channel name, the `since` id.
-fn main() {
-    let dict: &[&[u8]] = &[
-        b"{",
-        b"}",
-        b"\"type\"",
-        b"\"subscribe\"",
-        b"\"unsubscribe\"",
-        b"\"publish\"",
-        b"\"ping\"",
-        b"\"channel\"",
-        b"\"since\"",
-        b"\"data\"",
-        b"\"event\"",
-        b":",
-        b",",
-        b"\"z-10\"",
-        b"null",
-    ];
-    pushgate_fuzz::run("ws_client_frame", dict, 4096, |data| {
-        let Ok(text) = std::str::from_utf8(data) else {
-            return;
-        };
-        let Ok(frame) = pushgate::realtime::ws::parse_client_frame(text) else {
-            return;
-        };
-        if let Some(channel) = frame.channel.as_deref() {
-            let _ = pushgate::publish::channel(channel);
-        }
-        if let Some(since) = frame.since.as_deref() {
-            let _ = pushgate::realtime::cursor::decode_one(since);
-        }
-        let _ = pushgate::publish::Content::validate(
-            frame.data.as_ref(),
-            frame.event.as_ref(),
-            None,
-            1024,
-        );
-    });
-}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(frame) = pushgate::realtime::ws::parse_client_frame(text) else {
+        return;
+    };
+    if let Some(channel) = frame.channel.as_deref() {
+        let _ = pushgate::publish::channel(channel);
+    }
+    if let Some(since) = frame.since.as_deref() {
+        let _ = pushgate::realtime::cursor::decode_one(since);
+    }
+    let _ = pushgate::publish::Content::validate(
+        frame.data.as_ref(),
+        frame.event.as_ref(),
+        None,
+        1024,
+    );
+});
