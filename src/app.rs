@@ -135,6 +135,28 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         }
     };
     let ready = Arc::new(AtomicBool::new(false));
+    // The internal listener outlives the public drain, so /readyz can
+    // report "not ready" while sessions close; presence and the webhooks
+    // run until then too, so the drain's leaves and disconnects go out.
+    let internal_shutdown = Shutdown::new();
+    let presence = Arc::new(crate::presence::Registry::new());
+    let presence_store: Option<Arc<dyn crate::presence::PresenceStore>> = None;
+    let hooks = config.hooks.as_ref().and_then(|h| {
+        let upstream = config.upstreams.get(&h.upstream)?;
+        Some(crate::hooks::Hooks::start(
+            h.clone(),
+            upstream,
+            metrics.hooks.clone(),
+            &internal_shutdown,
+        ))
+    });
+    internal_shutdown.tracker.spawn(crate::presence::run(
+        presence.clone(),
+        presence_store.clone(),
+        backplane.clone(),
+        config.presence.refresh,
+        internal_shutdown.clone(),
+    ));
     let limiter = Arc::new(Limiter::new(config.rate_limits.clone(), metrics.clone()));
     let realtime = Arc::new(Realtime {
         hub: hub.clone(),
@@ -143,10 +165,10 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         shutdown: shutdown.clone(),
         callbacks: Callbacks::default(),
         limiter,
+        presence,
+        presence_store,
+        hooks,
     });
-    // The internal listener outlives the public drain, so /readyz can
-    // report "not ready" while sessions close.
-    let internal_shutdown = Shutdown::new();
     let shared = Shared {
         stats: Arc::new(Stats::new(hub.clone(), metrics.clone(), backplane.clone())),
         metrics,
@@ -223,6 +245,7 @@ pub(crate) fn build_admin(config: &Config, shared: &Shared, control: Weak<Contro
         control,
         stats: shared.stats.clone(),
         routes: stats::routes(config),
+        realtime: shared.realtime.clone(),
     }
 }
 

@@ -7,9 +7,11 @@
 pub mod auth;
 mod backplane;
 mod interpolate;
+mod presence;
 mod units;
 
 pub use self::backplane::BackplaneKind;
+pub use self::presence::{HookEvent, HooksSettings, PresenceGlobal, PresenceSettings};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -52,6 +54,10 @@ struct FileConfig {
     shutdown_grace: Option<DurationValue>,
     #[serde(default)]
     drain_window: Option<Spanned<DurationValue>>,
+    #[serde(default)]
+    presence: Option<presence::PresenceTopConfig>,
+    #[serde(default)]
+    hooks: Option<Spanned<presence::HooksConfig>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +183,9 @@ struct RealtimeBlock {
     max_message: Option<ByteSize>,
     #[serde(default)]
     allowed_origins: Option<Vec<String>>,
+    /// Per route (docs/presence.md).
+    #[serde(default)]
+    presence: Option<Spanned<presence::PresenceConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -242,6 +251,10 @@ pub struct Config {
     /// SIGTERM closes realtime connections spread over this (default:
     /// half of `shutdown_grace`).
     pub drain_window: Duration,
+    /// Presence across nodes (docs/presence.md).
+    pub presence: PresenceGlobal,
+    /// Lifecycle webhooks; `None`: off.
+    pub hooks: Option<HooksSettings>,
 }
 
 /// A certificate and key path, with where the config names them (so a file
@@ -338,6 +351,8 @@ pub struct RealtimeSettings {
     pub history_messages: usize,
     pub history_max_age: Duration,
     pub max_message: usize,
+    /// Route only (`presence:`).
+    pub presence: PresenceSettings,
 }
 
 impl Default for RealtimeSettings {
@@ -352,6 +367,7 @@ impl Default for RealtimeSettings {
             history_messages: 1000,
             history_max_age: Duration::from_secs(600),
             max_message: 1 << 20,
+            presence: PresenceSettings::default(),
         }
     }
 }
@@ -660,6 +676,9 @@ impl<'a> Validator<'a> {
 
         let realtime = resolve_realtime(RealtimeSettings::default(), &file.realtime);
         self.top_level_realtime(&file.realtime);
+        self.top_level_presence(&file.realtime.presence);
+        let presence = self.presence_top(&file.presence);
+        let hooks = self.hooks(&file.hooks, &upstreams);
         self.allowed_origins = file.realtime.allowed_origins.clone().map(Into::into);
         let mut names = BTreeSet::new();
         let mut routes = Vec::new();
@@ -731,6 +750,8 @@ impl<'a> Validator<'a> {
             backplane,
             shutdown_grace,
             drain_window,
+            presence,
+            hooks,
         })
     }
 
@@ -959,7 +980,8 @@ impl<'a> Validator<'a> {
                 ClientPublish::Patterns(parsed)
             }
         };
-        let settings = resolve_realtime(*defaults, rt);
+        let mut settings = resolve_realtime(*defaults, rt);
+        settings.presence = self.route_presence(&rt.presence);
         if settings.queue == 0 {
             self.error(
                 route,
@@ -1003,6 +1025,7 @@ fn resolve_realtime(base: RealtimeSettings, o: &RealtimeBlock) -> RealtimeSettin
             .and_then(|h| h.max_age)
             .map_or(base.history_max_age, |d| d.0),
         max_message: o.max_message.map_or(base.max_message, |b| b.0),
+        presence: base.presence,
     }
 }
 
