@@ -114,24 +114,42 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         _ => Hub::external(history_policy(history.clone())),
     });
     let metrics = Arc::new(Metrics::new(hub.metrics().clone()));
+    let presence = Arc::new(crate::presence::Registry::new());
+    let mut presence_store: Option<Arc<dyn crate::presence::PresenceStore>> = None;
     let backplane: Arc<dyn Backplane> = match &config.backplane {
         BackplaneKind::Memory => Arc::new(MemoryBackplane::new(hub.clone())),
-        BackplaneKind::Redis(settings) => Arc::new(RedisBackplane::start(
-            settings,
-            hub.clone(),
-            metrics.backplane.clone(),
-            &shutdown,
-        )?),
+        BackplaneKind::Redis(settings) => {
+            let redis = Arc::new(RedisBackplane::start(
+                settings,
+                hub.clone(),
+                metrics.backplane.clone(),
+                &shutdown,
+            )?);
+            presence_store = Some(Arc::new(crate::presence::redis::RedisPresence::new(
+                redis.clone(),
+                &settings.prefix,
+                presence.node().clone(),
+                config.presence.refresh,
+            )));
+            redis
+        }
         BackplaneKind::Nats(settings) => {
             let (messages, max_age) = largest_history(config);
-            Arc::new(NatsBackplane::start(
+            let nats = NatsBackplane::start(
                 settings,
                 hub.clone(),
                 messages,
                 max_age,
                 metrics.backplane.clone(),
                 &shutdown,
-            )?)
+            )?;
+            presence_store = Some(Arc::new(crate::presence::nats::NatsPresence::new(
+                nats.jetstream(),
+                &settings.prefix,
+                presence.node().clone(),
+                config.presence.refresh,
+            )));
+            Arc::new(nats)
         }
     };
     let ready = Arc::new(AtomicBool::new(false));
@@ -139,8 +157,6 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     // report "not ready" while sessions close; presence and the webhooks
     // run until then too, so the drain's leaves and disconnects go out.
     let internal_shutdown = Shutdown::new();
-    let presence = Arc::new(crate::presence::Registry::new());
-    let presence_store: Option<Arc<dyn crate::presence::PresenceStore>> = None;
     let hooks = config.hooks.as_ref().and_then(|h| {
         let upstream = config.upstreams.get(&h.upstream)?;
         Some(crate::hooks::Hooks::start(

@@ -13,6 +13,8 @@
 //!   `pushgate.leave` through the backplane, the one message path.
 //! * The [`Tracker`] also feeds the lifecycle webhooks (`hooks`).
 
+pub mod nats;
+pub mod redis;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -209,6 +211,7 @@ impl Registry {
         };
         match (member.connections > 0, member.announced) {
             (true, false) => Settle::Join {
+                connections: member.connections,
                 since: member.since,
                 events,
             },
@@ -298,8 +301,14 @@ impl Registry {
 
 enum Settle {
     Nothing,
-    Join { since: u64, events: bool },
-    Leave { events: bool },
+    Join {
+        connections: u32,
+        since: u64,
+        events: bool,
+    },
+    Leave {
+        events: bool,
+    },
 }
 
 /// A presence event as published: `{"type","channel","sub"}`.
@@ -368,10 +377,14 @@ pub async fn run(
         for (channel, sub) in dirty {
             match registry.settle(&channel, &sub) {
                 Settle::Nothing => {}
-                Settle::Join { since, events } => {
+                Settle::Join {
+                    connections,
+                    since,
+                    events,
+                } => {
                     let first = match &store {
                         None => Ok(true),
-                        Some(s) => s.join(&channel, &sub, since).await,
+                        Some(s) => s.join(&channel, &sub, connections, since).await,
                     };
                     match first {
                         Ok(first) => {

@@ -525,3 +525,220 @@ async fn a_down_upstream_costs_connections_nothing() {
     assert!(events.len() <= 4, "{events:?}");
     let _ = WAIT;
 }
+
+// === many nodes ===
+
+/// A backplane server (redis-server, nats-server -js) on a free loopback
+/// port, stopped by its PID.
+struct Server {
+    port: u16,
+    child: std::process::Child,
+    _dir: Option<std::path::PathBuf>,
+}
+
+impl Server {
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    async fn redis() -> Self {
+        let port = Self::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let server = Self {
+            port,
+            child,
+            _dir: None,
+        };
+        server.wait_port().await;
+        server
+    }
+
+    async fn nats() -> Self {
+        let port = Self::free_port();
+        let dir = support::temp_dir("nats");
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test installs it)");
+        let server = Self {
+            port,
+            child,
+            _dir: Some(dir),
+        };
+        server.wait_port().await;
+        server
+    }
+
+    async fn wait_port(&self) {
+        within("the backplane server to listen", async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self._dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn cluster_config(backplane: &str) -> String {
+    format!(
+        "{}\npresence: {{ refresh: 300ms }}\n{backplane}\n",
+        single_node()
+    )
+}
+
+async fn wait_ready(internal: std::net::SocketAddr) {
+    let client = support::http_client();
+    within("the node to be ready", async {
+        loop {
+            let ready = client
+                .get(format!("http://{internal}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// The real binary with `yaml`, its stderr drained; (child, http, internal).
+async fn spawn_binary(
+    yaml: &str,
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let dir = support::temp_dir("node");
+    let path = dir.join("pushgate.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = tokio::process::Command::new(support::binary())
+        .args(["--log-format", "json", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (http, internal, mut lines) =
+        support::listening_addresses(child.stderr.take().unwrap()).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, http, internal)
+}
+
+/// Two nodes in-process and a third as the real binary, SIGKILLed.
+async fn two_nodes_are_one_presence(backplane: &str) {
+    let yaml = cluster_config(backplane);
+    let a = Pushgate::start(&yaml).await;
+    let b = Pushgate::start(&yaml).await;
+    wait_ready(a.internal).await;
+    wait_ready(b.internal).await;
+
+    let mut bob = WsClient::connect(a.http, &format!("/room/lobby?token={}", token("bob"))).await;
+    bob.expect("subscribed").await;
+    let mut alice_a =
+        WsClient::connect(a.http, &format!("/room/lobby?token={}", token("alice"))).await;
+    alice_a.expect("subscribed").await;
+    let join = next_event(&mut bob).await;
+    assert_eq!(
+        (&join["type"], &join["sub"]),
+        (&json!("join"), &json!("alice"))
+    );
+    // Alice's second tab, on the other node: one member, no second join.
+    let mut alice_b =
+        WsClient::connect(b.http, &format!("/room/lobby?token={}", token("alice"))).await;
+    alice_b.expect("subscribed").await;
+    let _anon = SseClient::connect(&b.url("/open/lobby"), None).await;
+    for node in [&a, &b] {
+        let v = wait_presence(node, "lobby", |v| {
+            subs(v) == [("alice".to_owned(), 2), ("bob".to_owned(), 1)] && v["anonymous"] == 1
+        })
+        .await;
+        assert!(v["clients"][0]["since"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    // Closing one of her tabs sends no leave.
+    drop(alice_a);
+    wait_presence(&b, "lobby", |v| {
+        subs(v).first() == Some(&("alice".to_owned(), 1))
+    })
+    .await;
+    b.publish("lobby", json!("marker")).await;
+    let next = next_event(&mut bob).await;
+    assert_eq!(
+        next["data"], "marker",
+        "no leave while a tab is open: {next}"
+    );
+    // Her last tab: one leave, on the other node's subscriber.
+    drop(alice_b);
+    let leave = next_event(&mut bob).await;
+    assert_eq!(
+        (&leave["type"], &leave["sub"]),
+        (&json!("leave"), &json!("alice"))
+    );
+
+    // A node killed with SIGKILL: its members leave within the TTL.
+    let (mut child, http, internal) = spawn_binary(&yaml).await;
+    wait_ready(internal).await;
+    let mut carol = WsClient::connect(http, &format!("/room/lobby?token={}", token("carol"))).await;
+    carol.expect("subscribed").await;
+    let join = next_event(&mut bob).await;
+    assert_eq!(
+        (&join["type"], &join["sub"]),
+        (&json!("join"), &json!("carol"))
+    );
+    wait_presence(&a, "lobby", |v| subs(v).iter().any(|(s, _)| s == "carol")).await;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let leave = next_event(&mut bob).await;
+    assert_eq!(
+        (&leave["type"], &leave["sub"]),
+        (&json!("leave"), &json!("carol"))
+    );
+    let v = presence(&a, "lobby", "").await;
+    assert_eq!(subs(&v), [("bob".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn redis_two_nodes_are_one_presence_and_a_killed_node_leaves() {
+    let redis = Server::redis().await;
+    two_nodes_are_one_presence(&format!(
+        "backplane: {{ type: redis, url: \"redis://127.0.0.1:{}/0\" }}",
+        redis.port
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn nats_two_nodes_are_one_presence_and_a_killed_node_leaves() {
+    let nats = Server::nats().await;
+    two_nodes_are_one_presence(&format!(
+        "backplane: {{ type: nats, url: \"nats://127.0.0.1:{}\" }}",
+        nats.port
+    ))
+    .await;
+}

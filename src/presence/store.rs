@@ -29,12 +29,14 @@ pub struct ChannelEntries {
 }
 
 pub trait PresenceStore: Send + Sync + 'static {
-    /// Records `sub` on this node; `true` when no live entry of another
-    /// node had it (the user joined).
+    /// Records `sub` on this node (with its connections here and since
+    /// when); `true` when no live entry of another node had it (the user
+    /// joined).
     fn join<'a>(
         &'a self,
         channel: &'a ChannelName,
         sub: &'a str,
+        connections: u32,
         since: u64,
     ) -> StoreFuture<'a, bool>;
 
