@@ -30,7 +30,7 @@ sig = b(hmac.new(secret.encode(), f"{head}.{claims}".encode(), hashlib.sha256).d
 open(f"{work}/token", "w").write(f"{head}.{claims}.{sig}")
 PY
 token=$(cat "$work/token")
-echo "mode round established failed conn/s handshake_p50_ms handshake_p99_ms rss_bytes_per_conn"
+echo "mode round established failed conn/s handshake_p50_ms handshake_p99_ms rss_bytes_per_conn server_cpu_us_per_conn"
 for round in $(seq "$ROUNDS"); do
   for mode in off on; do
     taskset -c 0 "$PG" --config "$work/$mode.yaml" >"$work/pg.log" 2>&1 &
@@ -46,8 +46,10 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 c = r["connections"]
 per = (r.get("server_rss") or {}).get("bytes_per_conn")
+cpu = (r.get("server_cpu") or {}).get("connect_secs")
+cpu = round(cpu / c["established"] * 1e6, 1) if cpu is not None and c["established"] else None
 print(sys.argv[2], sys.argv[3], c["established"], c["failed"], c["connect_rate"],
-      c["handshake"]["p50_ms"], c["handshake"]["p99_ms"], per)
+      c["handshake"]["p50_ms"], c["handshake"]["p99_ms"], per, cpu)
 PY
   done
 done
