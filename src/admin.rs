@@ -10,6 +10,8 @@
 //! * `GET /admin` -- the status page (`admin/page.html`, no external assets).
 //! * `GET /admin/stats` -- its figures as JSON (`stats`).
 //! * `POST /publish/` -- Pushpin's GRIP publish (`grip::publish`).
+//! * `GET /presence/{channel}` -- who is subscribed (docs/presence.md);
+//!   takes the publish tokens when they are set.
 
 pub mod stats;
 
@@ -37,6 +39,8 @@ pub struct Admin {
     pub stats: Arc<Stats>,
     /// The serving config's routes, for `/admin/stats`.
     pub routes: serde_json::Value,
+    /// Presence (`GET /presence/{channel}`).
+    pub realtime: Arc<crate::realtime::Realtime>,
 }
 
 /// The status page: one file, inline CSS and JavaScript.
@@ -113,6 +117,19 @@ impl Handler for Admin {
                 }
                 reload::respond(&self.control).await
             }
+            (&Method::GET, p) if p.starts_with("/presence/") => {
+                if let Err(e) = self.publisher.authorize(request.headers()) {
+                    let mut response = e.into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, publish::challenge());
+                    return response;
+                }
+                self.presence(&request).await
+            }
+            (_, p) if p.starts_with("/presence/") => {
+                HttpError::new(ErrorCode::MethodNotAllowed, "method not allowed").into_response()
+            }
             (
                 _,
                 "/publish" | "/publish/" | "/healthz" | "/readyz" | "/metrics" | "/admin/reload"
@@ -143,6 +160,41 @@ fn page() -> Response<Body> {
 }
 
 impl Admin {
+    /// `GET /presence/{channel}[?count=1]`.
+    async fn presence(&self, request: &Request<Incoming>) -> Response<Body> {
+        let raw = request.uri().path().trim_start_matches("/presence/");
+        let channel = crate::router::pattern::percent_decode(raw)
+            .ok_or_else(|| "not percent-encoded UTF-8".to_owned())
+            .and_then(|name| {
+                crate::hub::message::ChannelName::parse(&name).map_err(|e| e.to_string())
+            });
+        let channel = match channel {
+            Ok(c) => c,
+            Err(e) => {
+                return HttpError::new(
+                    ErrorCode::InvalidChannel,
+                    format!("invalid channel {raw:?}: {e}"),
+                )
+                .into_response();
+            }
+        };
+        let query = crate::realtime::Query::parse(request.uri().query());
+        let count = matches!(query.get("count"), Some("1" | "true"));
+        match self.realtime.presence_of(&channel).await {
+            Ok(snapshot) => {
+                let mut response =
+                    json_response(StatusCode::OK, &snapshot.to_json(&channel, count));
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+            Err(e) => {
+                HttpError::new(ErrorCode::BackplaneUnavailable, e.to_string()).into_response()
+            }
+        }
+    }
+
     fn readiness(&self) -> Response<Body> {
         let listeners = self.ready.load(Ordering::Acquire);
         let backplane = self.backplane.is_ready();

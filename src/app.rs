@@ -115,27 +115,65 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     });
     hub.set_max_total(config.realtime.history_max_total);
     let metrics = Arc::new(Metrics::new(hub.metrics().clone()));
+    let presence = Arc::new(crate::presence::Registry::new());
+    let mut presence_store: Option<Arc<dyn crate::presence::PresenceStore>> = None;
     let backplane: Arc<dyn Backplane> = match &config.backplane {
         BackplaneKind::Memory => Arc::new(MemoryBackplane::new(hub.clone())),
-        BackplaneKind::Redis(settings) => Arc::new(RedisBackplane::start(
-            settings,
-            hub.clone(),
-            metrics.backplane.clone(),
-            &shutdown,
-        )?),
+        BackplaneKind::Redis(settings) => {
+            let redis = Arc::new(RedisBackplane::start(
+                settings,
+                hub.clone(),
+                metrics.backplane.clone(),
+                &shutdown,
+            )?);
+            presence_store = Some(Arc::new(crate::presence::redis::RedisPresence::new(
+                redis.clone(),
+                &settings.prefix,
+                presence.node().clone(),
+                config.presence.refresh,
+            )));
+            redis
+        }
         BackplaneKind::Nats(settings) => {
             let (messages, max_age) = largest_history(config);
-            Arc::new(NatsBackplane::start(
+            let nats = NatsBackplane::start(
                 settings,
                 hub.clone(),
                 messages,
                 max_age,
                 metrics.backplane.clone(),
                 &shutdown,
-            )?)
+            )?;
+            presence_store = Some(Arc::new(crate::presence::nats::NatsPresence::new(
+                nats.jetstream(),
+                &settings.prefix,
+                presence.node().clone(),
+                config.presence.refresh,
+            )));
+            Arc::new(nats)
         }
     };
     let ready = Arc::new(AtomicBool::new(false));
+    // The internal listener outlives the public drain, so /readyz can
+    // report "not ready" while sessions close; presence and the webhooks
+    // run until then too, so the drain's leaves and disconnects go out.
+    let internal_shutdown = Shutdown::new();
+    let hooks = config.hooks.as_ref().and_then(|h| {
+        let upstream = config.upstreams.get(&h.upstream)?;
+        Some(crate::hooks::Hooks::start(
+            h.clone(),
+            upstream,
+            metrics.hooks.clone(),
+            &internal_shutdown,
+        ))
+    });
+    internal_shutdown.tracker.spawn(crate::presence::run(
+        presence.clone(),
+        presence_store.clone(),
+        backplane.clone(),
+        config.presence.refresh,
+        internal_shutdown.clone(),
+    ));
     let limiter = Arc::new(Limiter::new(config.rate_limits.clone(), metrics.clone()));
     let realtime = Arc::new(Realtime {
         hub: hub.clone(),
@@ -144,10 +182,10 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         shutdown: shutdown.clone(),
         callbacks: Callbacks::default(),
         limiter,
+        presence,
+        presence_store,
+        hooks,
     });
-    // The internal listener outlives the public drain, so /readyz can
-    // report "not ready" while sessions close.
-    let internal_shutdown = Shutdown::new();
     let shared = Shared {
         stats: Arc::new(Stats::new(hub.clone(), metrics.clone(), backplane.clone())),
         metrics,
@@ -224,6 +262,7 @@ pub(crate) fn build_admin(config: &Config, shared: &Shared, control: Weak<Contro
         control,
         stats: shared.stats.clone(),
         routes: stats::routes(config),
+        realtime: shared.realtime.clone(),
     }
 }
 

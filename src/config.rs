@@ -9,9 +9,11 @@
 pub mod auth;
 mod backplane;
 mod interpolate;
+mod presence;
 mod units;
 
 pub use self::backplane::BackplaneKind;
+pub use self::presence::{HookEvent, HooksSettings, PresenceGlobal, PresenceSettings};
 
 mod defaults;
 mod schema;
@@ -57,6 +59,10 @@ pub struct Config {
     /// SIGTERM closes realtime connections spread over this (default:
     /// half of `shutdown_grace`).
     pub drain_window: Duration,
+    /// Presence across nodes (docs/presence.md).
+    pub presence: PresenceGlobal,
+    /// Lifecycle webhooks; `None`: off.
+    pub hooks: Option<HooksSettings>,
 }
 
 /// A certificate and key path, with where the config names them (so a file
@@ -155,6 +161,8 @@ pub struct RealtimeSettings {
     /// `realtime.history.max_total`; the top-level value is the hub's.
     pub history_max_total: usize,
     pub max_message: usize,
+    /// Route only (`presence:`).
+    pub presence: PresenceSettings,
 }
 
 #[derive(Debug, Clone)]

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub rate_limited: Family<RateLimitLabels, Counter>,
     pub hub: HubMetrics,
     pub backplane: crate::backplane::BackplaneMetrics,
+    pub hooks: crate::hooks::HookMetrics,
 }
 
 impl Metrics {
@@ -121,6 +122,8 @@ impl Metrics {
         hub.register(&mut registry);
         let backplane = crate::backplane::BackplaneMetrics::default();
         backplane.register(&mut registry);
+        let hooks = crate::hooks::HookMetrics::default();
+        hooks.register(&mut registry);
         Self {
             registry,
             requests,
@@ -133,6 +136,7 @@ impl Metrics {
             rate_limited,
             hub,
             backplane,
+            hooks,
         }
     }
 

@@ -308,6 +308,12 @@ impl Content {
         }
         let event = match event {
             None | Some(Value::Null) => None,
+            Some(Value::String(e)) if e.starts_with("pushgate.") => {
+                return Err(HttpError::new(
+                    ErrorCode::InvalidEvent,
+                    format!("invalid event {e:?}: names starting with \"pushgate.\" are reserved"),
+                ));
+            }
             Some(Value::String(e)) => Some(EventName::parse(e).map_err(|err| {
                 HttpError::new(
                     ErrorCode::InvalidEvent,

@@ -56,6 +56,12 @@ pub struct Realtime {
     pub callbacks: Callbacks,
     /// Per-address and per-token limits (SPEC §9).
     pub limiter: Arc<Limiter>,
+    /// This node's presence (docs/presence.md).
+    pub presence: Arc<crate::presence::Registry>,
+    /// Presence across nodes; `None` with the memory backplane.
+    pub presence_store: Option<Arc<dyn crate::presence::PresenceStore>>,
+    /// Lifecycle webhooks (`hooks:`).
+    pub hooks: Option<Arc<crate::hooks::Hooks>>,
 }
 
 impl Realtime {

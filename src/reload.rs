@@ -413,6 +413,15 @@ impl Control {
         let certificates = tls::load_all(&config.certificates)
             .map_err(|e| Refused::Config(certificate_error(&config, &e)))?;
         let old = self.config.load_full();
+        if old.hooks != config.hooks || old.presence != config.presence {
+            return Err(Refused::Config(config::Error(vec![Diagnostic {
+                file: config.source.display().to_string(),
+                at: Position { line: 1, column: 1 },
+                message:
+                    "hooks and presence cannot change on reload; restart pushgate to change them"
+                        .to_owned(),
+            }])));
+        }
         if format!("{:?}", old.backplane) != format!("{:?}", config.backplane) {
             return Err(Refused::Config(config::Error(vec![Diagnostic {
                 file: config.source.display().to_string(),

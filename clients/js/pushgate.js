@@ -116,7 +116,8 @@ export class SseParser {
 /**
  * Subscribes to a realtime route.
  * options: transports, since, onMessage({channel, id, event, data, transport}),
- * onGap(channels), onStatus({state, transport}), openTimeout (ms),
+ * onGap(channels), onStatus({state, transport}), onJoin({channel, sub}) and
+ * onLeave({channel, sub}) (routes with presence events), openTimeout (ms),
  * upgradeInterval (ms), token (a string, or an async function called
  * before each connect; over WebSocket it is also called to refresh the
  * token before its `exp`).
@@ -241,7 +242,11 @@ class Subscription {
 
   deliver(m) {
     if (!this.ids.fresh(m.id)) return;
-    if (this.o.onMessage) this.o.onMessage(m);
+    const p = /^pushgate\.(join|leave)$/.exec(m.event || "");
+    if (!p) return this.o.onMessage && this.o.onMessage(m);
+    const d = typeof m.data === "string" ? JSON.parse(m.data) : m.data;
+    const f = p[1] === "join" ? this.o.onJoin : this.o.onLeave;
+    if (f) f({ channel: d.channel, sub: d.sub });
   }
 
   gap(channels) {
@@ -346,12 +351,13 @@ class Subscription {
       } catch {
         return;
       }
-      if (f.type === "message") {
+      if (f.type === "message" || f.type === "join" || f.type === "leave") {
         this.ids.position(f.channel, f.id);
-        this.deliver({ channel: f.channel, id: f.id, event: f.event, data: f.data, transport: "websocket" });
+        const join = f.type === "message" ? f.event : "pushgate." + f.type;
+        this.deliver({ channel: f.channel, id: f.id, event: join, data: f.type === "message" ? f.data : f, transport: "websocket" });
       } else if (f.type === "subscribed") this.ids.position(f.channel, f.id);
       else if (f.type === "gap") this.gap([f.channel]);
-      else if (f.type === "published") this.settle(true, f);
+      else if (f.type === "published" || f.type === "presence") this.settle(true, f);
       else if (f.type === "refreshed") this.scheduleRefresh(conn, ws);
       else if (f.type === "error" && this.pending.length) this.settle(false, f);
     };
@@ -394,7 +400,11 @@ class Subscription {
       } else if (ev.event === "pushgate.close") {
         conn.close();
         fail();
-      } else this.deliver({ id: ev.id, event: ev.event, data: ev.data, transport: "sse" });
+      } else {
+        try {
+          this.deliver({ id: ev.id, event: ev.event, data: ev.data, transport: "sse" });
+        } catch {}
+      }
     });
     (async () => {
       const r = await this.env.fetch(withQuery(this.url, { transport: "sse" }), { headers, signal: ctrl.signal, cache: "no-store" });
@@ -439,16 +449,24 @@ class Subscription {
     loop().catch(() => stopped || fail());
   }
 
-  /** Publishes over the WebSocket (routes with client_publish). */
-  publish(channel, data, event) {
+  // Sends a request frame over the WebSocket; its answer settles it.
+  ask(frame, what) {
     const ws = this.conn && this.conn.ws;
-    if (!ws || ws.readyState !== 1) return Promise.reject(new Error("publish needs an open websocket transport"));
+    if (!ws || ws.readyState !== 1) return Promise.reject(new Error(`${what} needs an open websocket transport`));
     return new Promise((resolve, reject) => {
       this.pending.push({ resolve, reject });
-      const frame = { type: "publish", channel, data };
-      if (event) frame.event = event;
       ws.send(JSON.stringify(frame));
     });
+  }
+
+  /** Publishes over the WebSocket (routes with client_publish). */
+  publish(channel, data, event) {
+    return this.ask(event ? { type: "publish", channel, data, event } : { type: "publish", channel, data }, "publish");
+  }
+
+  /** Who is on `channel`: {channel, clients: [{sub, connections, since}], anonymous} (WebSocket, presence routes). */
+  presence(channel) {
+    return this.ask({ type: "presence", channel }, "presence");
   }
 
   /** Stops for good. */

@@ -157,6 +157,13 @@ impl NatsBackplane {
     }
 }
 
+impl NatsBackplane {
+    /// The JetStream context (presence keeps its KV bucket there).
+    pub fn jetstream(&self) -> jetstream::Context {
+        self.shared.js.clone()
+    }
+}
+
 impl Backplane for NatsBackplane {
     fn publish(&self, batch: Vec<Publication>) -> PublishFuture<'_> {
         Box::pin(self.shared.publish(batch))

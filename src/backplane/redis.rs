@@ -193,6 +193,13 @@ impl RedisBackplane {
     }
 }
 
+impl RedisBackplane {
+    /// The command connection while connected (presence shares it).
+    pub fn command_connection(&self) -> Option<MultiplexedConnection> {
+        self.shared.conn()
+    }
+}
+
 impl Backplane for RedisBackplane {
     fn publish(&self, batch: Vec<Publication>) -> PublishFuture<'_> {
         Box::pin(self.shared.publish(batch))

@@ -43,6 +43,7 @@ impl Default for RealtimeSettings {
             history_max_age: Duration::from_secs(600),
             history_max_total: crate::hub::budget::DEFAULT_MAX_TOTAL,
             max_message: 1 << 20,
+            presence: super::PresenceSettings::default(),
         }
     }
 }

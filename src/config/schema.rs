@@ -33,6 +33,10 @@ pub(super) struct FileConfig {
     pub(super) shutdown_grace: Option<DurationValue>,
     #[serde(default)]
     pub(super) drain_window: Option<Spanned<DurationValue>>,
+    #[serde(default)]
+    pub(super) presence: Option<super::presence::PresenceTopConfig>,
+    #[serde(default)]
+    pub(super) hooks: Option<Spanned<super::presence::HooksConfig>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +162,9 @@ pub(super) struct RealtimeBlock {
     pub(super) max_message: Option<ByteSize>,
     #[serde(default)]
     pub(super) allowed_origins: Option<Vec<String>>,
+    /// Per route (docs/presence.md).
+    #[serde(default)]
+    pub(super) presence: Option<Spanned<super::presence::PresenceConfig>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -90,6 +90,8 @@ impl<'a> Validator<'a> {
             .shutdown_grace
             .map_or(defaults::SHUTDOWN_GRACE, |d| d.0);
         let drain_window = self.drain_window(file.drain_window.as_ref(), shutdown_grace);
+        let presence = self.presence_top(&file.presence);
+        let hooks = self.hooks(&file.hooks, &upstreams);
 
         if self.errors.is_empty() && listen_http.is_empty() && listen_https.is_empty() {
             self.error(
@@ -115,6 +117,8 @@ impl<'a> Validator<'a> {
             backplane,
             shutdown_grace,
             drain_window,
+            presence,
+            hooks,
         })
     }
 
@@ -245,6 +249,7 @@ impl<'a> Validator<'a> {
         realtime: &RealtimeSettings,
     ) -> Vec<RouteSettings> {
         self.top_level_realtime(top);
+        self.top_level_presence(&top.presence);
         self.allowed_origins = top.allowed_origins.clone().map(Into::into);
         let mut names = BTreeSet::new();
         let mut routes = Vec::new();
@@ -535,7 +540,8 @@ impl<'a> Validator<'a> {
                 format!("realtime route {name:?}: history.max_total is the hub's, set it in the top-level realtime block"),
             );
         }
-        let settings = resolve_realtime(*defaults, rt);
+        let mut settings = resolve_realtime(*defaults, rt);
+        settings.presence = self.route_presence(&rt.presence);
         if settings.queue == 0 {
             self.error(
                 route,
@@ -578,6 +584,7 @@ fn resolve_realtime(base: RealtimeSettings, o: &RealtimeBlock) -> RealtimeSettin
             .and_then(|h| h.max_total.as_ref())
             .map_or(base.history_max_total, |b| b.value.0),
         max_message: o.max_message.map_or(base.max_message, |b| b.0),
+        presence: base.presence,
     }
 }
 

@@ -52,6 +52,9 @@ impl Session {
                     metrics
                         .delivery_latency
                         .observe(now.saturating_duration_since(m.published_at).as_secs_f64());
+                    if self.own_presence_event(m) {
+                        continue;
+                    }
                     delivered += 1;
                     encoder.message(self, m);
                 }
@@ -66,5 +69,15 @@ impl Session {
         }
         metrics.delivered.inc_by(delivered);
         drained
+    }
+
+    /// A join or leave of this session's own user: others are told, not
+    /// the user (docs/presence.md).
+    fn own_presence_event(&self, m: &Message) -> bool {
+        let Some(sub) = self.tracker.as_ref().and_then(|t| t.sub()) else {
+            return false;
+        };
+        crate::presence::is_presence_event(m.event.as_ref())
+            && crate::presence::event_sub(&m.payload).as_deref() == Some(sub)
     }
 }

@@ -27,6 +27,8 @@ pub struct Session {
     gauge: Gauge,
     /// The connection's share of the per-address cap, released with it.
     permit: Option<ConnPermit>,
+    /// Presence and webhooks (`Realtime::track`); `None` when neither is on.
+    pub tracker: Option<Box<crate::presence::Tracker>>,
 }
 
 impl Session {
@@ -54,6 +56,7 @@ impl Session {
     }
 
     pub fn subscribe(&mut self, channel: ChannelName, since: Option<Position>) {
+        let again = self.channels.contains(&channel);
         if let Some(i) = self.channels.iter().position(|c| *c == channel) {
             // Re-subscribing replays from `since`: drop the old registration.
             self.hub.unsubscribe(&self.queue, &channel);
@@ -61,6 +64,11 @@ impl Session {
             self.positions.remove(i);
         }
         let position = self.hub.subscribe(&self.queue, &channel, since);
+        if let Some(t) = &self.tracker
+            && !again
+        {
+            t.subscribe(&channel);
+        }
         self.channels.push(channel);
         self.positions.push(position);
     }
@@ -71,6 +79,9 @@ impl Session {
                 self.hub.unsubscribe(&self.queue, channel);
                 self.channels.remove(i);
                 self.positions.remove(i);
+                if let Some(t) = &self.tracker {
+                    t.unsubscribe(channel, "client");
+                }
                 true
             }
             None => false,
@@ -82,6 +93,9 @@ impl Drop for Session {
     fn drop(&mut self) {
         for channel in &self.channels {
             self.hub.unsubscribe(&self.queue, channel);
+        }
+        if let Some(t) = &self.tracker {
+            t.disconnect(&self.channels);
         }
         self.gauge.dec();
     }
@@ -100,7 +114,49 @@ impl Realtime {
             settings.on_lag,
         );
         session.hold(plan.permit);
+        self.track(
+            &mut session,
+            plan.transport,
+            settings.presence,
+            &plan.grants,
+        );
         (session, plan.grants, settings)
+    }
+
+    /// What `GET /presence/{channel}` and the WebSocket `presence` frame
+    /// answer: every node's members with a store, else this node's.
+    pub async fn presence_of(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<crate::presence::Snapshot, crate::backplane::Error> {
+        match &self.presence_store {
+            Some(store) => store.snapshot(channel).await,
+            None => Ok(self.presence.snapshot(channel)),
+        }
+    }
+
+    /// Counts `session` in presence (on `presence:` routes) and reports it
+    /// to the lifecycle webhooks, from its current channels on.
+    pub fn track(
+        &self,
+        session: &mut Session,
+        transport: Transport,
+        presence: crate::config::PresenceSettings,
+        grants: &Grants,
+    ) {
+        if !presence.enabled && self.hooks.is_none() {
+            return;
+        }
+        let sub = grants.claims.as_ref().and_then(|g| g.sub.as_deref());
+        let tracker = crate::presence::Tracker::new(
+            self.presence.clone(),
+            presence,
+            self.hooks.clone(),
+            sub,
+            transport,
+        );
+        tracker.connect(&session.channels);
+        session.tracker = Some(Box::new(tracker));
     }
 
     /// Opens a session subscribed to `channels` (resuming from `since`).
@@ -132,6 +188,7 @@ impl Realtime {
             positions,
             gauge: gauge.clone(),
             permit: None,
+            tracker: None,
         }
     }
 }

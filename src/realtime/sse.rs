@@ -140,7 +140,7 @@ impl SseStream {
             chunks: Coalesce::default(),
         };
         if let Err(Closed::Lagged) = self.session.deliver(&self.metrics, &mut events) {
-            return Drained::Lagged(close_event("lagged"));
+            return Drained::Lagged(closing(&mut self.session, "lagged"));
         }
         let chunk = events.chunks.finish();
         if chunk.is_empty() {
@@ -190,7 +190,7 @@ impl SseStream {
                     tokio::select! {
                         biased;
                         _ = &mut cancelled => {
-                            let _ = send_bounded(&mut writer, &close_event("shutdown"), self.stall).await;
+                            let _ = send_bounded(&mut writer, &closing(&mut self.session, "shutdown"), self.stall).await;
                             break;
                         }
                         _ = queue.ready() => Bytes::new(),
@@ -203,7 +203,7 @@ impl SseStream {
                         _ = &mut timer => {
                             let now = tokio::time::Instant::now();
                             if expires.is_some_and(|e| now >= e) {
-                                let _ = send(&mut writer, &close_event("expired")).await;
+                                let _ = send(&mut writer, &closing(&mut self.session, "expired")).await;
                                 break;
                             }
                             let due = now >= last_write + heartbeat;
@@ -238,12 +238,12 @@ impl SseStream {
                     biased;
                     _ = self.shutdown.turn(&mut self.turn) => {
                         self.phase = Phase::Done;
-                        return Some(close_event("shutdown"));
+                        return Some(closing(&mut self.session, "shutdown"));
                     }
                     _ = self.session.queue.ready() => {}
                     _ = sleep_until_some(self.expires) => {
                         self.phase = Phase::Done;
-                        return Some(close_event("expired"));
+                        return Some(closing(&mut self.session, "expired"));
                     }
                     _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n")),
                 }
@@ -351,6 +351,15 @@ fn gap_event(channels: &[ChannelName]) -> Bytes {
     let mut out = BytesMut::new();
     encode_event(&mut out, None, Some("pushgate.gap"), data.as_bytes());
     out.freeze()
+}
+
+/// The `pushgate.close` event for `reason`, which the lifecycle webhooks
+/// report too.
+fn closing(session: &mut Session, reason: &'static str) -> Bytes {
+    if let Some(t) = &mut session.tracker {
+        t.set_reason(reason);
+    }
+    close_event(reason)
 }
 
 fn close_event(reason: &str) -> Bytes {

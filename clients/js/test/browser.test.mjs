@@ -246,6 +246,11 @@ test("the demo page shows a message sent with `pushgate publish`", async () => {
     await page.fill("#text", "hello chat");
     await page.click("#chat-form button");
     await eventually("the chat message", async () => (await page.textContent("#chat")).includes("hello chat"));
+    await eventually("who is online", async () => (await page.textContent("#online")) === "1");
+    const other = await browser.newPage();
+    await other.goto(`${pg.base}/`);
+    await eventually("a second tab online", async () => (await page.textContent("#online")) === "2", 10000);
+    await other.close();
     mkdirSync(SHOTS, { recursive: true });
     await page.screenshot({ path: join(SHOTS, "demo.png") });
     await page.click('#force button[data-t="sse"]');
@@ -282,6 +287,11 @@ routes:
     auth:
       jwt: { hs256_secret: "${SECRET}" }
       on_expiry: refresh
+  - name: room
+    match: { path: "/room/{channel}" }
+    realtime: { channels: ["{channel}"], presence: { events: true } }
+    auth:
+      jwt: { hs256_secret: "${SECRET}" }
   - { name: files, match: { path_prefix: "/" }, static: { dir: public, index: index.html } }
 `;
 }
@@ -352,6 +362,50 @@ test("the client refreshes its token over WebSocket before exp", async () => {
     const l = await log(page);
     assert.ok(!l.statuses.some((s) => s.state === "reconnecting"), "refreshed in place, no reconnect");
     await page.close();
+  } finally {
+    stop(pg);
+  }
+});
+
+test("presence: onJoin / onLeave once per user, and sub.presence() lists who is here", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "pushgate-browser-presence-"));
+  const pg = await startPushgate({ dir, yaml: authConfig(dir) });
+  const pageFor = async (sub, transports) => {
+    const page = await tokenPage(pg.base);
+    await page.evaluate(
+      async ({ token, transports }) => {
+        const { subscribe } = await import("/_pushgate/client.js");
+        window.log = { joins: [], leaves: [], statuses: [] };
+        window.sub = subscribe("/room/lobby", {
+          transports,
+          token,
+          onJoin: (j) => window.log.joins.push(j.sub),
+          onLeave: (l) => window.log.leaves.push(l.sub),
+          onStatus: (s) => window.log.statuses.push(s),
+        });
+      },
+      { token: await mint(300, ["lobby"], sub), transports },
+    );
+    await eventually(`${sub} open`, () => openOn(page));
+    return page;
+  };
+  try {
+    const bob = await pageFor("bob", ["websocket"]);
+    const alice1 = await pageFor("alice", ["websocket"]);
+    const alice2 = await pageFor("alice", ["sse"]);
+    await eventually("bob sees alice join", async () => (await log(bob)).joins.includes("alice"));
+    const who = await eventually("both listed", async () => {
+      const p = await bob.evaluate(() => window.sub.presence("lobby"));
+      return p.clients.length === 2 && p;
+    });
+    assert.deepEqual(who.clients.map((c) => [c.sub, c.connections]), [["alice", 2], ["bob", 1]]);
+    await alice1.close();
+    await sleep(500);
+    assert.deepEqual((await log(bob)).leaves, [], "one of alice's tabs closing is no leave");
+    await alice2.close();
+    await eventually("bob sees alice leave", async () => (await log(bob)).leaves.includes("alice"));
+    assert.deepEqual((await log(bob)).joins, ["alice"], "one join for two tabs");
+    await bob.close();
   } finally {
     stop(pg);
   }

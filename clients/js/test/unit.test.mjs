@@ -212,3 +212,54 @@ test("tokenExp reads a JWT's exp and tolerates anything else", async () => {
   assert.equal(tokenExp("opaque-token"), 0);
   assert.equal(tokenExp(undefined), 0);
 });
+
+test("join and leave go to onJoin / onLeave; presence() asks over the WebSocket", async () => {
+  const fake = fakeEnv({ wsOpens: true, transports: ["websocket"] });
+  const joins = [];
+  const leaves = [];
+  const messages = [];
+  const sub = subscribe("http://pg.test/room/c", {
+    env: fake.env,
+    onJoin: (j) => joins.push(j),
+    onLeave: (l) => leaves.push(l),
+    onMessage: (m) => messages.push(m),
+  });
+  await flush();
+  const ws = fake.sockets[0];
+  const frame = (f) => ws.onmessage({ data: JSON.stringify(f) });
+  frame({ type: "join", channel: "c", sub: "alice", id: "e-4" });
+  frame({ type: "join", channel: "c", sub: "alice", id: "e-4" }); // a duplicate by id
+  frame({ type: "message", channel: "c", id: "e-5", data: 1 });
+  frame({ type: "leave", channel: "c", sub: "alice", id: "e-6" });
+  assert.deepEqual(joins, [{ channel: "c", sub: "alice" }]);
+  assert.deepEqual(leaves, [{ channel: "c", sub: "alice" }]);
+  assert.deepEqual(messages.map((m) => m.data), [1]);
+  const asked = sub.presence("c");
+  await flush();
+  assert.deepEqual(JSON.parse(ws.sent.at(-1)), { type: "presence", channel: "c" });
+  const answer = { type: "presence", channel: "c", clients: [{ sub: "alice", connections: 2, since: 1 }], anonymous: 0 };
+  frame(answer);
+  assert.deepEqual(await asked, answer);
+  const refused = sub.presence("other");
+  frame({ type: "error", code: "forbidden", message: "no" });
+  await assert.rejects(refused, (e) => e.code === "forbidden");
+  sub.close();
+});
+
+test("SSE and long-poll presence events reach the same callbacks", async () => {
+  const joins = [];
+  const messages = [];
+  const sub = subscribe("http://pg.test/room/c", {
+    env: { fetch: async () => response({ transports: [] }), setTimeout, clearTimeout },
+    onJoin: (j) => joins.push(j),
+    onMessage: (m) => messages.push(m),
+  });
+  sub.close();
+  // The delivery step every transport shares.
+  sub.deliver({ id: "e-1", event: "pushgate.join", data: '{"type":"join","channel":"c","sub":"bob"}', transport: "sse" });
+  sub.deliver({ id: "e-2", event: "pushgate.join", data: { type: "join", channel: "c", sub: "eve" }, transport: "longpoll" });
+  sub.deliver({ id: "e-3", event: "pushgate.leave", data: { type: "leave", channel: "c", sub: "eve" }, transport: "longpoll" });
+  sub.deliver({ id: "e-4", event: "update", data: "x", transport: "sse" });
+  assert.deepEqual(joins.map((j) => j.sub), ["bob", "eve"]);
+  assert.deepEqual(messages.map((m) => m.event), ["update"]);
+});

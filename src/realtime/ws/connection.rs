@@ -62,6 +62,14 @@ pub(super) fn run<S: RawIo>(
         settings.on_lag,
     );
     session.hold(plan.permit);
+    if pending.is_none() {
+        realtime.track(
+            &mut session,
+            Transport::Websocket,
+            settings.presence,
+            &plan.grants,
+        );
+    }
     let grants = plan.grants;
     let connection = Connection {
         budget: realtime.limiter.publish_budget(),
@@ -75,6 +83,7 @@ pub(super) fn run<S: RawIo>(
         partial: None,
         expires,
         pending,
+        presence: settings.presence,
         _slot: slot,
     };
     tracker.spawn(connection.run(io, greeting));
@@ -166,6 +175,7 @@ struct Connection {
     pending: Option<(Vec<ChannelName>, Option<Vec<Position>>)>,
     budget: PublishBudget,
     max_subscriptions: usize,
+    presence: crate::config::PresenceSettings,
     _slot: Arc<ConnSlot>,
 }
 
@@ -288,6 +298,17 @@ impl Connection {
                 }
             }
         };
+        if let Some(t) = &mut self.session.tracker {
+            t.set_reason(match close {
+                None => "closed",
+                Some((_, _, false)) => "client",
+                Some((_, "shutdown", _)) => "shutdown",
+                Some((_, "lagged", _)) => "lagged",
+                Some((_, "token expired", _)) => "expired",
+                Some((_, "pong timeout", _)) => "timeout",
+                Some(_) => "closed",
+            });
+        }
         if let Some(json) = last_words {
             let _ = send(&mut write, &text_frame(&json)).await;
         }
@@ -453,7 +474,7 @@ impl Connection {
         let channel = match frame.kind.as_str() {
             "ping" => return self.reply(Bytes::from_static(br#"{"type":"pong"}"#)),
             "refresh" => return self.refresh(frame.token.as_deref()),
-            "subscribe" | "unsubscribe" | "publish" => {
+            "subscribe" | "unsubscribe" | "publish" | "presence" => {
                 match frame.channel.as_deref().map(publish::channel) {
                     Some(Ok(c)) => c,
                     Some(Err(e)) => return self.reply(error_json(e.code, &e.message)),
@@ -465,7 +486,7 @@ impl Connection {
             }
             other => {
                 return self.reply(error_json(ErrorCode::UnknownType,
-                    &format!("unknown frame type {other:?}: expected subscribe, unsubscribe, publish, refresh or ping"),
+                    &format!("unknown frame type {other:?}: expected subscribe, unsubscribe, publish, presence, refresh or ping"),
                 ));
             }
         };
@@ -513,7 +534,33 @@ impl Connection {
                     ));
                 }
             }
+            "presence" => self.presence(channel).await,
             _ => self.publish(channel, frame).await,
+        }
+    }
+
+    /// `{"type":"presence","channel":C}`: on a `presence:` route, for a
+    /// channel the connection may subscribe (docs/presence.md).
+    async fn presence(&mut self, channel: ChannelName) {
+        if !self.presence.enabled {
+            return self.reply(error_json(
+                ErrorCode::Forbidden,
+                "presence is not enabled on this route",
+            ));
+        }
+        if !self.grants.may_subscribe(&channel) {
+            return self.reply(error_json(
+                ErrorCode::Forbidden,
+                &format!("channel {channel} is not granted on this route"),
+            ));
+        }
+        match self.realtime.presence_of(&channel).await {
+            Ok(snapshot) => {
+                let mut v = snapshot.to_json(&channel, false);
+                v["type"] = serde_json::Value::from("presence");
+                self.reply(Bytes::from(v.to_string()));
+            }
+            Err(e) => self.reply(error_json(ErrorCode::BackplaneUnavailable, &e.to_string())),
         }
     }
 
@@ -596,6 +643,12 @@ impl Connection {
             return Next::Refuse(error_json(d.reason.code(), &d.message));
         }
         self.expires = self.grants.expiry();
+        self.realtime.track(
+            &mut self.session,
+            Transport::Websocket,
+            self.presence,
+            &self.grants,
+        );
         for (i, channel) in channels.into_iter().enumerate() {
             let from = since.as_ref().and_then(|s| s.get(i).copied());
             self.session.subscribe(channel, from);

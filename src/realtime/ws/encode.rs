@@ -48,6 +48,14 @@ pub fn message_frame(m: &Message) -> Bytes {
 /// `{"type":"message","channel":C,"id":ID,"event":E,"data":D}`
 pub fn message_json(m: &Message) -> Bytes {
     let mut out = BytesMut::with_capacity(m.payload.json().len() + 96);
+    if crate::presence::is_presence_event(m.event.as_ref()) && m.payload.json().starts_with(b"{") {
+        // `{"id":ID,"type":"join"|"leave","channel":C,"sub":S}`
+        out.put_slice(br#"{"id":""#);
+        cursor_into(&mut out, m.position);
+        out.put_slice(b"\",");
+        out.put_slice(&m.payload.json()[1..]);
+        return out.freeze();
+    }
     out.put_slice(br#"{"type":"message","channel":"#);
     quoted(&mut out, m.channel.as_str());
     out.put_slice(br#","id":""#);

@@ -1,0 +1,57 @@
+//! Presence shared by every node, beside the [`Backplane`](crate::backplane)
+//! (a sibling trait: join and leave events themselves still travel as
+//! publications through the backplane).
+//!
+//! Every store keeps one record per channel with one entry per (node,
+//! sub) and one anonymous count per node, each with an expiry the node
+//! pushes forward on every refresh, so a node that dies stops counting
+//! within 2 × `presence.refresh`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::Snapshot;
+use crate::backplane::Error;
+use crate::hub::message::ChannelName;
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// One channel's entries of this node, for a refresh.
+#[derive(Debug, Clone)]
+pub struct ChannelEntries {
+    pub channel: ChannelName,
+    /// (sub, connections, since in Unix ms).
+    pub members: Vec<(Arc<str>, u32, u64)>,
+    pub anonymous: u32,
+    /// A local route announces joins and leaves here.
+    pub events: bool,
+}
+
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Records `sub` on this node (with its connections here and since
+    /// when); `true` when no live entry of another node had it (the user
+    /// joined).
+    fn join<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        sub: &'a str,
+        connections: u32,
+        since: u64,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Removes this node's entry of `sub`; `true` when no live entry of
+    /// another node has it (the user left).
+    fn leave<'a>(&'a self, channel: &'a ChannelName, sub: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Rewrites this node's entries with a fresh expiry and removes the
+    /// expired entries of other nodes on these channels; returns the
+    /// users that left by it (no live entry remains).
+    fn refresh(
+        &self,
+        entries: Vec<ChannelEntries>,
+    ) -> StoreFuture<'_, Vec<(ChannelName, Arc<str>)>>;
+
+    /// Every node's live entries of `channel`, merged per sub.
+    fn snapshot<'a>(&'a self, channel: &'a ChannelName) -> StoreFuture<'a, Snapshot>;
+}
