@@ -11,7 +11,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY vendor ./vendor
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && for b in fanout router auth; do echo 'fn main() {}' > benches/$b.rs; done \
+ && for b in fanout router auth publish; do echo 'fn main() {}' > benches/$b.rs; done \
  && cargo build --release --locked \
  && rm -rf src benches
 COPY src ./src

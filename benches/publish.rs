@@ -1,0 +1,55 @@
+//! The publish body decoder (`publish::decode`): one message, a fan-in
+//! message to several channels, and a batch, as `/publish` receives them.
+
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+const MAX_MESSAGE: usize = 1 << 20;
+
+fn single() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "channel": "news",
+        "event": "update",
+        "data": {"seq": 1, "ts_ns": 1_700_000_000_000_000_000u64, "text": "hello"},
+    }))
+    .unwrap()
+}
+
+fn channels() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "channels": ["a", "b", "c", "d", "e", "f", "g", "h"],
+        "data": {"seq": 1, "text": "to eight channels"},
+        "idempotency_key": "k-1",
+    }))
+    .unwrap()
+}
+
+fn batch(n: usize) -> Vec<u8> {
+    let messages: Vec<_> = (0..n)
+        .map(|i| serde_json::json!({"channel": format!("room-{i}"), "data": {"seq": i}}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "messages": messages })).unwrap()
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("publish_decode");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    let bodies = [
+        ("single", single()),
+        ("channels_8", channels()),
+        ("batch_100", batch(100)),
+    ];
+    for (name, body) in &bodies {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), body, |b, body| {
+            b.iter(|| pushgate::publish::decode(std::hint::black_box(body), MAX_MESSAGE).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode);
+criterion_main!(benches);
