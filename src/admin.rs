@@ -108,22 +108,14 @@ impl Handler for Admin {
                 response
             }
             (&Method::POST, "/admin/reload") => {
-                if let Err(e) = self.publisher.authorize(request.headers()) {
-                    let mut response = e.into_response();
-                    response
-                        .headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, publish::challenge());
-                    return response;
+                if let Some(refused) = self.refusal(&request) {
+                    return refused;
                 }
                 reload::respond(&self.control).await
             }
             (&Method::GET, p) if p.starts_with("/presence/") => {
-                if let Err(e) = self.publisher.authorize(request.headers()) {
-                    let mut response = e.into_response();
-                    response
-                        .headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, publish::challenge());
-                    return response;
+                if let Some(refused) = self.refusal(&request) {
+                    return refused;
                 }
                 self.presence(&request).await
             }
@@ -160,6 +152,18 @@ fn page() -> Response<Body> {
 }
 
 impl Admin {
+    /// The internal tokens' check for `/admin/reload` and `/presence/`:
+    /// `Some` answer when refused, with the `WWW-Authenticate` challenge.
+    fn refusal(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
+        self.publisher.authorize(request.headers()).err().map(|e| {
+            let mut response = e.into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, publish::challenge());
+            response
+        })
+    }
+
     /// `GET /presence/{channel}[?count=1]`.
     async fn presence(&self, request: &Request<Incoming>) -> Response<Body> {
         let raw = request.uri().path().trim_start_matches("/presence/");

@@ -378,6 +378,23 @@ impl Hub {
         lock(&channel).grip_last_id().map(Box::from)
     }
 
+    /// A distributed backplane's receipt: `channel` at `position`, with
+    /// this node's subscriber count.
+    pub fn receipt(&self, channel: &ChannelName, position: Position) -> Receipt {
+        Receipt {
+            channel: channel.clone(),
+            position,
+            subscribers: self.subscriber_count(channel),
+        }
+    }
+
+    /// A GRIP item's receipt: it takes no position of its own, so the
+    /// channel's head (zero when the channel has none).
+    pub fn grip_receipt(&self, channel: &ChannelName) -> Receipt {
+        let head = self.head(channel).unwrap_or(Position { epoch: 0, seq: 0 });
+        self.receipt(channel, head)
+    }
+
     /// Subscribers of `channel` on this node.
     pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
         self.channels

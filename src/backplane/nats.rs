@@ -237,11 +237,7 @@ impl Shared {
             let position = tokio::time::timeout(ANSWER_TIMEOUT * 2, self.publish_one(&stream, p))
                 .await
                 .map_err(|_| Error::Unavailable("nats did not answer in time".to_owned()))??;
-            receipts.push(Receipt {
-                channel: p.channel.clone(),
-                position,
-                subscribers: self.hub.subscriber_count(&p.channel),
-            });
+            receipts.push(self.hub.receipt(&p.channel, position));
         }
         self.metrics
             .publish_latency
@@ -273,14 +269,7 @@ impl Shared {
             Ok(Err(e)) => return Err(Error::Unavailable(format!("nats: {e}"))),
             Ok(Ok(())) => {}
         }
-        Ok(Receipt {
-            channel: p.channel.clone(),
-            position: self
-                .hub
-                .head(&p.channel)
-                .unwrap_or(Position { epoch: 0, seq: 0 }),
-            subscribers: self.hub.subscriber_count(&p.channel),
-        })
+        Ok(self.hub.grip_receipt(&p.channel))
     }
 
     async fn publish_one(

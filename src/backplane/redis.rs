@@ -304,11 +304,7 @@ impl Shared {
             let position = parse_position(id).ok_or_else(|| {
                 Error::Unavailable(format!("redis returned a malformed position {id:?}"))
             })?;
-            receipts.push(Receipt {
-                channel: p.channel.clone(),
-                position,
-                subscribers: self.hub.subscriber_count(&p.channel),
-            });
+            receipts.push(self.hub.receipt(&p.channel, position));
         }
         self.metrics
             .publish_latency
@@ -355,14 +351,7 @@ impl Shared {
             };
         sent.map_err(|e| Error::Unavailable(format!("redis: {e}")))?;
         for (i, p) in &grip {
-            receipts[*i] = Some(Receipt {
-                channel: p.channel.clone(),
-                position: self
-                    .hub
-                    .head(&p.channel)
-                    .unwrap_or(Position { epoch: 0, seq: 0 }),
-                subscribers: self.hub.subscriber_count(&p.channel),
-            });
+            receipts[*i] = Some(self.hub.grip_receipt(&p.channel));
         }
         let (indexes, native): (Vec<usize>, Vec<Publication>) = native.into_iter().unzip();
         if !native.is_empty() {
