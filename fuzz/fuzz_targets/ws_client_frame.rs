@@ -15,10 +15,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Some(since) = frame.since.as_deref() {
         let _ = pushgate::realtime::cursor::decode_one(since);
     }
-    let _ = pushgate::publish::Content::validate(
-        frame.data.as_ref(),
-        frame.event.as_ref(),
-        None,
-        1024,
-    );
+    let _ =
+        pushgate::publish::Content::validate(frame.data.as_ref(), frame.event.as_ref(), None, 1024);
 });
