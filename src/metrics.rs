@@ -12,7 +12,8 @@ use crate::hub::HubMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: String,
+    /// Shared with the router: counting a request copies no string.
+    pub route: std::sync::Arc<str>,
     pub status: u16,
 }
 

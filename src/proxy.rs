@@ -7,6 +7,7 @@
 
 mod client_body;
 pub mod headers;
+pub mod pool;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -113,9 +114,9 @@ impl Proxy {
         crate::grip::wsevents::clean_headers(&mut headers);
         headers::set_forwarded(
             &mut headers,
-            &conn.remote.ip().to_string(),
+            conn.remote.ip(),
             conn.scheme,
-            host.as_ref().and_then(|h| h.to_str().ok()),
+            host.as_ref(),
             request.version(),
         );
         for (name, value) in &route.add_headers {
@@ -164,24 +165,23 @@ impl Proxy {
             Ok(p) => p,
             Err(e) => return e.into_response(),
         };
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-
         let mut headers = parts.headers;
+        // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
+        let host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         headers::remove_hop_by_hop(&mut headers);
         headers::set_forwarded(
             &mut headers,
-            &conn.remote.ip().to_string(),
+            conn.remote.ip(),
             conn.scheme,
-            host.as_deref(),
+            host.as_ref(),
             parts.version,
         );
-        if let Some(host) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-            // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
+        if let Some(host) = host {
             headers.insert(header::HOST, host);
         }
         for (name, value) in &route.add_headers {
@@ -199,54 +199,82 @@ impl Proxy {
             headers.insert(header::UPGRADE, protocol.clone());
         }
 
+        // A body-less request is sent as an empty body: nothing to watch,
+        // and it can be sent to another target after a connect failure.
         let client_failed = client_body::Failed::default();
-        let mut body = Some(
-            client_body::Watched::new(
-                body.map_err(Into::into).boxed_unsync(),
-                client_failed.clone(),
-            )
-            .boxed_unsync(),
-        );
+        let mut body = if replayable {
+            None
+        } else {
+            let body = body.map_err(Into::into).boxed_unsync();
+            Some(client_body::Watched::new(body, client_failed.clone()).boxed_unsync())
+        };
         let mut last_error = None;
         for attempt in 1..=attempts {
             let Some(target) = upstream.pick() else { break };
-            let uri = Uri::builder()
-                .scheme(target.scheme.clone())
-                .authority(target.authority.clone())
-                .path_and_query(path.clone())
-                .build();
-            let Ok(uri) = uri else {
-                return HttpError::new(
-                    ErrorCode::InvalidRequest,
-                    "request path cannot be forwarded",
-                )
-                .into_response();
-            };
             let mut outgoing = Request::new(body.take().unwrap_or_else(crate::error::empty));
             *outgoing.method_mut() = parts.method.clone();
-            *outgoing.uri_mut() = uri;
             *outgoing.version_mut() = Version::HTTP_11;
             *outgoing.headers_mut() = if attempt == attempts {
                 std::mem::take(&mut headers)
             } else {
                 headers.clone()
             };
+            let absolute = || {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(target.scheme.clone());
+                uri.authority = Some(target.authority.clone());
+                uri.path_and_query = Some(path.clone());
+                Uri::from_parts(uri)
+            };
 
             // A stale GRIP response hold asks the origin again (body-less
             // requests only): keep what it takes.
-            let replay = (route.grip && replayable).then(|| crate::grip::Replay {
-                client: upstream.client.clone(),
-                method: parts.method.clone(),
-                uri: outgoing.uri().clone(),
-                headers: outgoing.headers().clone(),
-                signer: upstream.grip_sig.clone(),
-                timeout: upstream.timeout,
-            });
+            let replay = match (route.grip && replayable).then(absolute) {
+                Some(Ok(uri)) => Some(crate::grip::Replay {
+                    client: upstream.client.clone(),
+                    method: parts.method.clone(),
+                    uri,
+                    headers: outgoing.headers().clone(),
+                    signer: upstream.grip_sig.clone(),
+                    timeout: upstream.timeout,
+                }),
+                _ => None,
+            };
             let started = Instant::now();
-            let sent =
-                tokio::time::timeout(upstream.timeout, upstream.client.request(outgoing)).await;
-            match sent {
-                Err(_) => {
+            let sent = match &downstream_upgrade {
+                // An upgrade needs a connection hyper can hand over: the
+                // pooled client, whose connection task does that.
+                Some(_) => {
+                    let Ok(uri) = absolute() else {
+                        return HttpError::new(
+                            ErrorCode::InvalidRequest,
+                            "request path cannot be forwarded",
+                        )
+                        .into_response();
+                    };
+                    *outgoing.uri_mut() = uri;
+                    let sent = upstream.client.request(outgoing);
+                    match tokio::time::timeout(upstream.timeout, sent).await {
+                        Err(_) => Err(Failure::Timeout),
+                        Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.into())),
+                        Ok(Err(e)) => Err(Failure::Request(e.into())),
+                        Ok(Ok(r)) => Ok(r.map(UpstreamBody::Direct)),
+                    }
+                }
+                None => {
+                    *outgoing.uri_mut() = Uri::from(path.clone());
+                    let sent = target.pool.send(outgoing);
+                    match tokio::time::timeout(upstream.timeout, sent).await {
+                        Err(_) => Err(Failure::Timeout),
+                        Ok(Err(pool::SendError::Connect(e))) => Err(Failure::Connect(e.into())),
+                        Ok(Err(e)) => Err(Failure::Request(e.into())),
+                        Ok(Ok(r)) => Ok(r.map(UpstreamBody::Pooled)),
+                    }
+                }
+            };
+            let mut response = match sent {
+                Ok(response) => response,
+                Err(Failure::Timeout) => {
                     warn!(upstream = %upstream.name, target = %target.authority, "Upstream timed out before response headers.");
                     return HttpError::new(
                         ErrorCode::UpstreamTimeout,
@@ -257,67 +285,120 @@ impl Proxy {
                     )
                     .into_response();
                 }
-                Ok(Err(error)) if error.is_connect() => {
+                Err(Failure::Connect(error)) => {
                     warn!(upstream = %upstream.name, target = %target.authority, %error, "Upstream target unreachable; skipping it for a while.");
                     upstream.mark_down(target);
                     last_error = Some(error);
                     continue;
                 }
-                Ok(Err(error)) if client_failed.get() => {
+                Err(Failure::Request(error)) if client_failed.get() => {
                     // The client's body broke (RFC 9112 §7.1: e.g. a chunk
                     // size that overflows); hyper has aborted the upstream
                     // request.
-                    debug!(upstream = %upstream.name, error = %error_chain(&error), "Client request body failed; upstream request aborted.");
+                    debug!(upstream = %upstream.name, error = %error_chain(&*error), "Client request body failed; upstream request aborted.");
                     return HttpError::new(ErrorCode::InvalidBody, "the request body is malformed")
                         .into_response();
                 }
-                Ok(Err(error)) => {
-                    warn!(upstream = %upstream.name, target = %target.authority, error = %error_chain(&error), "Upstream request failed.");
+                Err(Failure::Request(error)) => {
+                    warn!(upstream = %upstream.name, target = %target.authority, error = %error_chain(&*error), "Upstream request failed.");
                     return HttpError::new(
                         ErrorCode::UpstreamError,
                         format!("upstream {} failed to answer", upstream.name),
                     )
                     .into_response();
                 }
-                Ok(Ok(mut response)) => {
-                    latency.observe(started.elapsed().as_secs_f64());
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && let Some(downstream) = downstream_upgrade
-                    {
-                        let upstream_side = hyper::upgrade::on(&mut response);
-                        self.shutdown.tracker.spawn(tunnel(
-                            downstream,
-                            upstream_side,
-                            conn.slot.clone(),
-                        ));
-                        let (mut parts, _) = response.into_parts();
-                        parts
-                            .headers
-                            .append(header::VIA, headers::via_value(Version::HTTP_11));
-                        return Response::from_parts(parts, crate::error::empty());
-                    }
-                    let (mut parts, body) = response.into_parts();
-                    headers::remove_hop_by_hop(&mut parts.headers);
-                    headers::append_list(&mut parts.headers, header::VIA, "1.1 pushgate");
-                    if route.grip
-                        && let Some(grip) = &self.grip
-                    {
-                        return grip.respond(parts, body, &upstream.name, replay).await;
-                    }
-                    return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-                }
+            };
+            latency.observe(started.elapsed().as_secs_f64());
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(downstream) = downstream_upgrade
+            {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                self.shutdown
+                    .tracker
+                    .spawn(tunnel(downstream, upstream_side, conn.slot.clone()));
+                let (mut parts, _) = response.into_parts();
+                parts
+                    .headers
+                    .append(header::VIA, headers::via_value(Version::HTTP_11));
+                return Response::from_parts(parts, crate::error::empty());
             }
+            let (mut parts, body) = response.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers);
+            headers::append_list(
+                &mut parts.headers,
+                header::VIA,
+                headers::via_value(Version::HTTP_11),
+            );
+            if route.grip
+                && let Some(grip) = &self.grip
+            {
+                // Boxed: a GRIP answer's future is large and rare.
+                return Box::pin(grip.respond(parts, body, &upstream.name, replay)).await;
+            }
+            return Response::from_parts(parts, boxed(body));
         }
         let message = match last_error {
             Some(e) => format!(
                 "upstream {} is unreachable: {}",
                 upstream.name,
-                error_chain(&e)
+                error_chain(&*e)
             ),
             None => format!("upstream {} has no targets", upstream.name),
         };
         HttpError::new(ErrorCode::UpstreamUnreachable, message).into_response()
     }
+}
+
+/// An upstream response body as the listener's body type.
+fn boxed(body: UpstreamBody) -> Body {
+    body.map_err(|e| -> crate::error::BoxError { Box::new(e) })
+        .boxed_unsync()
+}
+
+/// A response body from either client: a pooled connection's, or the
+/// hyper-util client's (upgrades).
+enum UpstreamBody {
+    Pooled(pool::PooledBody),
+    Direct(Incoming),
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
+            UpstreamBody::Direct(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
+            UpstreamBody::Direct(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            UpstreamBody::Pooled(b) => b.size_hint(),
+            UpstreamBody::Direct(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Why an upstream request got no response head.
+enum Failure {
+    /// No head within the upstream's `timeout`.
+    Timeout,
+    /// The target could not be reached: try another.
+    Connect(crate::error::BoxError),
+    /// The request failed on an open connection.
+    Request(crate::error::BoxError),
 }
 
 /// Copies bytes both ways between an upgraded client and upstream.
@@ -349,6 +430,13 @@ fn rewrite_path(uri: &Uri, strip_prefix: Option<&str>) -> Result<PathAndQuery, H
         None => path,
     };
     let stripped = if stripped.is_empty() { "/" } else { stripped };
+    // Unchanged (no prefix stripped): the request's own, shared, not copied.
+    if stripped.len() == path.len()
+        && let Some(pq) = uri.path_and_query()
+        && pq.path() == stripped
+    {
+        return Ok(pq.clone());
+    }
     let full = match uri.query() {
         Some(q) => format!("{stripped}?{q}"),
         None => stripped.to_owned(),

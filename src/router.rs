@@ -19,6 +19,8 @@ pub struct Router {
 #[derive(Debug)]
 struct CompiledRoute {
     settings: Arc<RouteSettings>,
+    /// The route's name as a metric label.
+    label: Arc<str>,
     host: Option<HostMatch>,
     path: PathRule,
 }
@@ -40,6 +42,8 @@ enum PathRule {
 #[derive(Debug)]
 pub struct RouteMatch<'a> {
     pub route: &'a Arc<RouteSettings>,
+    /// `route.name`, shared (the request metric's label).
+    pub label: &'a Arc<str>,
     pub captures: Captures,
 }
 
@@ -49,6 +53,7 @@ impl Router {
             .iter()
             .map(|r| CompiledRoute {
                 settings: Arc::new(r.clone()),
+                label: Arc::from(r.name.as_str()),
                 host: r.host.as_ref().map(|h| match h.strip_prefix('*') {
                     Some(suffix) => HostMatch::Suffix(suffix.to_owned()),
                     None => HostMatch::Exact(h.clone()),
@@ -65,15 +70,19 @@ impl Router {
     /// The first route matching the request. `host` may carry a port and
     /// any case; `path` is the URI path without the query.
     pub fn route(&self, host: Option<&str>, method: &Method, path: &str) -> Option<RouteMatch<'_>> {
-        let host = host.map(normalize_host);
+        let host = host.map(without_port);
         for r in &self.routes {
             if let Some(want) = &r.host {
-                let Some(host) = host.as_deref() else {
+                let Some(host) = host else {
                     continue;
                 };
                 let ok = match want {
-                    HostMatch::Exact(h) => host == h,
-                    HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+                    HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
+                    HostMatch::Suffix(s) => {
+                        host.len() > s.len()
+                            && host.as_bytes()[host.len() - s.len()..]
+                                .eq_ignore_ascii_case(s.as_bytes())
+                    }
                 };
                 if !ok {
                     continue;
@@ -96,6 +105,7 @@ impl Router {
             };
             return Some(RouteMatch {
                 route: &r.settings,
+                label: &r.label,
                 captures,
             });
         }
@@ -111,16 +121,16 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-fn normalize_host(host: &str) -> String {
-    let host = if host.starts_with('[') {
+/// The host without its port; routes compare it ignoring ASCII case.
+fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
         // [v6]:port
         host.split_once(']')
             .map_or(host, |(h, _)| h)
             .trim_start_matches('[')
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    host.to_ascii_lowercase()
+    }
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ pub enum Claimed {
 
 /// An SSE stream or a WebSocket session.
 pub struct RealtimeClaim {
-    route: String,
+    route: Arc<str>,
     plan: Plan,
     /// `Sec-WebSocket-Key` of a WebSocket handshake.
     ws_key: Option<http::HeaderValue>,
@@ -121,7 +121,7 @@ impl Handler for Service {
             Err(e) => Some(e),
         };
         Some(Claimed::Realtime(RealtimeClaim {
-            route: matched.route.name.clone(),
+            route: matched.label.clone(),
             plan,
             ws_key: head.headers().get("sec-websocket-key").cloned(),
             refused,
@@ -137,7 +137,7 @@ impl Handler for Service {
         let claim = match claim {
             Claimed::Realtime(c) => c,
             Claimed::Grip(c) => {
-                let route = c.route.name.clone();
+                let route = Arc::from(c.route.name.as_str());
                 let response = self
                     .proxy
                     .forward(c.request(), &c.route, &c.upstream, &conn)
@@ -198,47 +198,55 @@ impl Service {
         &self,
         request: Request<Incoming>,
         conn: ConnInfo,
-    ) -> (String, Response<Body>) {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| request.uri().authority().map(|a| a.to_string()));
-        let path = request.uri().path().to_owned();
-        if path == CLIENT_PATH {
-            return ("_pushgate".into(), client_js(&request));
+    ) -> (Arc<str>, Response<Body>) {
+        if request.uri().path() == CLIENT_PATH {
+            return (Arc::from("_pushgate"), client_js(&request));
         }
-        let Some(matched) = self.router.route(host.as_deref(), request.method(), &path) else {
-            let response =
-                HttpError::new(ErrorCode::NoRoute, format!("no route for {path}")).into_response();
-            return (String::new(), response);
+        let host = match request.headers().get(header::HOST) {
+            Some(h) => h.to_str().ok(),
+            None => request.uri().authority().map(|a| a.as_str()),
         };
-        let route = matched.route.clone();
+        let Some(matched) = self
+            .router
+            .route(host, request.method(), request.uri().path())
+        else {
+            let message = format!("no route for {}", request.uri().path());
+            let response = HttpError::new(ErrorCode::NoRoute, message).into_response();
+            return (Arc::from(""), response);
+        };
+        let (route, label) = (matched.route.clone(), matched.label.clone());
+        // Only the proxy's future is kept inline: the others are boxed, so
+        // this future (moved into hyper's connection on every request)
+        // stays as small as the hot path needs.
         let response = match &route.action {
             RouteAction::Upstream(upstream)
                 if route.ws_events && crate::grip::wsevents::is_upgrade(&request) =>
             {
-                self.proxy.ws_events(request, &route, upstream, &conn).await
+                Box::pin(self.proxy.ws_events(request, &route, upstream, &conn)).await
             }
             RouteAction::Upstream(upstream) => {
                 self.proxy.forward(request, &route, upstream, &conn).await
             }
             RouteAction::Realtime(rt) => {
-                self.realtime
-                    .handle(request, rt, matched.captures, conn)
-                    .await
+                Box::pin(self.realtime.handle(request, rt, matched.captures, conn)).await
             }
             RouteAction::Static(settings) => {
+                let path = request.uri().path();
                 let relative = match route.strip_prefix.as_deref() {
                     Some(prefix) => path
                         .strip_prefix(prefix.trim_end_matches('/'))
-                        .unwrap_or(&path),
-                    None => &path,
+                        .unwrap_or(path),
+                    None => path,
                 };
-                files::serve(settings, request.method(), relative, request.headers()).await
+                Box::pin(files::serve(
+                    settings,
+                    request.method(),
+                    relative,
+                    request.headers(),
+                ))
+                .await
             }
         };
-        (route.name.clone(), response)
+        (label, response)
     }
 }

@@ -345,3 +345,117 @@ async fn a_slowloris_client_is_cut_off_while_others_are_served() {
         .unwrap();
     assert!(cut, "the trickling connection was closed by the server");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_for_every_kind_of_body() {
+    let (up, accepted) = support::upstream_counted(|r: Request<Incoming>| async move {
+        let chunked = r.uri().path() == "/chunked";
+        let sent = r.into_body().collect().await.unwrap().to_bytes();
+        if chunked {
+            let frames = futures_util::stream::iter(
+                ["a", "b", "c"].map(|c| Ok::<_, support::BoxError>(Frame::data(Bytes::from(c)))),
+            );
+            return Response::new(StreamBody::new(frames).boxed_unsync());
+        }
+        Response::new(body(format!("got {}", sent.len())))
+    })
+    .await;
+    let pg = Pushgate::start(&config(&[http(up)], "")).await;
+    let client = pg.client();
+    for i in 0..10 {
+        let r = client.get(pg.url("/plain")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "got 0", "request {i}");
+        let r = client.get(pg.url("/chunked")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "abc", "request {i}");
+        let r = client
+            .post(pg.url("/post"))
+            .body("12345")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "got 5", "request {i}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "30 sequential requests share one upstream connection"
+    );
+}
+
+/// An upstream that answers one keep-alive request per connection and then
+/// closes it after `idle` without a word, as upstreams with a short
+/// keep-alive timeout do.
+async fn closing_upstream(idle: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                let _ = s.write_all(answer.as_bytes()).await;
+                tokio::time::sleep(idle).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_the_upstream_closed_are_not_used() {
+    let (up, accepted) = closing_upstream(Duration::from_millis(20)).await;
+    let pg = Pushgate::start(&config(&[http(up)], "")).await;
+    let client = pg.client();
+    for i in 0..5 {
+        let r = client.get(pg.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+        // Longer than the upstream keeps an idle connection.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test]
+async fn a_response_the_client_abandons_does_not_leave_its_connection_in_the_pool() {
+    let (up, accepted) = support::upstream_counted(|r: Request<Incoming>| async move {
+        if r.uri().path() == "/endless" {
+            let frames = futures_util::stream::unfold((), |()| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Some((
+                    Ok::<_, support::BoxError>(Frame::data(Bytes::from("x"))),
+                    (),
+                ))
+            });
+            return Response::new(StreamBody::new(frames).boxed_unsync());
+        }
+        Response::new(body("fine"))
+    })
+    .await;
+    let pg = Pushgate::start(&config(&[http(up)], "")).await;
+    let response = pg.client().get(pg.url("/endless")).send().await.unwrap();
+    let mut stream = response.bytes_stream();
+    support::within("a first chunk", stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(stream);
+    for _ in 0..3 {
+        let r = pg.client().get(pg.url("/after")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "fine");
+    }
+    assert!(
+        accepted.load(Ordering::Relaxed) >= 2,
+        "the abandoned connection was not reused"
+    );
+}

@@ -1,6 +1,8 @@
 //! One upstream: its targets used round robin, passive health (a target that
-//! failed to connect is skipped for `fail_timeout`), and its pooled client.
+//! failed to connect is skipped for `fail_timeout`), each target's
+//! connection pool, and the hyper-util client for upgrades, GRIP and hooks.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,8 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamSettings;
 use crate::error::Body;
+
+use super::pool::Pool;
 
 pub struct Upstream {
     pub name: String,
@@ -28,6 +32,8 @@ pub struct Upstream {
 pub struct Target {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// Connections for proxied requests (`forward`).
+    pub pool: Arc<Pool>,
     /// Milliseconds since `Upstream::started` until which the target is
     /// skipped; 0 = healthy.
     down_until: AtomicU64,
@@ -45,9 +51,11 @@ impl Upstream {
             .targets
             .iter()
             .filter_map(|uri| {
+                let authority = uri.authority().cloned()?;
                 Some(Target {
                     scheme: uri.scheme().cloned()?,
-                    authority: uri.authority().cloned()?,
+                    pool: Pool::new(authority.clone(), settings.connect_timeout),
+                    authority,
                     down_until: AtomicU64::new(0),
                 })
             })
