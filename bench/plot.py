@@ -3,6 +3,11 @@
 and fan-out p99 latency against publish rate, per target.
 
     bench/plot.py [RESULTS_DIR ...] [-o bench/plots.png]
+    bench/plot.py --scaling SCALING.jsonl [...] [-o bench/scaling.png]
+
+The second form plots bench/scaling.sh's points: CPU per delivery and p99
+against subscribers, and against channels for the same deliveries, one
+line per file (its name is the label, e.g. pushgate.jsonl, floor.jsonl).
 
 Reads every RESULTS_DIR/all.jsonl (default /tmp/cmp-results) and the raw
 rtload reports the lines point to. Idle runs of several sizes (full and
@@ -32,13 +37,54 @@ def rows(dirs):
                     yield json.loads(line)
 
 
+def scaling(files, out):
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    for path in files:
+        label = os.path.splitext(os.path.basename(path))[0]
+        with open(path) as f:
+            pts = [json.loads(line) for line in f if line.strip()]
+        for col, (sweep, x) in enumerate((("subscribers", "conns"), ("channels", "channels"))):
+            by_x = {}
+            for p in pts:
+                if p["sweep"] == sweep and p.get("received") == p.get("expected"):
+                    by_x.setdefault(p[x], []).append(p)
+            xs = sorted(by_x)
+            if not xs:
+                continue
+            med = lambda k: [sorted(q[k] for q in by_x[v])[len(by_x[v]) // 2] for v in xs]  # noqa: E731
+            color = COLORS.get(label.split("-")[0])
+            axes[0][col].plot(xs, med("server_us_per_delivery"), marker="o", color=color, label=label)
+            axes[1][col].plot(xs, med("p99_ms"), marker="o", color=color, label=label)
+    for col, (xl, title) in enumerate(
+        (
+            ("subscribers on one channel (5 msg/s)", "as subscribers grow"),
+            ("channels (10,000 subscribers, 10,000 deliveries/s)", "as channels grow"),
+        )
+    ):
+        for row, yl in enumerate(("server CPU per delivery (µs)", "fan-out p99 (ms)")):
+            ax = axes[row][col]
+            ax.set_xlabel(xl)
+            ax.set_ylabel(yl)
+            ax.set_title(f"{yl.split(' (')[0]} {title}")
+            if col == 1:
+                ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(out)
+
+
 def main():
     args = sys.argv[1:]
-    out = "bench/plots.png"
+    out = None
     if "-o" in args:
         i = args.index("-o")
         out = args[i + 1]
         del args[i : i + 2]
+    if args and args[0] == "--scaling":
+        return scaling(args[1:], out or "bench/scaling.png")
+    out = out or "bench/plots.png"
     dirs = args or ["/tmp/cmp-results"]
     rss = {}
     lat = {}
