@@ -135,7 +135,7 @@ impl Proxy {
 
     pub async fn forward<B>(
         &self,
-        mut request: Request<B>,
+        request: Request<B>,
         route: &RouteSettings,
         upstream: &str,
         conn: &ConnInfo,
@@ -148,73 +148,42 @@ impl Proxy {
             return HttpError::new(ErrorCode::NoUpstream, "route names no known upstream")
                 .into_response();
         };
-        let upgrade = request
-            .headers()
-            .get(header::UPGRADE)
-            .filter(|_| request.version() == Version::HTTP_11)
-            .cloned();
-        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-        let (parts, body) = request.into_parts();
-        let replayable = body.is_end_stream();
+        // Done before the first await, so the request itself is not kept in
+        // this future (which hyper moves on every request): only what the
+        // attempts need.
+        match Outgoing::prepare(request, route, upstream, conn) {
+            Ok(outgoing) => self.send(outgoing, route, upstream, latency, conn).await,
+            Err(response) => response,
+        }
+    }
+
+    async fn send(
+        &self,
+        outgoing: Outgoing,
+        route: &RouteSettings,
+        upstream: &Upstream,
+        latency: &Histogram,
+        conn: &ConnInfo,
+    ) -> Response<Body> {
+        let Outgoing {
+            method,
+            path,
+            mut headers,
+            body,
+            replayable,
+            downstream_upgrade,
+            client_failed,
+        } = outgoing;
         let attempts = if replayable {
             upstream.target_count().clamp(1, MAX_ATTEMPTS)
         } else {
             1
         };
-        let path = match rewrite_path(&parts.uri, route.strip_prefix.as_deref()) {
-            Ok(p) => p,
-            Err(e) => return e.into_response(),
-        };
-        let mut headers = parts.headers;
-        // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
-        let host = headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        headers::remove_hop_by_hop(&mut headers);
-        headers::set_forwarded(
-            &mut headers,
-            conn.remote.ip(),
-            conn.scheme,
-            host.as_ref(),
-            parts.version,
-        );
-        if let Some(host) = host {
-            headers.insert(header::HOST, host);
-        }
-        for (name, value) in &route.add_headers {
-            headers.insert(name.clone(), value.clone());
-        }
-        // Only pushgate signs Grip-Sig: a client's own never reaches a backend.
-        headers.remove(crate::grip::sig::GRIP_SIG);
-        if (route.grip || route.ws_events)
-            && let Some(signer) = &upstream.grip_sig
-        {
-            signer.sign(&mut headers);
-        }
-        if let Some(protocol) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
-        }
-
-        // A body-less request is sent as an empty body: nothing to watch,
-        // and it can be sent to another target after a connect failure.
-        let client_failed = client_body::Failed::default();
-        let mut body = if replayable {
-            None
-        } else {
-            let body = body.map_err(Into::into).boxed_unsync();
-            Some(client_body::Watched::new(body, client_failed.clone()).boxed_unsync())
-        };
+        let mut body = body;
         let mut last_error = None;
         for attempt in 1..=attempts {
             let Some(target) = upstream.pick() else { break };
-            let mut outgoing = Request::new(body.take().unwrap_or_else(crate::error::empty));
-            *outgoing.method_mut() = parts.method.clone();
-            *outgoing.version_mut() = Version::HTTP_11;
-            *outgoing.headers_mut() = if attempt == attempts {
+            let sent_headers = if attempt == attempts {
                 std::mem::take(&mut headers)
             } else {
                 headers.clone()
@@ -228,18 +197,20 @@ impl Proxy {
             };
 
             // A stale GRIP response hold asks the origin again (body-less
-            // requests only): keep what it takes.
+            // requests only): keep what it takes. Boxed: it is large and
+            // GRIP routes are the rare case.
             let replay = match (route.grip && replayable).then(absolute) {
-                Some(Ok(uri)) => Some(crate::grip::Replay {
+                Some(Ok(uri)) => Some(Box::new(crate::grip::Replay {
                     client: upstream.client.clone(),
-                    method: parts.method.clone(),
+                    method: method.clone(),
                     uri,
-                    headers: outgoing.headers().clone(),
+                    headers: sent_headers.clone(),
                     signer: upstream.grip_sig.clone(),
                     timeout: upstream.timeout,
-                }),
+                })),
                 _ => None,
             };
+            let body = body.take().unwrap_or_else(crate::error::empty);
             let started = Instant::now();
             let sent = match &downstream_upgrade {
                 // An upgrade needs a connection hyper can hand over: the
@@ -252,8 +223,9 @@ impl Proxy {
                         )
                         .into_response();
                     };
-                    *outgoing.uri_mut() = uri;
-                    let sent = upstream.client.request(outgoing);
+                    let sent = upstream
+                        .client
+                        .request(build(&method, uri, sent_headers, body));
                     match tokio::time::timeout(upstream.timeout, sent).await {
                         Err(_) => Err(Failure::Timeout),
                         Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.into())),
@@ -262,8 +234,8 @@ impl Proxy {
                     }
                 }
                 None => {
-                    *outgoing.uri_mut() = Uri::from(path.clone());
-                    let sent = target.pool.send(outgoing);
+                    let uri = Uri::from(path.clone());
+                    let sent = target.pool.send(build(&method, uri, sent_headers, body));
                     match tokio::time::timeout(upstream.timeout, sent).await {
                         Err(_) => Err(Failure::Timeout),
                         Ok(Err(pool::SendError::Connect(e))) => Err(Failure::Connect(e.into())),
@@ -333,7 +305,8 @@ impl Proxy {
                 && let Some(grip) = &self.grip
             {
                 // Boxed: a GRIP answer's future is large and rare.
-                return Box::pin(grip.respond(parts, body, &upstream.name, replay)).await;
+                return Box::pin(grip.respond(parts, body, &upstream.name, replay.map(|r| *r)))
+                    .await;
             }
             return Response::from_parts(parts, boxed(body));
         }
@@ -399,6 +372,105 @@ enum Failure {
     Connect(crate::error::BoxError),
     /// The request failed on an open connection.
     Request(crate::error::BoxError),
+}
+
+/// The upstream request of one attempt.
+fn build(method: &http::Method, uri: Uri, headers: http::HeaderMap, body: Body) -> Request<Body> {
+    let mut request = Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    request
+}
+
+/// A request ready for upstream: hop-by-hop headers gone, forwarding
+/// headers set, the body watched for client errors.
+struct Outgoing {
+    method: http::Method,
+    path: PathAndQuery,
+    headers: http::HeaderMap,
+    /// `None`: the request has no body (so it may go to another target).
+    body: Option<Body>,
+    replayable: bool,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_failed: client_body::Failed,
+}
+
+impl Outgoing {
+    #[allow(clippy::result_large_err)] // the error is the answer itself
+    fn prepare<B>(
+        mut request: Request<B>,
+        route: &RouteSettings,
+        upstream: &Upstream,
+        conn: &ConnInfo,
+    ) -> Result<Self, Response<Body>>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::error::BoxError>,
+    {
+        let upgrade = request
+            .headers()
+            .get(header::UPGRADE)
+            .filter(|_| request.version() == Version::HTTP_11)
+            .cloned();
+        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+        let (parts, body) = request.into_parts();
+        let replayable = body.is_end_stream();
+        let path = rewrite_path(&parts.uri, route.strip_prefix.as_deref())
+            .map_err(HttpError::into_response)?;
+        let mut headers = parts.headers;
+        // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
+        let host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::remove_hop_by_hop(&mut headers);
+        headers::set_forwarded(
+            &mut headers,
+            conn.remote.ip(),
+            conn.scheme,
+            host.as_ref(),
+            parts.version,
+        );
+        if let Some(host) = host {
+            headers.insert(header::HOST, host);
+        }
+        for (name, value) in &route.add_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        // Only pushgate signs Grip-Sig: a client's own never reaches a backend.
+        headers.remove(crate::grip::sig::GRIP_SIG);
+        if (route.grip || route.ws_events)
+            && let Some(signer) = &upstream.grip_sig
+        {
+            signer.sign(&mut headers);
+        }
+        if let Some(protocol) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+        // A body-less request is sent as an empty body: nothing to watch,
+        // and it can be sent to another target after a connect failure.
+        let client_failed = client_body::Failed::default();
+        let body = if replayable {
+            None
+        } else {
+            let body = body.map_err(Into::into).boxed_unsync();
+            Some(client_body::Watched::new(body, client_failed.clone()).boxed_unsync())
+        };
+        Ok(Self {
+            method: parts.method,
+            path,
+            headers,
+            body,
+            replayable,
+            downstream_upgrade,
+            client_failed,
+        })
+    }
 }
 
 /// Copies bytes both ways between an upgraded client and upstream.
