@@ -81,10 +81,24 @@ fn parse_args() -> Result<Args, String> {
 /// Built with `no_thp`: transparent huge pages made the first touch of
 /// heap zero 2 MiB at a time (handshake p99 3.9 ms instead of 0.7 ms at 8
 /// in flight) and raised the idle process's RSS from 8 to 14 MiB.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--features dhat-heap`: every allocation recorded with its call stack,
+/// written out when the server stops (BENCHMARKS.md, "Idle memory per
+/// connection"). Far slower; for heap profiles only.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::builder()
+        .file_name(
+            std::env::var_os("PUSHGATE_DHAT_FILE").unwrap_or_else(|| "dhat-heap.json".into()),
+        )
+        .build();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
