@@ -186,8 +186,22 @@ fn check(args: &Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// One core (the process may run on one CPU, e.g. `taskset -c 0`): a
+/// current-thread runtime. tokio's multi-thread scheduler with its one
+/// worker gave SSE handshakes a p99 of 13.7 ms at 32 in flight against
+/// 7.8 ms on the current-thread one (medians of 5 and 7 alternated runs,
+/// BENCHMARKS.md, issue 17). Why is not settled; the multi-thread
+/// scheduler's LIFO slot, which runs a newly spawned task ahead of the
+/// connections already waiting, is one candidate. More cores: the
+/// multi-thread runtime.
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
         .enable_all()
         .build()
         .expect("the tokio runtime builds with default settings")

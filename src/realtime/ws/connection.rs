@@ -74,7 +74,6 @@ pub(super) fn run<S: RawIo>(
     let grants = plan.grants;
     let connection = Connection {
         budget: None,
-        max_subscriptions: realtime.limiter.settings().max_subscriptions,
         realtime,
         session,
         grants,
@@ -193,7 +192,6 @@ struct Connection {
     pending: Option<Box<Pending>>,
     /// The client publish budget, from the first publish on.
     budget: Option<Box<PublishBudget>>,
-    max_subscriptions: usize,
     presence: crate::config::PresenceSettings,
     _slot: Arc<ConnSlot>,
 }
@@ -592,13 +590,16 @@ impl Connection {
                         ));
                     }
                 };
+                // Read here, not kept per connection: the limiter is the
+                // one this connection opened under.
+                let max_subscriptions = self.realtime.limiter.settings().max_subscriptions;
                 let session = &mut self.session;
-                if session.channels.len() >= self.max_subscriptions
+                if session.channels.len() >= max_subscriptions
                     && !session.channels.contains(&channel)
                 {
                     return self.reply(error_json(
                         ErrorCode::TooManySubscriptions,
-                        &format!("at most {} channels per connection", self.max_subscriptions),
+                        &format!("at most {max_subscriptions} channels per connection"),
                     ));
                 }
                 session.subscribe(channel, since);
