@@ -189,7 +189,7 @@ fn check(args: &Args) -> ExitCode {
 /// One core (the process may run on one CPU, e.g. `taskset -c 0`): a
 /// current-thread runtime. tokio's multi-thread scheduler with its one
 /// worker gave SSE handshakes a p99 of 13.7 ms at 32 in flight against
-/// 7.8 ms on the current-thread one (medians of 5 and 7 alternated runs,
+/// 7.7 ms on the current-thread one (medians of 5 and 7 alternated runs,
 /// BENCHMARKS.md, issue 17). Why is not settled; the multi-thread
 /// scheduler's LIFO slot, which runs a newly spawned task ahead of the
 /// connections already waiting, is one candidate. More cores: the
