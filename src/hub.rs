@@ -205,23 +205,46 @@ impl Hub {
         channel: &ChannelName,
         since: Option<Position>,
     ) -> Position {
+        self.subscribe_named(queue, channel, since).0
+    }
+
+    /// [`subscribe`](Self::subscribe), replacing `channel` with the hub's
+    /// own copy of the name: a subscriber then keeps no allocation of its
+    /// own per channel (thousands of subscribers share one).
+    pub fn subscribe_sharing(
+        &self,
+        queue: &Arc<Queue>,
+        channel: &mut ChannelName,
+        since: Option<Position>,
+    ) -> Position {
+        let (position, name) = self.subscribe_named(queue, channel, since);
+        *channel = name;
+        position
+    }
+
+    fn subscribe_named(
+        &self,
+        queue: &Arc<Queue>,
+        channel: &ChannelName,
+        since: Option<Position>,
+    ) -> (Position, ChannelName) {
         let now = Instant::now();
         let Some(demand) = &self.demand else {
             return self.with_channel(channel, now, |c| {
                 let position = c.subscribe(queue, since, now);
                 self.settle(c, false);
-                position
+                (position, c.name().clone())
             });
         };
-        let (position, changed) = self.with_channel(channel, now, |c| {
-            let answer = c.subscribe_external(queue, since, now);
+        let (position, changed, name) = self.with_channel(channel, now, |c| {
+            let (position, changed) = c.subscribe_external(queue, since, now);
             self.settle(c, false);
-            answer
+            (position, changed, c.name().clone())
         });
         if changed {
             demand.mark(channel);
         }
-        position
+        (position, name)
     }
 
     pub fn unsubscribe(&self, queue: &Queue, channel: &ChannelName) {

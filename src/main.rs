@@ -81,10 +81,24 @@ fn parse_args() -> Result<Args, String> {
 /// Built with `no_thp`: transparent huge pages made the first touch of
 /// heap zero 2 MiB at a time (handshake p99 3.9 ms instead of 0.7 ms at 8
 /// in flight) and raised the idle process's RSS from 8 to 14 MiB.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--features dhat-heap`: every allocation recorded with its call stack,
+/// written out when the server stops (BENCHMARKS.md, "Idle memory per
+/// connection"). Far slower; for heap profiles only.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::builder()
+        .file_name(
+            std::env::var_os("PUSHGATE_DHAT_FILE").unwrap_or_else(|| "dhat-heap.json".into()),
+        )
+        .build();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -172,13 +186,18 @@ fn check(args: &Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// One worker per core the process may run on. On a single core, tokio's
-/// current-thread scheduler: the same tasks without the work-stealing
-/// machinery (shared queues, cross-thread wake-ups, busy-time clocks),
-/// which costs a tenth of the user-space CPU of each proxied request.
+/// One core (the process may run on one CPU, e.g. `taskset -c 0`): a
+/// current-thread runtime. tokio's multi-thread scheduler with its one
+/// worker gave SSE handshakes a p99 of 13.7 ms at 32 in flight against
+/// 7.7 ms on the current-thread one (medians of 5 and 7 alternated runs),
+/// and costs 3 % more user-space instructions per proxied request
+/// (BENCHMARKS.md, issue 17). Why the tail is longer is not settled; the
+/// multi-thread scheduler's LIFO slot, which runs a newly spawned task
+/// ahead of the connections already waiting, is one candidate. More
+/// cores: the multi-thread runtime.
 fn runtime() -> tokio::runtime::Runtime {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut builder = if cores == 1 {
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_core {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

@@ -16,7 +16,7 @@ mod session;
 pub mod sse;
 pub mod ws;
 
-pub use self::coalesce::{Coalesce, send};
+pub use self::coalesce::{Coalesce, send, send_within};
 pub use self::grants::Grants;
 pub use self::plan::{Plan, Prepared};
 pub use self::query::Query;

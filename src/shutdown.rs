@@ -58,13 +58,18 @@ impl Shutdown {
     /// the drain is not paced, else at its slot in the window. Until then
     /// the connection keeps serving. `turn` keeps the slot when the future
     /// is recreated.
-    pub async fn turn(&self, turn: &mut Turn) {
-        self.token.cancelled().await;
-        let at = *turn.get_or_insert_with(|| self.next_slot());
-        if at > Instant::now() {
-            // Boxed: an idle connection keeps this future, and needs no
-            // timer until the drain starts.
-            Box::pin(tokio::time::sleep_until(at)).await;
+    ///
+    /// An idle connection keeps this future: an `async` block (an `async
+    /// fn` keeps its arguments twice), and its timer boxed, needed only
+    /// once the drain starts.
+    #[allow(clippy::manual_async_fn)] // see above: not an `async fn` on purpose
+    pub fn turn<'a>(&'a self, turn: &'a mut Turn) -> impl Future<Output = ()> + Send + 'a {
+        async move {
+            self.token.cancelled().await;
+            let at = *turn.get_or_insert_with(|| self.next_slot());
+            if at > Instant::now() {
+                Box::pin(tokio::time::sleep_until(at)).await;
+            }
         }
     }
 

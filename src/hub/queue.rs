@@ -69,7 +69,10 @@ pub enum Offer {
 /// session task (consumer).
 #[derive(Debug)]
 pub struct Queue {
-    capacity: usize,
+    /// `u32` (a queue of 4 billion messages is no queue): with `policy`
+    /// and `grip` in one word, the queue fits mimalloc's 96-byte class,
+    /// one per subscriber.
+    capacity: u32,
     policy: LagPolicy,
     /// Takes GRIP messages only (held requests, WebSocket-over-HTTP);
     /// otherwise native messages only.
@@ -93,7 +96,7 @@ impl Queue {
     /// A queue holding at most `capacity` (≥ 1) messages.
     pub fn new(capacity: usize, policy: LagPolicy) -> Arc<Self> {
         Arc::new(Self {
-            capacity: capacity.max(1),
+            capacity: clamp(capacity),
             policy,
             grip: false,
             state: Mutex::new(State::default()),
@@ -104,7 +107,7 @@ impl Queue {
     /// GRIP formats (`hub::grip`).
     pub fn new_grip(capacity: usize, policy: LagPolicy) -> Arc<Self> {
         Arc::new(Self {
-            capacity: capacity.max(1),
+            capacity: clamp(capacity),
             policy,
             grip: true,
             state: Mutex::new(State::default()),
@@ -131,7 +134,7 @@ impl Queue {
             return Offer::Closed;
         }
         let mut outcome = Offer::Queued;
-        if state.messages >= self.capacity {
+        if state.messages >= self.capacity as usize {
             match self.policy {
                 LagPolicy::Disconnect => {
                     state.closed = Some(Closed::Lagged);
@@ -240,6 +243,11 @@ impl Queue {
     pub async fn ready(&self) {
         std::future::poll_fn(|cx| self.poll_ready(cx)).await
     }
+}
+
+/// A capacity of at least 1 that fits `u32`.
+fn clamp(capacity: usize) -> u32 {
+    u32::try_from(capacity.max(1)).unwrap_or(u32::MAX)
 }
 
 fn wake(waiter: Option<Waker>) {

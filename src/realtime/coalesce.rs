@@ -1,5 +1,10 @@
 //! The streams' write helpers: [`Coalesce`] joins a burst into one write,
-//! [`send`] writes and flushes.
+//! [`send`] writes and flushes, [`send_within`] gives up after a limit.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -8,6 +13,67 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 pub async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     writer.write_all(bytes).await?;
     writer.flush().await
+}
+
+/// [`send`], given up (`TimedOut`) when it is not done `limit` after the
+/// socket first refused bytes: a peer that does not read cannot hold its
+/// task, socket and queue forever. A hand-written future, not an `async
+/// fn` around `tokio::time::timeout`: it sits in every stream's state, and
+/// its timer is allocated only when the socket is full, so a write the
+/// socket takes at once (nearly all of them) needs none.
+pub fn send_within<'a, W: AsyncWrite + Unpin>(
+    writer: &'a mut W,
+    bytes: &'a [u8],
+    limit: Duration,
+) -> SendWithin<'a, W> {
+    SendWithin {
+        writer,
+        bytes,
+        limit,
+        deadline: None,
+    }
+}
+
+/// The future of [`send_within`].
+pub struct SendWithin<'a, W> {
+    writer: &'a mut W,
+    /// What is left to write.
+    bytes: &'a [u8],
+    limit: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<W: AsyncWrite + Unpin> Future for SendWithin<'_, W> {
+    type Output = std::io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            if !this.bytes.is_empty() {
+                match Pin::new(&mut *this.writer).poll_write(cx, this.bytes) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => this.bytes = &this.bytes[n.min(this.bytes.len())..],
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            } else {
+                match Pin::new(&mut *this.writer).poll_flush(cx) {
+                    Poll::Ready(done) => return Poll::Ready(done),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        let limit = this.limit;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Joins encoded items into one buffer for one write, without copying

@@ -16,11 +16,14 @@ use super::{MAX_CHANNELS_PER_CONNECTION, Query};
 /// by its token's (or the callback's) grant when the route has `auth:`.
 #[derive(Debug, Clone)]
 pub struct Grants {
-    /// Channels from the route's templates.
-    route_channels: Vec<ChannelName>,
+    /// Channels from the route's templates. Boxed slices here and below:
+    /// a WebSocket connection keeps its grants for its whole life.
+    route_channels: Box<[ChannelName]>,
     /// `query_channels: true`: any valid channel may be subscribed.
     any_channel: bool,
     publish: ClientPublish,
+    /// The path captures, kept only for `client_publish` patterns that
+    /// name them.
     captures: Captures,
     /// The route's auth settings; with them, nothing is allowed until
     /// `claims` is set.
@@ -128,6 +131,7 @@ pub(super) fn resolve_channels(
         route_channels.push(ChannelName::parse(&name).map_err(|e| bad(&name, &e))?);
     }
     let mut channels = route_channels.clone();
+    let route_channels = route_channels.into_boxed_slice();
     if route.query_channels {
         for name in query.all("channel") {
             channels.push(ChannelName::parse(name).map_err(|e| bad(name, &e))?);
@@ -145,7 +149,10 @@ pub(super) fn resolve_channels(
         route_channels,
         any_channel: route.query_channels,
         publish: route.client_publish.clone(),
-        captures: captures.clone(),
+        captures: match route.client_publish {
+            ClientPublish::Patterns(_) => captures.clone(),
+            _ => Captures::new(),
+        },
         auth: route.auth.clone(),
         claims: None,
         route: route.name.clone(),

@@ -63,7 +63,8 @@ impl Session {
             self.channels.remove(i);
             self.positions.remove(i);
         }
-        let position = self.hub.subscribe(&self.queue, &channel, since);
+        let mut channel = channel;
+        let position = self.hub.subscribe_sharing(&self.queue, &mut channel, since);
         if let Some(t) = &self.tracker
             && !again
         {
@@ -169,12 +170,13 @@ impl Realtime {
         policy: LagPolicy,
     ) -> Session {
         let queue = self.hub.queue(settings.queue, policy);
+        let mut channels = channels;
         let positions = channels
-            .iter()
+            .iter_mut()
             .enumerate()
             .map(|(i, ch)| {
                 let from = since.as_ref().and_then(|s| s.get(i).copied());
-                self.hub.subscribe(&queue, ch, from)
+                self.hub.subscribe_sharing(&queue, ch, from)
             })
             .collect();
         let gauge = self.metrics.sessions.get_or_create(&TransportLabels {

@@ -4,6 +4,7 @@
 //! (`run_raw`); a hyper-served one is a response body that reads the
 //! session queue directly.
 
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,15 +15,16 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::deliver::Encoder;
-use super::{Coalesce, Plan, Realtime, Session, cursor, send};
+use super::{Coalesce, Plan, Realtime, Session, cursor, send_within};
 use crate::error::{Body, BoxError};
 use crate::hub::message::{ChannelName, Message, Position};
 use crate::hub::queue::Closed;
 use crate::listener::{ConnInfo, ConnSlot, RawIo};
 use crate::metrics::Metrics;
-use crate::shutdown::{Shutdown, Turn};
+use crate::shutdown::Turn;
 
 /// Cache slot of a message's single-channel SSE event in `Message`.
 pub const ENCODING_SLOT: usize = 0;
@@ -57,20 +59,6 @@ pub fn serve_raw<IO: RawIo>(realtime: &Arc<Realtime>, plan: Plan, io: IO, conn: 
     realtime.shutdown.tracker.spawn(stream.run_raw(io));
 }
 
-/// `send`, given up after `limit`: a client that does not read cannot
-/// hold the task, its socket and its session forever (on_lag could never
-/// close it).
-async fn send_bounded<W: tokio::io::AsyncWrite + Unpin>(
-    writer: &mut W,
-    bytes: &[u8],
-    limit: Duration,
-) -> std::io::Result<()> {
-    match tokio::time::timeout(limit, send(writer, bytes)).await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
-}
-
 enum Phase {
     Opening,
     Streaming,
@@ -87,9 +75,8 @@ impl SseStream {
             heartbeat: settings.heartbeat,
             stall: settings.pong_timeout,
             retry: settings.sse_retry,
-            shutdown: realtime.shutdown.clone(),
+            realtime: realtime.clone(),
             turn: None,
-            metrics: realtime.metrics.clone(),
             phase: Phase::Opening,
             _slot: slot,
         }
@@ -99,16 +86,16 @@ impl SseStream {
 struct SseStream {
     session: Session,
     /// When the connection's token expires: closed with reason `expired`.
-    expires: Option<tokio::time::Instant>,
+    expires: Option<Instant>,
     heartbeat: Duration,
     /// A client that takes none of a write for this long (`pong_timeout`)
     /// is not reading and is dropped.
     stall: Duration,
     retry: Duration,
-    shutdown: Shutdown,
+    /// For its shutdown token and metrics: one pointer, not a copy of each.
+    realtime: Arc<Realtime>,
     /// Its turn in a paced drain.
     turn: Turn,
-    metrics: Arc<Metrics>,
     phase: Phase,
     _slot: Arc<ConnSlot>,
 }
@@ -133,88 +120,94 @@ impl SseStream {
         ))
     }
 
-    /// Takes everything queued and encodes it as one chunk.
-    fn drain(&mut self) -> Drained {
-        let mut events = SseEncoder {
-            single: self.session.channels.len() == 1,
-            chunks: Coalesce::default(),
-        };
-        if let Err(Closed::Lagged) = self.session.deliver(&self.metrics, &mut events) {
-            return Drained::Lagged(closing(&mut self.session, "lagged"));
-        }
-        let chunk = events.chunks.finish();
-        if chunk.is_empty() {
-            Drained::Nothing
-        } else {
-            Drained::Chunk(chunk)
-        }
-    }
-
     /// The raw-socket loop. Reads only to notice the client leaving. The
     /// shutdown and heartbeat futures live across iterations, so a
     /// delivery does not touch the shared token's waiter list or the
     /// timer wheel; the heartbeat timer is re-armed only when it fires.
-    async fn run_raw<IO: RawIo>(mut self, io: IO) {
-        let (mut reader, mut writer) = tokio::io::split(io);
-        let shutdown = self.shutdown.clone();
-        let mut turn = self.turn.take();
-        let queue = self.session.queue.clone();
-        let heartbeat = self.heartbeat;
-        let mut cancelled = pin!(shutdown.turn(&mut turn));
-        let mut last_write = tokio::time::Instant::now();
-        let expires = self.expires;
-        let deadline = |at: tokio::time::Instant| expires.map_or(at, |e| e.min(at));
-        let mut timer = pin!(tokio::time::sleep_until(deadline(last_write + heartbeat)));
-        let mut probe = [0u8; 16];
-        // The response head and the opening in one write.
-        let mut chunk = {
-            let mut first = Coalesce::default();
-            first.push(Bytes::from_static(RAW_HEAD));
-            first.push(self.opening());
-            first.finish()
-        };
-        loop {
-            if !chunk.is_empty() {
-                if send_bounded(&mut writer, &chunk, self.stall).await.is_err() {
+    ///
+    /// This future is what an idle subscriber costs, so it holds each
+    /// thing once: an `async` block, not an `async fn` (whose state keeps
+    /// a second copy of its arguments, here the stream and the socket:
+    /// rust-lang/rust#62958); the socket unsplit (writes happen between
+    /// waits, never during one); no buffer kept between writes; no write
+    /// timer until a write stalls (`send_within`).
+    #[allow(clippy::manual_async_fn)] // see above: not an `async fn` on purpose
+    fn run_raw<IO: RawIo>(mut self, mut io: IO) -> impl Future<Output = ()> + Send {
+        async move {
+            // The response head and the opening in one write.
+            {
+                let head = {
+                    let mut first = Coalesce::default();
+                    first.push(Bytes::from_static(RAW_HEAD));
+                    first.push(self.opening());
+                    first.finish()
+                };
+                if send_within(&mut io, &head, self.stall).await.is_err() {
                     return;
                 }
-                last_write = tokio::time::Instant::now();
             }
-            chunk = match self.drain() {
-                Drained::Chunk(chunk) => chunk,
-                Drained::Lagged(close) => {
-                    let _ = send_bounded(&mut writer, &close, self.stall).await;
-                    break;
-                }
-                Drained::Nothing => {
-                    tokio::select! {
-                        biased;
-                        _ = &mut cancelled => {
-                            let _ = send_bounded(&mut writer, &closing(&mut self.session, "shutdown"), self.stall).await;
+            let mut last_write = Instant::now();
+            let mut timer = pin!(tokio::time::sleep_until(deadline(
+                self.expires,
+                last_write + self.heartbeat
+            )));
+            let mut cancelled = pin!(self.realtime.shutdown.turn(&mut self.turn));
+            let mut probe = [0u8; 8];
+            loop {
+                // In a block, taken apart before the write: only the bytes
+                // are kept while it waits, and nothing of it while idle.
+                {
+                    let (chunk, lagged) = match drain(&mut self.session, &self.realtime.metrics) {
+                        Drained::Chunk(chunk) => (chunk, false),
+                        Drained::Lagged(close) => (close, true),
+                        Drained::Nothing => (Bytes::new(), false),
+                    };
+                    if !chunk.is_empty() {
+                        if send_within(&mut io, &chunk, self.stall).await.is_err() {
+                            return;
+                        }
+                        if lagged {
                             break;
                         }
-                        _ = queue.ready() => Bytes::new(),
-                        read = reader.read(&mut probe) => match read {
-                            // A client sends nothing on an event stream; EOF
-                            // or an error means it left.
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => Bytes::new(),
-                        },
-                        _ = &mut timer => {
-                            let now = tokio::time::Instant::now();
-                            if expires.is_some_and(|e| now >= e) {
-                                let _ = send(&mut writer, &closing(&mut self.session, "expired")).await;
-                                break;
+                        last_write = Instant::now();
+                        continue;
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut cancelled => {
+                        let close = closing(&mut self.session, "shutdown");
+                        let _ = send_within(&mut io, &close, self.stall).await;
+                        break;
+                    }
+                    _ = self.session.queue.ready() => {}
+                    read = io.read(&mut probe) => match read {
+                        // A client sends nothing on an event stream; EOF
+                        // or an error means it left.
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        if self.expires.is_some_and(|e| now >= e) {
+                            let close = closing(&mut self.session, "expired");
+                            let _ = send_within(&mut io, &close, self.stall).await;
+                            break;
+                        }
+                        let due = now >= last_write + self.heartbeat;
+                        let from = if due { now } else { last_write };
+                        timer.as_mut().reset(deadline(self.expires, from + self.heartbeat));
+                        if due {
+                            if send_within(&mut io, b":\n", self.stall).await.is_err() {
+                                return;
                             }
-                            let due = now >= last_write + heartbeat;
-                            timer.as_mut().reset(deadline(if due { now } else { last_write } + heartbeat));
-                            if due { Bytes::from_static(b":\n") } else { Bytes::new() }
+                            last_write = Instant::now();
                         }
                     }
                 }
-            };
+            }
+            let _ = io.shutdown().await;
         }
-        let _ = writer.shutdown().await;
     }
 
     /// The hyper-served stream's next body chunk.
@@ -226,7 +219,7 @@ impl SseStream {
             }
             Phase::Done => None,
             Phase::Streaming => loop {
-                match self.drain() {
+                match drain(&mut self.session, &self.realtime.metrics) {
                     Drained::Chunk(chunk) => return Some(chunk),
                     Drained::Lagged(close) => {
                         self.phase = Phase::Done;
@@ -236,7 +229,7 @@ impl SseStream {
                 }
                 tokio::select! {
                     biased;
-                    _ = self.shutdown.turn(&mut self.turn) => {
+                    _ = self.realtime.shutdown.turn(&mut self.turn) => {
                         self.phase = Phase::Done;
                         return Some(closing(&mut self.session, "shutdown"));
                     }
@@ -250,6 +243,28 @@ impl SseStream {
             },
         }
     }
+}
+
+/// Takes everything queued and encodes it as one chunk.
+fn drain(session: &mut Session, metrics: &Metrics) -> Drained {
+    let mut events = SseEncoder {
+        single: session.channels.len() == 1,
+        chunks: Coalesce::default(),
+    };
+    if let Err(Closed::Lagged) = session.deliver(metrics, &mut events) {
+        return Drained::Lagged(closing(session, "lagged"));
+    }
+    let chunk = events.chunks.finish();
+    if chunk.is_empty() {
+        Drained::Nothing
+    } else {
+        Drained::Chunk(chunk)
+    }
+}
+
+/// The earlier of `at` and the token's expiry.
+fn deadline(expires: Option<Instant>, at: Instant) -> Instant {
+    expires.map_or(at, |e| e.min(at))
 }
 
 /// SSE events for drained items, joined into one chunk (one write for a

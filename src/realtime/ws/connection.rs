@@ -2,6 +2,7 @@
 //! loop over peer frames, deliveries, pings and timers, the client
 //! protocol's requests (subscribe, publish, auth) and the close handshake.
 
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead
 use tokio::io::{AsyncWriteExt, ReadHalf};
 use tracing::debug;
 
-use super::encode::{WsEncoder, frame_bytes, send_frame, text_frame};
+use super::encode::{WsEncoder, frame_bytes, text_frame};
 use super::protocol::{ClientFrame, error_json, parse_client_frame, unsubscribed_json};
 use super::{
     CLOSE_BAD_DATA, CLOSE_LAGGED, CLOSE_NOT_ALLOWED, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG,
@@ -25,7 +26,7 @@ use crate::limits::PublishBudget;
 use crate::listener::{ConnSlot, RawIo};
 use crate::publish::{self, Content};
 use crate::realtime::negotiate::Transport;
-use crate::realtime::{Coalesce, Grants, Plan, Realtime, Session, cursor, send};
+use crate::realtime::{Coalesce, Grants, Plan, Realtime, Session, cursor, send, send_within};
 
 /// Opens the session and runs the connection in a task of its own, so an
 /// idle connection keeps only [`Connection`]'s loop state and the socket,
@@ -49,7 +50,7 @@ pub(super) fn run<S: RawIo>(
         Access::AwaitFrame => (
             Vec::new(),
             None,
-            Some((plan.channels, plan.since)),
+            Some(Box::new((plan.channels, plan.since))),
             Some(tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT),
         ),
         _ => (plan.channels, plan.since, None, plan.grants.expiry()),
@@ -72,8 +73,7 @@ pub(super) fn run<S: RawIo>(
     }
     let grants = plan.grants;
     let connection = Connection {
-        budget: realtime.limiter.publish_budget(),
-        max_subscriptions: realtime.limiter.settings().max_subscriptions,
+        budget: None,
         realtime,
         session,
         grants,
@@ -122,24 +122,39 @@ struct Received {
 }
 
 /// Reads one frame, taking the reader along so the future can be kept
-/// (not cancelled) across loop iterations and handed back when done.
-async fn next_frame<S: RawIo>(
+/// (not cancelled) across loop iterations and handed back when done. An
+/// `async` block: an `async fn` would keep the reader twice.
+#[allow(clippy::manual_async_fn)] // see above: not an `async fn` on purpose
+fn next_frame<S: RawIo>(
     mut reader: Reader<S>,
-) -> (Reader<S>, Result<Received, WebSocketError>) {
-    // Pongs and closes are written by the connection; nothing is obligated.
-    let mut no_obligated_send = |_| async { Ok::<(), WebSocketError>(()) };
-    let result = reader
-        .read_frame(&mut no_obligated_send)
-        .await
-        .map(|frame| Received {
-            fin: frame.fin,
-            opcode: frame.opcode,
-            payload: match frame.payload {
-                Payload::Bytes(bytes) => bytes,
-                other => BytesMut::from(&other[..]),
-            },
-        });
-    (reader, result)
+) -> impl Future<Output = (Reader<S>, Result<Received, WebSocketError>)> + Send {
+    async move {
+        // Pongs and closes are written by the connection; nothing is obligated.
+        let mut no_obligated_send = |_| async { Ok::<(), WebSocketError>(()) };
+        let result = reader
+            .read_frame(&mut no_obligated_send)
+            .await
+            .map(|frame| Received {
+                fin: frame.fin,
+                opcode: frame.opcode,
+                payload: match frame.payload {
+                    Payload::Bytes(bytes) => bytes,
+                    other => BytesMut::from(&other[..]),
+                },
+            });
+        (reader, result)
+    }
+}
+
+/// Channels and resume positions waiting for the `auth` frame.
+type Pending = (Vec<ChannelName>, Option<Vec<Position>>);
+
+/// What woke a connection's loop.
+enum Woke {
+    Shutdown,
+    Frame(Result<Received, WebSocketError>),
+    Queue,
+    Timer,
 }
 
 /// What the connection does after a frame from the peer.
@@ -168,13 +183,15 @@ struct Connection {
     heartbeat: Duration,
     pong_timeout: Duration,
     /// A fragmented message being reassembled.
-    partial: Option<Partial>,
+    /// Boxed, like `pending` and `budget`: rare, and every idle
+    /// connection would otherwise keep room for them.
+    partial: Option<Box<Partial>>,
     /// When the token expires (or, before the `auth` frame, its deadline).
     expires: Option<tokio::time::Instant>,
     /// Channels and resume positions waiting for the `auth` frame.
-    pending: Option<(Vec<ChannelName>, Option<Vec<Position>>)>,
-    budget: PublishBudget,
-    max_subscriptions: usize,
+    pending: Option<Box<Pending>>,
+    /// The client publish budget, from the first publish on.
+    budget: Option<Box<PublishBudget>>,
     presence: crate::config::PresenceSettings,
     _slot: Arc<ConnSlot>,
 }
@@ -182,66 +199,144 @@ struct Connection {
 impl Connection {
     /// `greeting`: bytes to send before anything else (the handshake
     /// response when it is ours to write).
-    async fn run<S: RawIo>(mut self, io: S, mut greeting: Option<Bytes>) {
+    ///
+    /// This future is what an idle connection costs, so it holds each
+    /// thing once: an `async` block, not an `async fn` (whose state keeps a
+    /// second copy of its arguments: rust-lang/rust#62958), the socket split
+    /// before it (a moved-from capture keeps its room), settings read from
+    /// `self` rather than copied, and no write timer until a write stalls
+    /// (`send_within`).
+    fn run<S: RawIo>(
+        mut self,
+        io: S,
+        mut greeting: Option<Bytes>,
+    ) -> impl Future<Output = ()> + Send {
         let (read, mut write) = tokio::io::split(io);
-        let (mut reader, _) =
-            fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-        reader.set_auto_close(false);
-        reader.set_auto_pong(false);
-        reader.set_max_message_size(self.max_message.max(125));
+        async move {
+            // A pointer, not a copy of the shutdown handle: `cancelled`
+            // borrows it while `self` is used mutably.
+            let realtime = self.realtime.clone();
+            let mut turn = None;
 
-        let queue = self.session.queue.clone();
-        let shutdown = self.realtime.shutdown.clone();
-        let mut turn = None;
-        let metrics = self.realtime.metrics.clone();
-        let (heartbeat, pong_timeout) = (self.heartbeat, self.pong_timeout);
+            // Futures kept across iterations: registering with the shutdown
+            // token and the timer wheel once, not once per delivery.
+            let mut read = pin!({
+                let (mut reader, _) =
+                    fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+                reader.set_auto_close(false);
+                reader.set_auto_pong(false);
+                reader.set_max_message_size(self.max_message.max(125));
+                next_frame(reader)
+            });
+            let mut cancelled = pin!(realtime.shutdown.turn(&mut turn));
+            let mut next_ping = tokio::time::Instant::now() + self.heartbeat;
+            let mut last_seen = tokio::time::Instant::now();
+            let mut timer = pin!(tokio::time::sleep_until(
+                self.expires.map_or(next_ping, |e| e.min(next_ping))
+            ));
 
-        // Futures kept across iterations: registering with the shutdown
-        // token and the timer wheel once, not once per delivery.
-        let mut read = pin!(next_frame(reader));
-        let mut cancelled = pin!(shutdown.turn(&mut turn));
-        let mut next_ping = tokio::time::Instant::now() + heartbeat;
-        let mut last_seen = tokio::time::Instant::now();
-        let mut timer = pin!(tokio::time::sleep_until(
-            self.expires.map_or(next_ping, |e| e.min(next_ping))
-        ));
-        let mut last_words = None;
-
-        // (code, reason, whether the server started the close)
-        let close = loop {
-            let mut frames = WsEncoder(Coalesce::default());
-            if let Some(greeting) = greeting.take() {
-                frames.0.push(greeting);
-            }
-            let drained = self.session.deliver(&metrics, &mut frames);
-            let frames = frames.0;
-            // A peer that takes none of a write for `pong_timeout` is not
-            // reading: drop it, or it would hold its task, socket and queue
-            // forever and on_lag could never close it.
-            if !frames.is_empty()
-                && !matches!(
-                    tokio::time::timeout(pong_timeout, send(&mut write, &frames.finish())).await,
-                    Ok(Ok(()))
-                )
-            {
-                debug!(
-                    "WebSocket peer not reading (write stalled past pong_timeout); dropping it."
-                );
-                break None;
-            }
-            if let Err(Closed::Lagged) = drained {
-                break Some((CLOSE_LAGGED, "lagged", true));
-            }
-            tokio::select! {
-                biased;
-                _ = &mut cancelled => break Some((CLOSE_SHUTDOWN, "shutdown", true)),
-                (reader, frame) = &mut read => {
-                    last_seen = tokio::time::Instant::now();
+            // (code, reason, whether the server started the close), and
+            // an `error` frame to send before it
+            let (close, last_words) = loop {
+                // In a block: nothing of a write is kept while idle.
+                let lagged = {
+                    let (out, lagged) = {
+                        let mut frames = WsEncoder(Coalesce::default());
+                        if let Some(greeting) = greeting.take() {
+                            frames.0.push(greeting);
+                        }
+                        let drained = self.session.deliver(&self.realtime.metrics, &mut frames);
+                        (frames.0.finish(), drained == Err(Closed::Lagged))
+                    };
+                    // A peer that takes none of a write for `pong_timeout` is not
+                    // reading: drop it, or it would hold its task, socket and queue
+                    // forever and on_lag could never close it.
+                    if !out.is_empty()
+                        && send_within(&mut write, &out, self.pong_timeout)
+                            .await
+                            .is_err()
+                    {
+                        debug!(
+                            "WebSocket peer not reading (write stalled past pong_timeout); dropping it."
+                        );
+                        break (None, None);
+                    }
+                    lagged
+                };
+                if lagged {
+                    break (Some((CLOSE_LAGGED, "lagged", true)), None);
+                }
+                // What woke the loop, with no await in the select's arms:
+                // an arm that awaits keeps the select's output (the reader
+                // and a frame) in every idle connection's state.
+                let frame = {
+                    let woke = tokio::select! {
+                        biased;
+                        _ = &mut cancelled => Woke::Shutdown,
+                        (reader, frame) = &mut read => {
+                            // Not polled before the next select: nothing is
+                            // read while this frame is handled.
+                            read.set(next_frame(reader));
+                            Woke::Frame(frame)
+                        }
+                        _ = self.session.queue.ready() => Woke::Queue,
+                        _ = &mut timer => Woke::Timer,
+                    };
+                    match woke {
+                        Woke::Shutdown => break (Some((CLOSE_SHUTDOWN, "shutdown", true)), None),
+                        Woke::Frame(frame) => frame,
+                        Woke::Queue => continue,
+                        Woke::Timer => {
+                            let now = tokio::time::Instant::now();
+                            if self.expires.is_some_and(|e| now >= e) {
+                                if self.pending.is_some() {
+                                    let d = Denial::from(Reason::Missing);
+                                    self.grants.count_failure(&self.realtime.metrics, &d);
+                                    let json =
+                                        error_json(d.reason.code(), "no auth frame within 5s");
+                                    break (
+                                        Some((CLOSE_NOT_ALLOWED, "auth timeout", true)),
+                                        Some(json),
+                                    );
+                                }
+                                break (Some((CLOSE_NOT_ALLOWED, "token expired", true)), None);
+                            }
+                            if now >= last_seen + self.pong_timeout {
+                                debug!("WebSocket peer silent past pong_timeout; closing.");
+                                break (Some((CLOSE_SHUTDOWN, "pong timeout", true)), None);
+                            }
+                            let ping = now >= next_ping;
+                            if ping {
+                                next_ping = now + self.heartbeat;
+                            }
+                            // Re-armed here only: the peer's frames move `last_seen`
+                            // later, which this check sees when the timer fires.
+                            let at = next_ping.min(last_seen + self.pong_timeout);
+                            timer.as_mut().reset(self.expires.map_or(at, |e| e.min(at)));
+                            if ping {
+                                let ping = frame_bytes(Frame::new(
+                                    true,
+                                    OpCode::Ping,
+                                    None,
+                                    Payload::Borrowed(&[]),
+                                ));
+                                if send_within(&mut write, &ping, self.pong_timeout)
+                                    .await
+                                    .is_err()
+                                {
+                                    break (None, None);
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                };
+                last_seen = tokio::time::Instant::now();
+                let pong = {
                     // Boxed: a frame from the peer is rare next to deliveries,
                     // and its handling (client publish) would otherwise
                     // widen every idle connection's state.
                     let next = Box::pin(self.received(frame)).await;
-                    read.set(next_frame(reader));
                     // An `auth` or `refresh` frame may bring expiry closer.
                     if let Some(e) = self.expires
                         && e < timer.deadline()
@@ -250,97 +345,79 @@ impl Connection {
                     }
                     match next {
                         Next::Refuse(json) => {
-                            last_words = Some(json);
-                            break Some((CLOSE_NOT_ALLOWED, "not allowed", true));
+                            break (Some((CLOSE_NOT_ALLOWED, "not allowed", true)), Some(json));
                         }
-                        Next::Continue => {}
-                        Next::Pong(payload) => {
-                            let frame = Frame::pong(Payload::Bytes(payload));
-                            // Bounded like deliveries: a ping flood from a
-                            // peer that reads no pongs cannot park us here.
-                            let sent = tokio::time::timeout(pong_timeout, send_frame(&mut write, frame));
-                            if !matches!(sent.await, Ok(Ok(()))) {
-                                break None;
-                            }
+                        Next::Continue => continue,
+                        Next::Pong(payload) => frame_bytes(Frame::pong(Payload::Bytes(payload))),
+                        Next::Close(close) => break (close.map(|(c, r)| (c, r, true)), None),
+                        Next::PeerClosed((code, reason)) => {
+                            break (Some((code, reason, false)), None);
                         }
-                        Next::Close(close) => break close.map(|(c, r)| (c, r, true)),
-                        Next::PeerClosed((code, reason)) => break Some((code, reason, false)),
                     }
+                };
+                // Bounded like deliveries: a ping flood from a peer that
+                // reads no pongs cannot park us here.
+                if send_within(&mut write, &pong, self.pong_timeout)
+                    .await
+                    .is_err()
+                {
+                    break (None, None);
                 }
-                _ = queue.ready() => {}
-                _ = &mut timer => {
-                    let now = tokio::time::Instant::now();
-                    if self.expires.is_some_and(|e| now >= e) {
-                        if self.pending.is_some() {
-                            let d = Denial::from(Reason::Missing);
-                            self.grants.count_failure(&metrics, &d);
-                            last_words = Some(error_json(d.reason.code(), "no auth frame within 5s"));
-                            break Some((CLOSE_NOT_ALLOWED, "auth timeout", true));
-                        }
-                        break Some((CLOSE_NOT_ALLOWED, "token expired", true));
-                    }
-                    if now >= last_seen + pong_timeout {
-                        debug!("WebSocket peer silent past pong_timeout; closing.");
-                        break Some((CLOSE_SHUTDOWN, "pong timeout", true));
-                    }
-                    if now >= next_ping {
-                        next_ping = now + heartbeat;
-                        let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
-                        let sent = tokio::time::timeout(pong_timeout, send_frame(&mut write, ping));
-                        if !matches!(sent.await, Ok(Ok(()))) {
-                            break None;
-                        }
-                    }
-                    // Re-armed here only: the peer's frames move `last_seen`
-                    // later, which this check sees when the timer fires.
-                    let at = next_ping.min(last_seen + pong_timeout);
-                    timer.as_mut().reset(self.expires.map_or(at, |e| e.min(at)));
-                }
+            };
+            if let Some(t) = &mut self.session.tracker {
+                t.set_reason(match close {
+                    None => "closed",
+                    Some((_, _, false)) => "client",
+                    Some((_, "shutdown", _)) => "shutdown",
+                    Some((_, "lagged", _)) => "lagged",
+                    Some((_, "token expired", _)) => "expired",
+                    Some((_, "pong timeout", _)) => "timeout",
+                    Some(_) => "closed",
+                });
             }
-        };
-        if let Some(t) = &mut self.session.tracker {
-            t.set_reason(match close {
-                None => "closed",
-                Some((_, _, false)) => "client",
-                Some((_, "shutdown", _)) => "shutdown",
-                Some((_, "lagged", _)) => "lagged",
-                Some((_, "token expired", _)) => "expired",
-                Some((_, "pong timeout", _)) => "timeout",
-                Some(_) => "closed",
-            });
-        }
-        if let Some(json) = last_words {
-            let _ = send(&mut write, &text_frame(&json)).await;
-        }
-        let Some((code, reason, server_started)) = close else {
-            return;
-        };
-        if send_frame(&mut write, Frame::close(code, reason.as_bytes()))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        if server_started {
-            // RFC 6455 §7.1.1: read (and discard) until the peer's Close,
-            // then close TCP. Closing with the peer's frames still unread
-            // makes the kernel send RST, which loses our close frame.
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                loop {
-                    let (reader, frame) = (&mut read).await;
-                    match frame {
-                        Ok(f) if f.opcode == OpCode::Close => return,
-                        // The reader skips the rest of a refused frame.
-                        Ok(_) | Err(WebSocketError::FrameTooLarge) => {
-                            read.set(next_frame(reader));
-                        }
-                        Err(_) => return,
-                    }
+            // The last frames go out in one write, bounded like the others.
+            let Some((code, reason, server_started)) = close else {
+                if let Some(json) = last_words {
+                    let _ = send_within(&mut write, &text_frame(&json), self.pong_timeout).await;
                 }
-            })
-            .await;
+                return;
+            };
+            let last = {
+                let mut frames = Coalesce::default();
+                if let Some(json) = last_words {
+                    frames.push(text_frame(&json));
+                }
+                frames.push(frame_bytes(Frame::close(code, reason.as_bytes())));
+                frames.finish()
+            };
+            if send_within(&mut write, &last, self.pong_timeout)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if server_started {
+                // RFC 6455 §7.1.1: read (and discard) until the peer's Close,
+                // then close TCP. Closing with the peer's frames still unread
+                // makes the kernel send RST, which loses our close frame.
+                // Boxed: only a closing connection needs this state.
+                let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                    loop {
+                        let (reader, frame) = (&mut read).await;
+                        match frame {
+                            Ok(f) if f.opcode == OpCode::Close => return,
+                            // The reader skips the rest of a refused frame.
+                            Ok(_) | Err(WebSocketError::FrameTooLarge) => {
+                                read.set(next_frame(reader));
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                }))
+                .await;
+            }
+            let _ = write.shutdown().await;
         }
-        let _ = write.shutdown().await;
     }
 
     /// Handles one frame (or read error) from the peer.
@@ -380,7 +457,7 @@ impl Connection {
                     data: frame.payload,
                 };
                 if !frame.fin {
-                    self.partial = Some(partial);
+                    self.partial = Some(Box::new(partial));
                     return Next::Continue;
                 }
                 partial
@@ -397,7 +474,7 @@ impl Connection {
                     return Next::Continue;
                 }
                 match self.partial.take() {
-                    Some(p) => p,
+                    Some(p) => *p,
                     None => return Next::Continue,
                 }
             }
@@ -513,13 +590,16 @@ impl Connection {
                         ));
                     }
                 };
+                // Read here, not kept per connection: the limiter is the
+                // one this connection opened under.
+                let max_subscriptions = self.realtime.limiter.settings().max_subscriptions;
                 let session = &mut self.session;
-                if session.channels.len() >= self.max_subscriptions
+                if session.channels.len() >= max_subscriptions
                     && !session.channels.contains(&channel)
                 {
                     return self.reply(error_json(
                         ErrorCode::TooManySubscriptions,
-                        &format!("at most {} channels per connection", self.max_subscriptions),
+                        &format!("at most {max_subscriptions} channels per connection"),
                     ));
                 }
                 session.subscribe(channel, since);
@@ -582,7 +662,12 @@ impl Connection {
             Ok(content) => content,
             Err(e) => return self.reply(error_json(e.code, &e.message)),
         };
-        if !self.budget.take() {
+        let limiter = &self.realtime.limiter;
+        if !self
+            .budget
+            .get_or_insert_with(|| Box::new(limiter.publish_budget()))
+            .take()
+        {
             self.realtime.limiter.client_publish_refused();
             return self.reply(error_json(
                 ErrorCode::RateLimited,
@@ -634,7 +719,7 @@ impl Connection {
             }
         };
         self.grants.claims = Some(grant);
-        let Some((channels, since)) = self.pending.take() else {
+        let Some((channels, since)) = self.pending.take().map(|p| *p) else {
             return Next::Continue;
         };
         if let Some(c) = self.grants.uncovered(&channels) {

@@ -5,13 +5,12 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fastwebsockets::{Frame, Payload};
-use tokio::io::AsyncWrite;
 
 use super::ENCODING_SLOT;
 use super::protocol::{gap_json, subscribed_json};
 use crate::hub::message::{ChannelName, Message, Position};
 use crate::realtime::deliver::Encoder;
-use crate::realtime::{Coalesce, Session, cursor, send};
+use crate::realtime::{Coalesce, Session, cursor};
 
 fn quoted(out: &mut BytesMut, s: &str) {
     // Channel and event names and ids are ASCII without quotes or
@@ -82,13 +81,6 @@ pub(super) fn frame_bytes(mut frame: Frame<'_>) -> Bytes {
     let len = frame.write(&mut out).len();
     out.truncate(len);
     Bytes::from(out)
-}
-
-pub(super) async fn send_frame<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    frame: Frame<'_>,
-) -> std::io::Result<()> {
-    send(write, &frame_bytes(frame)).await
 }
 
 fn cursor_into(out: &mut BytesMut, position: Position) {
