@@ -328,3 +328,70 @@ async fn gripcontrol_websocket_over_http_backend() {
     })
     .await;
 }
+
+/// The next text or binary frame, as (is it text, payload).
+async fn ws_message(client: &mut support::WsClient) -> (bool, Vec<u8>) {
+    within("a WebSocket message", async {
+        loop {
+            let f = client.ws.read_frame().await.expect("WebSocket read");
+            match f.opcode {
+                fastwebsockets::OpCode::Text => return (true, f.payload.to_vec()),
+                fastwebsockets::OpCode::Binary => return (false, f.payload.to_vec()),
+                fastwebsockets::OpCode::Close => panic!("closed: {:?}", f.payload.to_vec()),
+                _ => continue,
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn gripcontrol_websocket_context_messages_lose_the_grip_prefix() {
+    let Some(python) = python() else { return };
+    let (_origin, port) = origin(&python).await;
+    let pg = Pushgate::start(&config(port, true)).await;
+    // WebSocketContext answers with `Sec-WebSocket-Extensions: grip` and
+    // sends "m:"-prefixed messages; its subscribe is a c: control message.
+    let mut client = support::WsClient::connect(pg.http, "/wsgrip/room").await;
+    pg.wait_subscribers("room", 1).await;
+    client.send_text("hello").await;
+    assert_eq!(ws_text(&mut client).await, "echo:hello");
+    client
+        .ws
+        .write_frame(fastwebsockets::Frame::binary(
+            fastwebsockets::Payload::Borrowed(b"\x00\x01"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws_message(&mut client).await,
+        (false, b"echo:\x00\x01".to_vec())
+    );
+    // A message with neither the prefix nor c: is dropped, as Pushpin does.
+    client.send_text("raw").await;
+    assert_eq!(ws_text(&mut client).await, "after");
+    // Published messages carry no prefix and arrive unchanged.
+    gripcontrol_publish(&python, &pg, &["room", "ws-text", "m:published"]).await;
+    assert_eq!(ws_text(&mut client).await, "m:published");
+}
+
+#[tokio::test]
+async fn grip_message_prefix_parameter_sets_the_prefix_even_to_empty() {
+    let Some(python) = python() else { return };
+    let (_origin, port) = origin(&python).await;
+    let pg = Pushgate::start(&config(port, true)).await;
+    // `grip; message-prefix=""`: nothing is removed, nothing dropped.
+    let mut client = support::WsClient::connect(pg.http, "/wsgrip/a?prefix=").await;
+    pg.wait_subscribers("a", 1).await;
+    client.send_text("hi").await;
+    assert_eq!(ws_text(&mut client).await, "m:echo:hi");
+    assert_eq!(ws_text(&mut client).await, "own:hi");
+    // `grip; message-prefix="p;x="`: WebSocketContext's m: messages are
+    // dropped, the origin's own p;x=-prefixed ones lose the prefix.
+    let mut client = support::WsClient::connect(pg.http, "/wsgrip/b?prefix=p;x=").await;
+    pg.wait_subscribers("b", 1).await;
+    client.send_text("hi").await;
+    client.send_text("there").await;
+    assert_eq!(ws_text(&mut client).await, "own:hi");
+    assert_eq!(ws_text(&mut client).await, "own:there");
+}

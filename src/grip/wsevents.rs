@@ -15,6 +15,11 @@
 //! * `TEXT` events starting with `c:` are control messages:
 //!   `{"type":"subscribe"|"unsubscribe","channel":C}` and `detach` (no more
 //!   requests; published messages still reach the client).
+//! * When the `OPEN` answer carries `Sec-WebSocket-Extensions: grip`
+//!   (Pushpin's GRIP extension), `TEXT` and `BINARY` events must start with
+//!   the message prefix (`m:`, or the `message-prefix` parameter, which may
+//!   be empty): it is removed, and an event without it is dropped. Without
+//!   the extension they reach the client unchanged.
 //! * `ws-message` items published to a subscribed channel are written to
 //!   the client; `action: close` closes it with `code`/`reason`.
 //!
@@ -131,6 +136,8 @@ struct Answer {
     events: Vec<Event>,
     set_meta: Vec<(String, String)>,
     keep_alive: Option<Duration>,
+    /// The message prefix, when the answer negotiates the grip extension.
+    grip_prefix: Option<Bytes>,
 }
 
 /// Connection state that outlives one request.
@@ -193,6 +200,7 @@ impl Link {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s).max(MIN_KEEP_ALIVE));
+        answer.grip_prefix = grip_message_prefix(&parts.headers);
         for (k, v) in &answer.set_meta {
             if v.is_empty() {
                 self.meta.remove(k);
@@ -202,6 +210,70 @@ impl Link {
         }
         Ok(answer)
     }
+}
+
+/// The message prefix of the `grip` WebSocket extension in `headers`
+/// (`Sec-WebSocket-Extensions: grip; message-prefix="..."`), `m:` when the
+/// parameter is absent; `None` without the extension or when its
+/// parameters do not parse (Pushpin ignores it then too).
+fn grip_message_prefix(headers: &HeaderMap) -> Option<Bytes> {
+    headers
+        .get_all("sec-websocket-extensions")
+        .iter()
+        .flat_map(|v| split_unquoted(v.as_bytes(), b','))
+        .find_map(|ext| {
+            let mut parts = split_unquoted(ext, b';').into_iter();
+            if !parts.next()?.trim_ascii().eq_ignore_ascii_case(b"grip") {
+                return None;
+            }
+            let mut prefix = Bytes::from_static(b"m:");
+            for param in parts {
+                let (key, value) = match param.iter().position(|&b| b == b'=') {
+                    Some(i) => (&param[..i], param_value(&param[i + 1..])?),
+                    None => (param, Vec::new()),
+                };
+                if key.trim_ascii().eq_ignore_ascii_case(b"message-prefix") {
+                    prefix = Bytes::from(value);
+                }
+            }
+            Some(prefix)
+        })
+}
+
+/// `s` split at each `sep` that is not inside double quotes.
+fn split_unquoted(s: &[u8], sep: u8) -> Vec<&[u8]> {
+    let (mut out, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, &b) in s.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            _ if b == sep && !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// A parameter value: a token, or a quoted string with `\` escapes.
+fn param_value(raw: &[u8]) -> Option<Vec<u8>> {
+    let raw = raw.trim_ascii();
+    let Some(inner) = raw.strip_prefix(b"\"") else {
+        return Some(raw.to_vec());
+    };
+    let (mut out, mut bytes) = (Vec::new(), inner.iter());
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => out.push(*bytes.next()?),
+            b'"' => return bytes.all(u8::is_ascii_whitespace).then_some(out),
+            _ => out.push(b),
+        }
+    }
+    None
 }
 
 /// A WebSocket handshake that a `ws_events` route turns into events.
@@ -272,6 +344,7 @@ pub async fn open(
         hub: holds.hub.clone(),
         queue,
         channels: Vec::new(),
+        message_prefix: first.grip_prefix.clone(),
     };
     let token = holds.shutdown.token.clone();
     holds.shutdown.tracker.spawn(async move {
@@ -302,6 +375,9 @@ struct Session {
     hub: Arc<crate::hub::Hub>,
     queue: Arc<Queue>,
     channels: Vec<ChannelName>,
+    /// The grip extension's message prefix, when the `OPEN` answer
+    /// negotiated it.
+    message_prefix: Option<Bytes>,
 }
 
 impl Session {
@@ -508,14 +584,26 @@ async fn apply(
     for event in answer.events {
         let content = event.content.unwrap_or_default();
         let written = match &*event.name {
-            "TEXT" => {
-                if let Some(control) = content.strip_prefix(b"c:") {
-                    control_message(control, session, detached);
-                    continue;
-                }
-                write.write_frame(frame(WsType::Text, &content)).await
+            "TEXT" if content.starts_with(b"c:") => {
+                control_message(&content[2..], session, detached);
+                continue;
             }
-            "BINARY" => write.write_frame(frame(WsType::Binary, &content)).await,
+            name @ ("TEXT" | "BINARY") => {
+                let kind = if name == "TEXT" {
+                    WsType::Text
+                } else {
+                    WsType::Binary
+                };
+                let content = match &session.message_prefix {
+                    None => content,
+                    Some(prefix) if content.starts_with(prefix) => content.slice(prefix.len()..),
+                    Some(_) => {
+                        debug!("Dropping a WebSocket-over-HTTP message without the grip prefix.");
+                        continue;
+                    }
+                };
+                write.write_frame(frame(kind, &content)).await
+            }
             "PING" => write.write_frame(frame(WsType::Ping, &content)).await,
             "PONG" => write.write_frame(frame(WsType::Pong, &content)).await,
             "CLOSE" => {

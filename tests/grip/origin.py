@@ -7,16 +7,22 @@ Paths (CHANNEL is the last segment):
   /response/CHANNEL      application/grip-instruct response hold (timeout 5 s)
   /instruct/CHANNEL      application/grip-instruct stream hold with a start body
   /ws/CHANNEL            WebSocket-over-HTTP: subscribes on OPEN, echoes TEXT
+  /wsgrip/CHANNEL        the same through gripcontrol's WebSocketContext, which
+                         negotiates the grip extension (Sec-WebSocket-Extensions:
+                         grip) and prefixes its messages with m:; `?prefix=P`
+                         sets message-prefix="P" and also answers P+"own:"+TEXT
 Every request must carry a valid Grip-Sig (key in GRIP_KEY), else 403.
 """
 
 import json
 import os
+import struct
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from gripcontrol import (
     Channel,
+    WebSocketContext,
     WebSocketEvent,
     create_grip_channel_header,
     create_hold_response,
@@ -86,7 +92,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         length = int(self.headers.get("Content-Length", "0"))
         events = decode_websocket_events(self.rfile.read(length))
-        channel = self.path.strip("/").partition("/")[2]
+        path, _, query = self.path.partition("?")
+        channel = path.strip("/").partition("/")[2]
+        if path.startswith("/wsgrip/"):
+            self.grip_context(events, channel, query)
+            return
         out = []
         headers = [("Content-Type", "application/websocket-events")]
         for e in events:
@@ -110,6 +120,41 @@ class Handler(BaseHTTPRequestHandler):
                     out.append(WebSocketEvent("TEXT", "echo:" + text))
             elif e.type == "CLOSE":
                 out.append(WebSocketEvent("CLOSE", e.content))
+        self.answer(200, headers, encode_websocket_events(out))
+
+    def grip_context(self, events, channel, query):
+        ctx = WebSocketContext(self.headers.get("Connection-Id"), {}, events)
+        extension = "grip"
+        prefix = None
+        if query.startswith("prefix="):
+            prefix = query[len("prefix="):]
+            extension = 'grip; message-prefix="%s"' % prefix
+        if ctx.is_opening():
+            ctx.accept()
+            ctx.subscribe(channel)
+        while ctx.can_recv():
+            message = ctx.recv()
+            if message is None:
+                ctx.close(ctx.close_code)
+                break
+            if isinstance(message, bytes):
+                ctx.send_binary(b"echo:" + message)
+            elif message == "raw":
+                # Neither the message prefix nor c: -- Pushpin drops it.
+                ctx.out_events.append(WebSocketEvent("TEXT", "unprefixed"))
+                ctx.send("after")
+            else:
+                ctx.send("echo:" + message)
+                if prefix is not None:
+                    ctx.out_events.append(WebSocketEvent("TEXT", prefix + "own:" + message))
+        out = [WebSocketEvent("OPEN")] if ctx.accepted else []
+        out += ctx.out_events
+        if ctx.closed:
+            out.append(WebSocketEvent("CLOSE", struct.pack(">H", ctx.out_close_code or 1000)))
+        headers = [
+            ("Content-Type", "application/websocket-events"),
+            ("Sec-WebSocket-Extensions", extension),
+        ]
         self.answer(200, headers, encode_websocket_events(out))
 
 
