@@ -115,6 +115,7 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     });
     hub.set_max_total(config.realtime.history_max_total);
     let metrics = Arc::new(Metrics::new(hub.metrics().clone()));
+    metrics.zero_routes(config);
     let presence = Arc::new(crate::presence::Registry::new());
     let mut presence_store: Option<Arc<dyn crate::presence::PresenceStore>> = None;
     let backplane: Arc<dyn Backplane> = match &config.backplane {

@@ -67,6 +67,22 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason: `metrics::Metrics` zeroes `pushgate_auth_failures_total`
+    /// for each of them on each route with `auth:`.
+    pub const ALL: [Reason; 11] = [
+        Reason::Missing,
+        Reason::Malformed,
+        Reason::BadSignature,
+        Reason::Algorithm,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::Issuer,
+        Reason::Audience,
+        Reason::Rejected,
+        Reason::Forbidden,
+        Reason::Unavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Missing => "missing",

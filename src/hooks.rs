@@ -65,6 +65,16 @@ impl Event {
     }
 }
 
+/// The `reason` label of `pushgate_hook_events_dropped_total`; every
+/// reason is in [`drop_reason::ALL`], zeroed when the family is registered.
+pub mod drop_reason {
+    /// The queue (`hooks.queue`) was full: the upstream is slow or down.
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// The upstream answered 4xx to the batch.
+    pub const REJECTED: &str = "rejected";
+    pub const ALL: &[&str] = &[QUEUE_FULL, REJECTED];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub reason: &'static str,
@@ -81,6 +91,11 @@ pub struct HookMetrics {
 
 impl HookMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        // Every reason is exported from the start, at 0: "never dropped"
+        // reads as 0, not as no data.
+        for &reason in drop_reason::ALL {
+            let _ = self.dropped.get_or_create(&DropLabels { reason });
+        }
         registry.register(
             "pushgate_hook_events_sent",
             "Lifecycle events delivered to the hooks upstream",
@@ -149,7 +164,7 @@ impl Hooks {
                 self.metrics
                     .dropped
                     .get_or_create(&DropLabels {
-                        reason: "queue_full",
+                        reason: drop_reason::QUEUE_FULL,
                     })
                     .inc();
             }
@@ -214,7 +229,9 @@ impl Sender {
                         tracing::warn!(%status, events = batch.len(), "hooks upstream rejected a batch; dropped");
                         self.metrics
                             .dropped
-                            .get_or_create(&DropLabels { reason: "rejected" })
+                            .get_or_create(&DropLabels {
+                                reason: drop_reason::REJECTED,
+                            })
                             .inc_by(batch.len() as u64);
                         break;
                     }

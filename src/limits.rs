@@ -72,6 +72,16 @@ impl Drop for ConnPermit {
     }
 }
 
+/// The `kind` label of `pushgate_rate_limited_total`: every refusal names
+/// one of these, and [`kind::ALL`] is what `metrics::Metrics` zeroes at start.
+pub mod kind {
+    pub const CONNECT_RATE: &str = "connect_rate";
+    pub const CONNECTIONS: &str = "connections";
+    pub const PUBLISH_RATE: &str = "publish_rate";
+    pub const CLIENT_PUBLISH_RATE: &str = "client_publish_rate";
+    pub const ALL: &[&str] = &[CONNECT_RATE, CONNECTIONS, PUBLISH_RATE, CLIENT_PUBLISH_RATE];
+}
+
 impl Limiter {
     pub fn new(settings: RateLimitSettings, metrics: Arc<Metrics>) -> Self {
         let rate = |r: RateLimit| {
@@ -113,7 +123,7 @@ impl Limiter {
         if let Some(rate) = &self.connect_rate {
             let limit = self.settings.per_ip_connect_rate;
             if rate.observe(&key, 1) > limit.events as isize {
-                return Err(self.refused("connect_rate", limit.per));
+                return Err(self.refused(kind::CONNECT_RATE, limit.per));
             }
         }
         let Some(connections) = &self.connections else {
@@ -121,7 +131,7 @@ impl Limiter {
         };
         if connections.incr(key, 1) > self.settings.per_ip_connections as isize {
             connections.decr(key, 1);
-            return Err(self.refused("connections", Duration::from_secs(1)));
+            return Err(self.refused(kind::CONNECTIONS, Duration::from_secs(1)));
         }
         Ok(ConnPermit {
             held: Some((connections.clone(), key)),
@@ -139,7 +149,7 @@ impl Limiter {
             .map_or(&[][..], |v| v.as_bytes());
         let limit = self.settings.publish_rate;
         if rate.observe(&token, 1) > limit.events as isize {
-            return Err(self.refused("publish_rate", limit.per).into_error());
+            return Err(self.refused(kind::PUBLISH_RATE, limit.per).into_error());
         }
         Ok(())
     }
@@ -151,7 +161,7 @@ impl Limiter {
 
     /// Counts a client publish refused by its budget.
     pub fn client_publish_refused(&self) {
-        self.refused("client_publish_rate", Duration::ZERO);
+        self.refused(kind::CLIENT_PUBLISH_RATE, Duration::ZERO);
     }
 }
 

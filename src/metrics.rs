@@ -120,6 +120,17 @@ impl Metrics {
             "Requests and client publishes refused by a rate limit or cap, by kind",
             rate_limited.clone(),
         );
+        // Families whose label values are a closed set export every series
+        // from the start, at 0, so "never happened" reads as 0 rather than
+        // as no data; the sets are the ones the counting code uses.
+        for &kind in crate::limits::kind::ALL {
+            let _ = rate_limited.get_or_create(&RateLimitLabels { kind });
+        }
+        for transport in crate::realtime::negotiate::Transport::ALL {
+            let _ = sessions.get_or_create(&TransportLabels {
+                transport: transport.as_str(),
+            });
+        }
         hub.register(&mut registry);
         let backplane = crate::backplane::BackplaneMetrics::default();
         backplane.register(&mut registry);
@@ -138,6 +149,27 @@ impl Metrics {
             hub,
             backplane,
             hooks,
+        }
+    }
+
+    /// Exports `pushgate_auth_failures_total` at 0 for every reason on each
+    /// realtime route of `config` with `auth:`; the route names come from
+    /// the config, so this runs at start and on each reload (a series of a
+    /// route a reload removed stays, as any counter would).
+    pub fn zero_routes(&self, config: &crate::config::Config) {
+        for route in &config.routes {
+            let crate::config::RouteAction::Realtime(realtime) = &route.action else {
+                continue;
+            };
+            if realtime.auth.is_none() {
+                continue;
+            }
+            for reason in crate::auth::Reason::ALL {
+                let _ = self.auth_failures.get_or_create(&AuthFailureLabels {
+                    route: realtime.name.to_string(),
+                    reason: reason.as_str(),
+                });
+            }
         }
     }
 

@@ -455,6 +455,7 @@ impl Control {
         }
 
         // === commit: nothing below can fail ===
+        self.shared.metrics.zero_routes(&config);
         self.certificates.replace(certificates);
         self.head.store(Arc::new(head_limits(&config)));
         self.resize_connections(&mut state, config.limits.max_connections);

@@ -127,3 +127,87 @@ async fn the_page_is_one_html_file_with_no_external_assets() {
     let public = pg.client().get(pg.url("/admin")).send().await.unwrap();
     assert_eq!(public.status(), 404);
 }
+
+/// The series of `family` in the exposition `text`, as (labels, value):
+/// `name{a="x",b="y"} 0` gives (`a="x",b="y"`, `0`).
+fn series<'a>(text: &'a str, family: &str) -> Vec<(&'a str, &'a str)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(family)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            Some((labels, value.trim()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_counters_with_known_labels_are_exported_at_zero_from_the_start() {
+    let pg = Pushgate::start(
+        r#"
+listen: { http: ["127.0.0.1:0"] }
+internal: { listen: "127.0.0.1:0" }
+routes:
+  - name: open
+    match: { path: "/open/{channel}" }
+    realtime: { channels: ["{channel}"] }
+  - name: guarded
+    match: { path: "/guarded/{channel}" }
+    realtime: { channels: ["{channel}"] }
+    auth:
+      jwt: { hs256_secret: "0123456789abcdef0123456789abcdef" }
+"#,
+    )
+    .await;
+    let text = pg.metrics().await;
+    let expect = |family: &str, wanted: &[String]| {
+        let found = series(&text, family);
+        for labels in wanted {
+            assert!(
+                found.iter().any(|(l, v)| l == labels && *v == "0"),
+                "{family}{{{labels}}} 0 missing; found {found:?}"
+            );
+        }
+    };
+    expect(
+        "pushgate_hook_events_dropped_total",
+        &["queue_full", "rejected"].map(|r| format!("reason=\"{r}\"")),
+    );
+    expect(
+        "pushgate_rate_limited_total",
+        &[
+            "connect_rate",
+            "connections",
+            "publish_rate",
+            "client_publish_rate",
+        ]
+        .map(|k| format!("kind=\"{k}\"")),
+    );
+    expect(
+        "pushgate_sessions",
+        &["websocket", "sse", "longpoll"].map(|t| format!("transport=\"{t}\"")),
+    );
+    let reasons = [
+        "missing",
+        "malformed",
+        "bad_signature",
+        "algorithm",
+        "expired",
+        "not_yet_valid",
+        "issuer",
+        "audience",
+        "rejected",
+        "forbidden",
+        "unavailable",
+    ];
+    expect(
+        "pushgate_auth_failures_total",
+        &reasons.map(|r| format!("route=\"guarded\",reason=\"{r}\"")),
+    );
+    assert!(
+        series(&text, "pushgate_auth_failures_total")
+            .iter()
+            .all(|(l, _)| !l.contains("route=\"open\"")),
+        "a route without auth: has no auth failure series"
+    );
+}

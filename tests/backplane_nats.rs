@@ -164,6 +164,12 @@ fn bad_nats_urls_are_reported_at_their_line_and_column() {
     for (url, needle) in [
         ("http://127.0.0.1:4222", "scheme"),
         ("127.0.0.1:4222", "nats://"),
+        // One bad item in a list fails check, as it would fail start.
+        (
+            "nats://127.0.0.1:4222,nats://127.0.0.1:99999",
+            "invalid port",
+        ),
+        ("nats://127.0.0.1:4222,", "empty server"),
     ] {
         let yaml = format!(
             "listen: {{ http: [\"127.0.0.1:0\"] }}\nbackplane:\n  type: nats\n  url: \"{url}\"\n"
@@ -174,6 +180,45 @@ fn bad_nats_urls_are_reported_at_their_line_and_column() {
         assert!(err.contains("pushgate.yaml:4:8"), "{url}: {err}");
         assert!(err.contains(needle), "{url}: {err}");
     }
+}
+
+#[test]
+fn a_comma_separated_server_list_passes_check_as_one_list_per_server() {
+    let path = std::path::Path::new("pushgate.yaml");
+    let yaml = "listen: { http: [\"127.0.0.1:0\"] }\nbackplane:\n  type: nats\n  url: \"nats://a:4222, tls://b:4223\"\n";
+    let config = pushgate::config::parse(path, yaml, &|_| None).expect("a good list passes");
+    let pushgate::config::BackplaneKind::Nats(settings) = &config.backplane else {
+        panic!("nats backplane: {:?}", config.backplane);
+    };
+    let servers: Vec<_> = settings
+        .servers
+        .iter()
+        .map(|s| (s.scheme().to_owned(), s.host().to_owned(), s.port()))
+        .collect();
+    assert_eq!(
+        servers,
+        [
+            ("nats".to_owned(), "a".to_owned(), 4222),
+            ("tls".to_owned(), "b".to_owned(), 4223)
+        ]
+    );
+}
+
+/// The documented list form starts (check and start share one parser), and
+/// a server that is down does not keep the nodes out: they connect to the
+/// other one and carry messages between them.
+#[tokio::test]
+async fn two_servers_of_which_the_first_is_down_start_and_deliver() {
+    let nats = NatsServer::start().await;
+    let closed = NatsServer::free_port();
+    let url = format!("nats://127.0.0.1:{closed},{}", nats.url());
+    let nodes = nodes(&url, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut sse = SseClient::connect(&b.url("/live/pair"), None).await;
+    b.wait_subscribers("pair", 1).await;
+    a.publish("pair", json!("through the second server")).await;
+    let events = within("the message", sse_collect(&mut sse, 1)).await;
+    assert_eq!(datas(&events), ["through the second server"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

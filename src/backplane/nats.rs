@@ -61,19 +61,27 @@ const EVENT: &str = "Pushgate-Event";
 /// message.
 const GRIP: &str = "Pushgate-Grip";
 
-/// `backplane: {type: nats, url, prefix}` plus the history limits the
-/// stream is sized for.
+/// `backplane: {type: nats, url, prefix}`: the servers parsed once by
+/// [`parse_url`] when the config is read, so a node connects to exactly
+/// what `pushgate check` accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    pub url: String,
+    pub servers: Vec<async_nats::ServerAddr>,
     pub prefix: String,
 }
 
-/// Checks a NATS URL without connecting (`pushgate check`).
-pub fn check_url(url: &str) -> Result<(), String> {
-    for part in url.split(',') {
-        let scheme = part.trim().split_once("://").map(|(s, _)| s);
-        match scheme {
+/// Parses a NATS URL, or several separated by commas, without connecting
+/// (`pushgate check` and start alike). Each item needs its scheme
+/// (`nats://` or `tls://`) and must parse as an async-nats server address.
+pub fn parse_url(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let mut servers = Vec::new();
+    for part in url.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(
+                "empty server in backplane url: separate servers with one comma".to_owned(),
+            );
+        }
+        match part.split_once("://").map(|(s, _)| s) {
             Some("nats" | "tls") => {}
             Some(other) => {
                 return Err(format!(
@@ -82,11 +90,12 @@ pub fn check_url(url: &str) -> Result<(), String> {
             }
             None => return Err("backplane url must start with nats:// or tls://".to_owned()),
         }
-        part.trim()
+        let server = part
             .parse::<async_nats::ServerAddr>()
             .map_err(|e| format!("invalid backplane url {part:?}: {e}"))?;
+        servers.push(server);
     }
-    Ok(())
+    Ok(servers)
 }
 
 pub struct NatsBackplane {
@@ -131,10 +140,14 @@ impl NatsBackplane {
                     let _ = tx.try_send(event);
                 }
             });
-        let url = settings.url.clone();
-        let client = futures_util::FutureExt::now_or_never(options.connect(url.as_str()))
-            .unwrap_or_else(|| Err(std::io::Error::other("connect did not return at once").into()))
-            .map_err(|e| Error::Unavailable(format!("nats: {e}")))?;
+        // Several servers: each connection attempt tries them all (in a
+        // random order), so one that is down does not keep the node out.
+        let client =
+            futures_util::FutureExt::now_or_never(options.connect(settings.servers.clone()))
+                .unwrap_or_else(|| {
+                    Err(std::io::Error::other("connect did not return at once").into())
+                })
+                .map_err(|e| Error::Unavailable(format!("nats: {e}")))?;
         let js = jetstream::new(client.clone());
         metrics.set_state(State::Connecting);
         let stream_name = settings.prefix.replace('.', "_");
@@ -612,15 +625,25 @@ mod tests {
 
     #[test]
     fn urls_are_checked_without_connecting() {
-        assert!(check_url("nats://127.0.0.1:4222").is_ok());
-        assert!(check_url("tls://user:pw@nats.example:4222").is_ok());
-        assert!(check_url("nats://a:4222,nats://b:4222").is_ok());
+        assert_eq!(parse_url("nats://127.0.0.1:4222").unwrap().len(), 1);
+        assert!(parse_url("tls://user:pw@nats.example:4222").is_ok());
+        let two = parse_url("nats://a:4222, nats://b:4223").unwrap();
+        assert_eq!(
+            two.iter().map(|s| (s.host(), s.port())).collect::<Vec<_>>(),
+            [("a", 4222), ("b", 4223)]
+        );
         assert!(
-            check_url("redis://127.0.0.1:4222")
+            parse_url("redis://127.0.0.1:4222")
                 .unwrap_err()
                 .contains("scheme")
         );
-        assert!(check_url("127.0.0.1:4222").is_err());
+        assert!(parse_url("127.0.0.1:4222").is_err());
+        assert!(parse_url("nats://a:4222,").unwrap_err().contains("empty"));
+        assert!(
+            parse_url("nats://a:4222,nats://b:99999")
+                .unwrap_err()
+                .contains("nats://b:99999")
+        );
     }
 
     #[test]

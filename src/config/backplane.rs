@@ -1,5 +1,7 @@
 //! The `backplane:` section: `{type: memory|redis|nats, url, prefix}`.
-//! The URL is checked here (scheme, syntax) but never connected to.
+//! The URL is checked here (scheme, syntax) but never connected to; a NATS
+//! URL's server list is parsed here once and kept in the settings, so a
+//! node starts with exactly what `pushgate check` accepted.
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -69,11 +71,8 @@ impl Validator<'_> {
                         self.error(p, "backplane type nats needs a url (nats://HOST:PORT)");
                         BackplaneKind::Memory
                     }
-                    Some(url) => match nats::check_url(&url.value) {
-                        Ok(()) => BackplaneKind::Nats(nats::Settings {
-                            url: url.value.clone(),
-                            prefix,
-                        }),
+                    Some(url) => match nats::parse_url(&url.value) {
+                        Ok(servers) => BackplaneKind::Nats(nats::Settings { servers, prefix }),
                         Err(e) => {
                             self.error(url, e);
                             BackplaneKind::Memory

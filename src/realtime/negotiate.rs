@@ -16,6 +16,9 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport: `pushgate_sessions` exports each from the start.
+    pub const ALL: [Transport; 3] = [Transport::Websocket, Transport::Sse, Transport::Longpoll];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Websocket => "websocket",
