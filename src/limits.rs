@@ -1,5 +1,6 @@
 //! Rate limits and caps (SPEC §9): per-address concurrent realtime
-//! connections and connect rate, per-token publish rate, and the
+//! connections and connect rate (new connections of any route, counted
+//! at accept), per-token publish rate, and the
 //! per-WebSocket client publish budget; the client address behind
 //! `trusted_proxies`.
 //!
@@ -116,15 +117,45 @@ impl Limiter {
         client_ip(&self.settings.trusted_proxies, remote, headers)
     }
 
-    /// Admits a new realtime connection from `ip`: counts it against the
-    /// connect rate, then takes a share of the per-address cap.
-    pub fn admit(&self, ip: IpAddr) -> Result<ConnPermit, Refused> {
-        let key = address_key(ip);
+    /// Whether `remote` is a trusted proxy, whose `X-Forwarded-For` names
+    /// the client.
+    pub fn is_trusted_proxy(&self, remote: SocketAddr) -> bool {
+        let peer = remote.ip().to_canonical();
+        self.settings
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer))
+    }
+
+    /// Counts a new connection (any route) from `remote` against the
+    /// connect rate, at accept time. A trusted proxy's connections are not
+    /// counted here: they carry many clients, each counted by its
+    /// forwarded address when it opens a realtime connection (`admit`).
+    pub fn accept(&self, remote: SocketAddr) -> Result<(), Refused> {
+        if self.connect_rate.is_none() || self.is_trusted_proxy(remote) {
+            return Ok(());
+        }
+        self.count_connect(remote.ip().to_canonical())
+    }
+
+    fn count_connect(&self, ip: IpAddr) -> Result<(), Refused> {
         if let Some(rate) = &self.connect_rate {
             let limit = self.settings.per_ip_connect_rate;
-            if rate.observe(&key, 1) > limit.events as isize {
+            if rate.observe(&address_key(ip), 1) > limit.events as isize {
                 return Err(self.refused(kind::CONNECT_RATE, limit.per));
             }
+        }
+        Ok(())
+    }
+
+    /// Admits a new realtime connection from `ip`: counts it against the
+    /// connect rate when `count_rate` (a client behind a trusted proxy; a
+    /// direct peer was counted by `accept`), then takes a share of the
+    /// per-address cap.
+    pub fn admit(&self, ip: IpAddr, count_rate: bool) -> Result<ConnPermit, Refused> {
+        let key = address_key(ip);
+        if count_rate {
+            self.count_connect(ip)?;
         }
         let Some(connections) = &self.connections else {
             return Ok(ConnPermit { held: None });
@@ -307,11 +338,11 @@ mod tests {
             metrics,
         );
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let a = limiter.admit(ip).unwrap();
-        let _b = limiter.admit(ip).unwrap();
-        assert_eq!(limiter.admit(ip).err().unwrap().kind, "connections");
+        let a = limiter.admit(ip, true).unwrap();
+        let _b = limiter.admit(ip, true).unwrap();
+        assert_eq!(limiter.admit(ip, true).err().unwrap().kind, "connections");
         drop(a);
-        assert!(limiter.admit(ip).is_ok());
-        assert!(limiter.admit("192.0.2.2".parse().unwrap()).is_ok());
+        assert!(limiter.admit(ip, true).is_ok());
+        assert!(limiter.admit("192.0.2.2".parse().unwrap(), true).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! Accept loops: sockets, optional TLS, HTTP/1.1 and HTTP/2 (h2c prior
 //! knowledge and ALPN h2) with upgrades, header size and time limits, the
-//! connection cap, and per-connection drain on shutdown.
+//! connection cap, the handler's accept-time refusal (connect rate), and
+//! per-connection drain on shutdown.
 //!
 //! This module does not look at routes, channels or credentials: it hands
 //! each request to a [`Handler`].
@@ -75,6 +76,13 @@ pub trait Handler: Send + Sync + 'static {
         request: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + 'static;
+
+    /// Called once per new connection, before its TLS handshake or any
+    /// HTTP parsing: `Some` refuses it (per-address connect rate), and
+    /// every request on it is answered with that error, then it closes.
+    fn accept(&self, _remote: SocketAddr) -> Option<HttpError> {
+        None
+    }
 
     /// Whether to serve the first HTTP/1 request of a connection on the raw
     /// socket instead of through hyper. Long-lived streams (SSE,
@@ -224,6 +232,9 @@ struct Connection<H> {
 
 impl<H: Handler> Connection<H> {
     async fn run(mut self, stream: TcpStream, watcher: Watcher) {
+        // Counted before the handshake, so refusing costs no parsing; the
+        // answer still needs HTTP (and TLS) to be read.
+        let refused = self.handler.accept(self.remote);
         let scheme = if self.options.tls.is_some() {
             "https"
         } else {
@@ -241,7 +252,7 @@ impl<H: Handler> Connection<H> {
         match self.options.tls.clone() {
             // Boxed: the task keeps only what the connection's kind needs
             // (no TLS state on plain connections, and the reverse).
-            None => Box::pin(self.serve(stream, info, watcher, false)).await,
+            None => Box::pin(self.serve(stream, info, watcher, false, refused)).await,
             Some(acceptor) => {
                 // The handshake counts against the header read timeout, so a
                 // client cannot hold a socket by stalling TLS.
@@ -260,7 +271,7 @@ impl<H: Handler> Connection<H> {
                     }
                 };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                Box::pin(self.serve(tls, info, watcher, h2)).await;
+                Box::pin(self.serve(tls, info, watcher, h2, refused)).await;
             }
         }
     }
@@ -268,10 +279,24 @@ impl<H: Handler> Connection<H> {
     /// Reads the first request head; a claimed request is served on the raw
     /// connection, anything else (HTTP/2, other requests, bad heads) by
     /// hyper with the bytes already read replayed first.
-    async fn serve<IO: RawIo>(self, mut io: IO, info: ConnInfo, watcher: Watcher, h2: bool) {
-        let over_limit = info.slot._permit.is_none();
+    async fn serve<IO: RawIo>(
+        self,
+        mut io: IO,
+        info: ConnInfo,
+        watcher: Watcher,
+        h2: bool,
+        refused: Option<HttpError>,
+    ) {
+        let refused = refused.or_else(|| {
+            info.slot._permit.is_none().then(|| {
+                HttpError::new(
+                    ErrorCode::TooManyConnections,
+                    "connection limit reached; retry later",
+                )
+            })
+        });
         let mut prefix = Vec::new();
-        if !h2 && !over_limit {
+        if !h2 && refused.is_none() {
             match read_head(&mut io, self.head.max_header, self.head.header_read_timeout).await {
                 FirstHead::Complete {
                     buf,
@@ -292,7 +317,7 @@ impl<H: Handler> Connection<H> {
                             let served =
                                 handler.serve_claimed(claim, Prefixed::new(rest, io), info.clone());
                             if let Some((rest, io)) = served.await {
-                                self.serve_hyper(io, rest, info, watcher, false).await;
+                                self.serve_hyper(io, rest, info, watcher, None).await;
                             }
                         });
                         return;
@@ -304,30 +329,27 @@ impl<H: Handler> Connection<H> {
                 FirstHead::Closed => return,
             }
         }
-        self.serve_hyper(io, prefix, info, watcher, over_limit)
-            .await;
+        self.serve_hyper(io, prefix, info, watcher, refused).await;
     }
 
-    /// Serves the connection with hyper, `prefix` read first.
+    /// Serves the connection with hyper, `prefix` read first; when
+    /// `refused`, every request is answered with that error and `close`.
     async fn serve_hyper<IO: RawIo>(
         self,
         io: IO,
         prefix: Vec<u8>,
         info: ConnInfo,
         watcher: Watcher,
-        over_limit: bool,
+        refused: Option<HttpError>,
     ) {
         let handler = self.handler;
         let service = service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();
             let info = info.clone();
+            let refused = refused.clone();
             async move {
-                if over_limit {
-                    let mut response = HttpError::new(
-                        ErrorCode::TooManyConnections,
-                        "connection limit reached; retry later",
-                    )
-                    .into_response();
+                if let Some(refused) = refused {
+                    let mut response = refused.into_response();
                     response
                         .headers_mut()
                         .insert(header::CONNECTION, http::HeaderValue::from_static("close"));

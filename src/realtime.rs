@@ -174,7 +174,12 @@ impl Realtime {
         conn: &ConnInfo,
     ) -> Result<ConnPermit, HttpError> {
         let ip = self.limiter.client_ip(conn.remote, headers);
-        self.limiter.admit(ip).map_err(|r| r.into_error())
+        // A direct peer's connection was counted against the connect rate
+        // when it was accepted; a trusted proxy's client is counted here.
+        let count_rate = self.limiter.is_trusted_proxy(conn.remote);
+        self.limiter
+            .admit(ip, count_rate)
+            .map_err(|r| r.into_error())
     }
 
     /// Serves a realtime request through hyper.

@@ -57,6 +57,10 @@ impl<H: Handler> Handler for Current<H> {
         self.load().handle(request, conn)
     }
 
+    fn accept(&self, remote: std::net::SocketAddr) -> Option<crate::error::HttpError> {
+        self.0.load().accept(remote)
+    }
+
     fn claim(&self, head: &Request<()>, conn: &ConnInfo) -> Option<Self::Claim> {
         let handler = self.load();
         let claim = handler.claim(head, conn)?;

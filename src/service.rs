@@ -81,6 +81,16 @@ pub struct RealtimeClaim {
 impl Handler for Service {
     type Claim = Claimed;
 
+    /// `limits.per_ip.connect_rate` counts every new connection, whatever
+    /// its route (SPEC §9).
+    fn accept(&self, remote: std::net::SocketAddr) -> Option<HttpError> {
+        self.realtime
+            .limiter
+            .accept(remote)
+            .err()
+            .map(|r| r.into_error())
+    }
+
     fn claim(&self, head: &Request<()>, conn: &ConnInfo) -> Option<Claimed> {
         if head.method() != http::Method::GET {
             return None;

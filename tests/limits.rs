@@ -196,3 +196,52 @@ async fn bad_limits_are_config_errors_with_positions() {
         assert!(e.contains(wanted), "{limits}: {e}");
     }
 }
+
+#[tokio::test]
+async fn the_connect_rate_counts_new_connections_to_proxied_routes() {
+    let up = support::echo_upstream().await;
+    let pg = Pushgate::start(&format!(
+        r#"
+listen: {{ http: ["127.0.0.1:0"] }}
+internal: {{ listen: "127.0.0.1:0" }}
+limits:
+  per_ip: {{ connect_rate: 5/s }}
+upstreams:
+  api: {{ targets: ["{up}"] }}
+routes:
+  - name: api
+    match: {{ path_prefix: "/" }}
+    upstream: api
+"#
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    let mut refused = None;
+    for _ in 0..20 {
+        // A fresh client each time: a new connection per request.
+        let client = reqwest::Client::new();
+        let r = within(
+            "proxied response",
+            client
+                .get(pg.url("/x"))
+                .header("connection", "close")
+                .send(),
+        )
+        .await
+        .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status().as_u16() == 429 && refused.is_none() {
+            refused = Some(r);
+        }
+    }
+    assert!(statuses[..5].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert_429(refused.unwrap()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = reqwest::Client::new()
+        .get(pg.url("/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
