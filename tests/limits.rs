@@ -207,7 +207,7 @@ internal: {{ listen: "127.0.0.1:0" }}
 limits:
   per_ip: {{ connect_rate: 5/s }}
 upstreams:
-  api: {{ targets: ["{up}"] }}
+  api: {{ targets: ["http://{up}"] }}
 routes:
   - name: api
     match: {{ path_prefix: "/" }}
