@@ -15,6 +15,8 @@
 
 pub mod stats;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -26,16 +28,25 @@ use crate::error::{Body, ErrorCode, HttpError, full, json_response};
 use crate::listener::{ConnInfo, Handler, RawIo};
 use crate::metrics::Metrics;
 use crate::publish::{self, Publisher};
-use crate::reload::{self, Control};
 
 use self::stats::Stats;
+
+/// What `POST /admin/reload` asks of whoever owns the config (the
+/// reload module's `Control`, which builds the `Admin`): reload the config
+/// file, all or nothing, and answer with the outcome (`200` and what
+/// changed, or `400` and why it was refused). Admin names no module above
+/// it; the owner hands itself in as a `Weak<dyn Reload>`.
+pub trait Reload: Send + Sync {
+    fn respond(&self) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>>;
+}
 
 pub struct Admin {
     pub ready: Arc<AtomicBool>,
     pub backplane: Arc<dyn Backplane>,
     pub metrics: Arc<Metrics>,
     pub publisher: Publisher,
-    pub(crate) control: Weak<Control>,
+    /// Gone once pushgate stops: `/admin/reload` then answers 503.
+    pub(crate) control: Weak<dyn Reload>,
     pub stats: Arc<Stats>,
     /// The serving config's routes, for `/admin/stats`.
     pub routes: serde_json::Value,
@@ -111,7 +122,12 @@ impl Handler for Admin {
                 if let Some(refused) = self.refusal(&request) {
                     return refused;
                 }
-                reload::respond(&self.control).await
+                match self.control.upgrade() {
+                    Some(control) => control.respond().await,
+                    None => {
+                        HttpError::new(ErrorCode::Stopping, "pushgate is stopping").into_response()
+                    }
+                }
             }
             (&Method::GET, p) if p.starts_with("/presence/") => {
                 if let Some(refused) = self.refusal(&request) {

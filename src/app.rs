@@ -1,81 +1,44 @@
-//! Builds every component from a [`Config`], wires them, and owns the start
-//! and drain order. The only module that knows all the others.
+//! Builds the components shared by every config generation from a
+//! [`Config`] (hub, backplane, metrics, presence, hooks), hands them to
+//! `reload::Control` with the first generation, and owns the start and
+//! drain order. The top of the layer table: nothing imports it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
-use crate::admin::stats::{self, Stats};
+use crate::admin::stats::Stats;
 use crate::auth::callback::Callbacks;
 use crate::backplane::Backplane;
 use crate::backplane::memory::MemoryBackplane;
 use crate::backplane::nats::NatsBackplane;
 use crate::backplane::redis::RedisBackplane;
 use crate::config::{BackplaneKind, Config, RouteAction};
+use crate::generation::{HistoryRules, Shared, history_policy};
 use crate::hub::Hub;
-use crate::hub::history::HistoryLimits;
-use crate::hub::message::ChannelName;
 use crate::limits::Limiter;
-use crate::listener::tls;
+use crate::listener::{self, tls};
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
-use crate::publish::Publisher;
 use crate::realtime::Realtime;
 use crate::reload::{Control, Reloader};
-use crate::router::{Router, pattern};
-use crate::service::Service;
 use crate::shutdown::Shutdown;
+
+/// Bound sockets to start on; named here too, where callers of
+/// [`start`] look for it.
+pub use crate::listener::Listeners;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("bind {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] listener::BindError),
     #[error(transparent)]
     Tls(#[from] tls::Error),
     #[error(transparent)]
     Backplane(#[from] crate::backplane::Error),
-}
-
-/// Sockets bound before starting, so tests can bind port 0 and read the
-/// real addresses.
-pub struct Listeners {
-    pub http: Vec<TcpListener>,
-    pub https: Vec<TcpListener>,
-    pub internal: TcpListener,
-}
-
-impl Listeners {
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind { addr, source })
-        }
-        let mut http = Vec::new();
-        for a in &config.listen_http {
-            http.push(bind(*a).await?);
-        }
-        let mut https = Vec::new();
-        for a in &config.listen_https {
-            https.push(bind(*a).await?);
-        }
-        let internal = bind(config.internal.listen).await?;
-        Ok(Self {
-            http,
-            https,
-            internal,
-        })
-    }
 }
 
 /// A started pushgate.
@@ -88,19 +51,6 @@ pub struct Running {
     internal_shutdown: Shutdown,
     ready: Arc<AtomicBool>,
     control: Arc<Control>,
-}
-
-/// Components built once and shared by every config generation: a reload
-/// swaps what is built from the config around them.
-#[derive(Clone)]
-pub(crate) struct Shared {
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) backplane: Arc<dyn Backplane>,
-    pub(crate) realtime: Arc<Realtime>,
-    pub(crate) shutdown: Shutdown,
-    pub(crate) internal_shutdown: Shutdown,
-    pub(crate) ready: Arc<AtomicBool>,
-    pub(crate) stats: Arc<Stats>,
 }
 
 /// Starts serving on `listeners` until [`Running::drain`].
@@ -214,59 +164,6 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     })
 }
 
-/// The public listeners' handler for `config`.
-pub(crate) fn build_service(config: &Config, shared: &Shared) -> Service {
-    Service {
-        router: Router::new(&config.routes),
-        proxy: Proxy::new(
-            &config.upstreams,
-            shared.metrics.clone(),
-            shared.shutdown.clone(),
-        )
-        .with_grip(Arc::new(crate::grip::Grip {
-            holds: crate::grip::hold::Holds {
-                hub: shared.realtime.hub.clone(),
-                queue: config.realtime.queue,
-                on_lag: config.realtime.on_lag,
-                shutdown: shared.shutdown.clone(),
-            },
-            max_instruct: config.limits.max_body,
-        })),
-        realtime: shared.realtime.clone(),
-        metrics: shared.metrics.clone(),
-    }
-}
-
-/// The internal listener's handler for `config`.
-pub(crate) fn build_admin(config: &Config, shared: &Shared, control: Weak<Control>) -> Admin {
-    let max_message = config
-        .routes
-        .iter()
-        .filter_map(|r| match &r.action {
-            RouteAction::Realtime(rt) => Some(rt.settings.max_message),
-            _ => None,
-        })
-        .chain([config.realtime.max_message])
-        .max()
-        .unwrap_or(config.realtime.max_message);
-    Admin {
-        ready: shared.ready.clone(),
-        backplane: shared.backplane.clone(),
-        metrics: shared.metrics.clone(),
-        publisher: Publisher {
-            backplane: shared.backplane.clone(),
-            tokens: config.internal.tokens.clone(),
-            max_body: config.limits.max_body,
-            max_message,
-            limiter: shared.realtime.limiter.clone(),
-        },
-        control,
-        stats: shared.stats.clone(),
-        routes: stats::routes(config),
-        realtime: shared.realtime.clone(),
-    }
-}
-
 impl Running {
     /// Drains in order: not ready, stop accepting, close sessions politely
     /// spread over `drain_window`, let in-flight requests finish, all by
@@ -308,54 +205,6 @@ impl Running {
     pub fn reloader(&self) -> Reloader {
         Reloader(self.control.clone())
     }
-}
-
-/// History limits per channel: those of the realtime route whose channel
-/// template matches the channel most specifically (most literal
-/// characters; the first such route on a tie), else the defaults.
-pub(crate) struct HistoryRules {
-    default: HistoryLimits,
-    rules: Vec<(String, HistoryLimits)>,
-}
-
-impl HistoryRules {
-    pub(crate) fn new(config: &Config) -> Self {
-        let default = HistoryLimits {
-            messages: config.realtime.history_messages,
-            max_age: config.realtime.history_max_age,
-        };
-        let mut rules: Vec<(String, HistoryLimits)> = Vec::new();
-        for route in &config.routes {
-            let RouteAction::Realtime(rt) = &route.action else {
-                continue;
-            };
-            let limits = HistoryLimits {
-                messages: rt.settings.history_messages,
-                max_age: rt.settings.history_max_age,
-            };
-            rules.extend(rt.channels.iter().map(|t| (t.to_glob(), limits)));
-            if rt.query_channels {
-                rules.push(("*".to_owned(), limits));
-            }
-        }
-        Self { default, rules }
-    }
-
-    fn limits(&self, channel: &ChannelName) -> HistoryLimits {
-        let mut best: Option<(usize, HistoryLimits)> = None;
-        for (glob, limits) in &self.rules {
-            let literal = glob.chars().filter(|c| *c != '*').count();
-            if pattern::glob(glob, channel.as_str()) && best.is_none_or(|(b, _)| literal > b) {
-                best = Some((literal, *limits));
-            }
-        }
-        best.map_or(self.default, |(_, limits)| limits)
-    }
-}
-
-/// The hub's history policy: the rules of the config serving now.
-fn history_policy(rules: Arc<ArcSwap<HistoryRules>>) -> crate::hub::HistoryPolicy {
-    Box::new(move |channel: &ChannelName| rules.load().limits(channel))
 }
 
 /// The largest history any channel may have (one NATS stream holds all).

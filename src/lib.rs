@@ -11,6 +11,7 @@ pub mod backplane;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod generation;
 pub mod grip;
 pub mod hooks;
 pub mod hub;

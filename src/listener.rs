@@ -30,10 +30,53 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::config::Config;
 use crate::error::{Body, ErrorCode, HttpError};
 use crate::shutdown::Shutdown;
 
 use self::prefixed::Prefixed;
+
+/// Sockets bound before starting, so tests can bind port 0 and read the
+/// real addresses.
+pub struct Listeners {
+    pub http: Vec<TcpListener>,
+    pub https: Vec<TcpListener>,
+    pub internal: TcpListener,
+}
+
+/// An address of the config that cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("bind {addr}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Listeners {
+    /// Binds every address `config` names.
+    pub async fn bind(config: &Config) -> Result<Self, BindError> {
+        async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { addr, source })
+        }
+        let mut http = Vec::new();
+        for a in &config.listen_http {
+            http.push(bind(*a).await?);
+        }
+        let mut https = Vec::new();
+        for a in &config.listen_https {
+            https.push(bind(*a).await?);
+        }
+        let internal = bind(config.internal.listen).await?;
+        Ok(Self {
+            http,
+            https,
+            internal,
+        })
+    }
+}
 
 /// What a request handler knows about its connection.
 #[derive(Clone, Debug)]

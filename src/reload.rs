@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
@@ -23,11 +24,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admin::Admin;
-use crate::app::{self, Error, HistoryRules, Listeners, Shared};
+use crate::admin::{self, Admin};
 use crate::config::{self, Config, Diagnostic, Position};
-use crate::error::{Body, ErrorCode, HttpError, json_response};
-use crate::listener::{self, ConnInfo, Handler, HeadLimits, RawIo, tls};
+use crate::error::{Body, ErrorCode, json_response};
+use crate::generation::{self, HistoryRules, Shared};
+use crate::listener::{self, ConnInfo, Handler, HeadLimits, Listeners, RawIo, tls};
 use crate::metrics::ListenerLabels;
 use crate::service::Service;
 
@@ -246,14 +247,18 @@ impl Control {
         certificates: Arc<tls::Certificates>,
         history: Arc<ArcSwap<HistoryRules>>,
         listeners: Listeners,
-    ) -> Result<Arc<Self>, Error> {
+    ) -> Result<Arc<Self>, tls::Error> {
         let tls = TlsAcceptor::from(tls::server_config_with(certificates.clone())?);
         let max_connections = config.limits.max_connections.min(Semaphore::MAX_PERMITS);
         let control = Arc::new_cyclic(|me: &Weak<Control>| Control {
             me: me.clone(),
             path: config.source.clone(),
-            public: Arc::new(Current::new(app::build_service(config, &shared))),
-            internal: Arc::new(Current::new(app::build_admin(config, &shared, me.clone()))),
+            public: Arc::new(Current::new(generation::build_service(config, &shared))),
+            internal: Arc::new(Current::new(generation::build_admin(
+                config,
+                &shared,
+                me.clone(),
+            ))),
             shared,
             head: Arc::new(ArcSwap::from_pointee(head_limits(config))),
             certificates,
@@ -470,8 +475,8 @@ impl Control {
             .set_max_total(config.realtime.history_max_total);
         self.public
             .0
-            .store(Arc::new(app::build_service(&config, &self.shared)));
-        self.internal.0.store(Arc::new(app::build_admin(
+            .store(Arc::new(generation::build_service(&config, &self.shared)));
+        self.internal.0.store(Arc::new(generation::build_admin(
             &config,
             &self.shared,
             self.me.clone(),
@@ -550,12 +555,13 @@ fn certificate_error(config: &Config, e: &tls::Error) -> config::Error {
 }
 
 /// `POST /admin/reload`.
-pub(crate) async fn respond(control: &Weak<Control>) -> Response<Body> {
-    match control.upgrade() {
-        Some(control) => match control.reload().await {
-            Ok(summary) => json_response(StatusCode::OK, &summary.to_json()),
-            Err(refused) => refused.into_response(),
-        },
-        None => HttpError::new(ErrorCode::Stopping, "pushgate is stopping").into_response(),
+impl admin::Reload for Control {
+    fn respond(&self) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> {
+        Box::pin(async move {
+            match self.reload().await {
+                Ok(summary) => json_response(StatusCode::OK, &summary.to_json()),
+                Err(refused) => refused.into_response(),
+            }
+        })
     }
 }
