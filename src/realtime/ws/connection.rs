@@ -124,6 +124,18 @@ fn close_frame(reason: EndReason) -> Bytes {
 
 type Reader<S> = WebSocketRead<ReadHalf<S>>;
 
+/// The server's frame reader on `read`: pings and closes are answered by
+/// the connection, messages capped at `max_message` (at least a control
+/// frame's 125 bytes).
+fn reader<S: RawIo>(read: ReadHalf<S>, max_message: usize) -> Reader<S> {
+    let (mut reader, _) =
+        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    reader.set_auto_close(false);
+    reader.set_auto_pong(false);
+    reader.set_max_message_size(max_message.max(125));
+    reader
+}
+
 /// A frame read from the peer, owning its payload.
 struct Received {
     fin: bool,
@@ -251,7 +263,12 @@ impl Connection {
     /// before it (a moved-from capture keeps its room), settings read from
     /// `self` rather than copied, and no write timer until a write stalls
     /// (`send_within`). What is not a wait is in plain functions
-    /// (`outgoing`, `tick`, `received`), which keep nothing in it.
+    /// (`outgoing`, `tick`, `received`, `last_frames`), which keep nothing
+    /// in it.
+    ///
+    /// Over 100 lines, on purpose: every wait that uses the pinned reader,
+    /// shutdown turn or timer is here, in this one state (a helper future
+    /// would need their types, and its own room in every connection).
     fn run<S: RawIo>(
         mut self,
         io: S,
@@ -266,14 +283,7 @@ impl Connection {
 
             // Futures kept across iterations: registering with the shutdown
             // token and the timer wheel once, not once per delivery.
-            let mut read = pin!({
-                let (mut reader, _) =
-                    fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-                reader.set_auto_close(false);
-                reader.set_auto_pong(false);
-                reader.set_max_message_size(self.max_message.max(125));
-                next_frame(reader)
-            });
+            let mut read = pin!(next_frame(reader(read, self.max_message)));
             let mut cancelled = pin!(realtime.shutdown.turn(&mut turn));
             let mut clock = Clock {
                 next_ping: Instant::now() + self.heartbeat,
@@ -318,52 +328,45 @@ impl Connection {
                     _ = self.session.queue.ready() => Woke::Queue,
                     _ = &mut timer => Woke::Timer,
                 };
-                let frame = match woke {
+                // A ping or pong to write, or the end.
+                let control = match woke {
                     Woke::Shutdown => break (EndReason::Shutdown, None),
-                    Woke::Frame(frame) => frame,
                     Woke::Queue => continue,
                     Woke::Timer => match self.tick(&mut clock, timer.as_mut()) {
                         Tick::Wait => continue,
+                        Tick::Ping => frame_bytes(Frame::new(
+                            true,
+                            OpCode::Ping,
+                            None,
+                            Payload::Borrowed(&[]),
+                        )),
                         Tick::End(end, last_words) => break (end, last_words),
-                        Tick::Ping => {
-                            let ping = frame_bytes(Frame::new(
-                                true,
-                                OpCode::Ping,
-                                None,
-                                Payload::Borrowed(&[]),
-                            ));
-                            if send_within(&mut write, &ping, self.pong_timeout)
-                                .await
-                                .is_err()
-                            {
-                                break (EndReason::Gone, None);
-                            }
-                            continue;
-                        }
                     },
-                };
-                clock.last_seen = Instant::now();
-                let pong = {
-                    // Boxed: a frame from the peer is rare next to deliveries,
-                    // and its handling (client publish) would otherwise
-                    // widen every idle connection's state.
-                    let next = Box::pin(self.received(frame)).await;
-                    // An `auth` or `refresh` frame may bring expiry closer.
-                    if let Some(e) = self.expires
-                        && e < timer.deadline()
-                    {
-                        timer.as_mut().reset(e);
-                    }
-                    match next {
-                        Next::Continue => continue,
-                        Next::Pong(payload) => frame_bytes(Frame::pong(Payload::Bytes(payload))),
-                        Next::End(end) => break (end, None),
-                        Next::Refuse(json) => break (EndReason::AuthRefused, Some(json)),
+                    Woke::Frame(frame) => {
+                        clock.last_seen = Instant::now();
+                        // Boxed: a frame from the peer is rare next to
+                        // deliveries, and its handling (client publish)
+                        // would otherwise widen every idle connection's state.
+                        let next = Box::pin(self.received(frame)).await;
+                        // An `auth` or `refresh` frame may bring expiry closer.
+                        if let Some(e) = self.expires
+                            && e < timer.deadline()
+                        {
+                            timer.as_mut().reset(e);
+                        }
+                        match next {
+                            Next::Continue => continue,
+                            Next::Pong(payload) => {
+                                frame_bytes(Frame::pong(Payload::Bytes(payload)))
+                            }
+                            Next::End(end) => break (end, None),
+                            Next::Refuse(json) => break (EndReason::AuthRefused, Some(json)),
+                        }
                     }
                 };
                 // Bounded like deliveries: a ping flood from a peer that
                 // reads no pongs cannot park us here.
-                if send_within(&mut write, &pong, self.pong_timeout)
+                if send_within(&mut write, &control, self.pong_timeout)
                     .await
                     .is_err()
                 {
