@@ -10,6 +10,10 @@
 //! [`MAX_BACKOFF`] while new events wait in the queue; another 4xx drops
 //! the batch (`reason="rejected"`). With the upstream's `grip_sig_key` each
 //! POST carries a `Grip-Sig` HS256 JWT.
+//!
+//! [`EndReason`], why a session or one of its subscriptions ended, lives
+//! here, the lowest layer that reports it: presence's tracker keeps it, the
+//! webhooks send it, and the realtime transports close with it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +52,8 @@ pub struct Event {
     pub transport: &'static str,
     /// Unix milliseconds.
     pub at: u64,
-    pub reason: Option<&'static str>,
+    /// Why an unsubscribe or disconnect happened.
+    pub reason: Option<EndReason>,
 }
 
 impl Event {
@@ -60,8 +65,170 @@ impl Event {
             "connection_id": format!("{}-{}", self.node, self.connection),
             "transport": self.transport,
             "at": self.at,
-            "reason": self.reason,
+            "reason": self.reason.map(EndReason::webhook_reason),
         })
+    }
+}
+
+/// Why a realtime session (or one subscription of it) ended: one value
+/// for every place that tells, each with its own wording, so renaming one
+/// changes none of the others.
+///
+/// | reason | WebSocket close | SSE `pushgate.close` | webhook `reason` |
+/// |---|---|---|---|
+/// | `Gone` | none (socket gone) | none | `closed` |
+/// | `Client` | 1000, empty | — | `client` |
+/// | `BadClose(_)` | 1002 / 1007 | — | `client` |
+/// | `Shutdown` | 1001 `shutdown` | `shutdown` | `shutdown` |
+/// | `Lagged` | 1013 `lagged` | `lagged` | `lagged` |
+/// | `Expired` | 1008 `token expired` | `expired` | `expired` |
+/// | `PongTimeout` | 1001 `pong timeout` | — | `timeout` |
+/// | `AuthTimeout` | 1008 `auth timeout` | — | `closed` |
+/// | `AuthRefused` | 1008 `not allowed` | — | `closed` |
+/// | `TooBig` | 1009 `message too big` | — | `closed` |
+/// | `InvalidUtf8` | 1007 `invalid UTF-8` | — | `closed` |
+/// | `Protocol(_)` | 1002 | — | `closed` |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// The connection went away without a close: EOF, a socket error, a
+    /// peer that stopped reading, an SSE client that left.
+    Gone,
+    /// The client ended it: a WebSocket Close frame, an `unsubscribe`.
+    Client,
+    /// The client closed with a malformed Close frame (RFC 6455 §5.5.1,
+    /// §7.4): answered with an error code, reported as the client's close.
+    BadClose(BadClose),
+    /// pushgate is shutting down (or draining).
+    Shutdown,
+    /// The subscriber queue overflowed under `on_lag: disconnect`.
+    Lagged,
+    /// The token expired (`on_expiry: close`, or no refresh in time).
+    Expired,
+    /// The peer sent nothing, not even a pong, for `pong_timeout`.
+    PongTimeout,
+    /// No `auth` frame within `auth::FIRST_FRAME_TIMEOUT`.
+    AuthTimeout,
+    /// Subscriber auth refused the connection (handshake or `auth` frame).
+    AuthRefused,
+    /// A message over `max_message`.
+    TooBig,
+    /// A text message that is not UTF-8 (RFC 6455 §8.1).
+    InvalidUtf8,
+    /// A frame sequence RFC 6455 forbids.
+    Protocol(Violation),
+}
+
+/// What was wrong with a peer's Close frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BadClose {
+    /// A body of one byte: half a code.
+    OneByte,
+    /// A code a peer may not send (RFC 6455 §7.4.1).
+    Code,
+    /// A reason that is not UTF-8.
+    ReasonNotUtf8,
+}
+
+/// A frame sequence RFC 6455 forbids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Violation {
+    /// Anything fastwebsockets refused (reserved bits, opcodes, masking,
+    /// control frame rules).
+    Frame,
+    /// A text or binary frame inside a fragmented message.
+    NewMessageInFragment,
+    /// A continuation frame with no message to continue.
+    ContinuationWithoutMessage,
+}
+
+impl EndReason {
+    /// The WebSocket close code (SPEC §3.4); `None`: nothing is sent, the
+    /// socket is gone.
+    pub const fn close_code(self) -> Option<u16> {
+        Some(match self {
+            Self::Gone => return None,
+            Self::Client => 1000,
+            Self::BadClose(BadClose::ReasonNotUtf8) | Self::InvalidUtf8 => 1007,
+            Self::BadClose(_) | Self::Protocol(_) => 1002,
+            Self::Shutdown | Self::PongTimeout => 1001,
+            Self::Expired | Self::AuthTimeout | Self::AuthRefused => 1008,
+            Self::TooBig => 1009,
+            Self::Lagged => 1013,
+        })
+    }
+
+    /// The WebSocket close frame's reason text.
+    pub const fn close_text(self) -> &'static str {
+        match self {
+            Self::Gone | Self::Client => "",
+            Self::BadClose(BadClose::OneByte) => "close body of one byte",
+            Self::BadClose(BadClose::Code) => "invalid close code",
+            Self::BadClose(BadClose::ReasonNotUtf8) => "close reason is not UTF-8",
+            Self::Shutdown => "shutdown",
+            Self::Lagged => "lagged",
+            Self::Expired => "token expired",
+            Self::PongTimeout => "pong timeout",
+            Self::AuthTimeout => "auth timeout",
+            Self::AuthRefused => "not allowed",
+            Self::TooBig => "message too big",
+            Self::InvalidUtf8 => "invalid UTF-8",
+            Self::Protocol(Violation::Frame) => "protocol error",
+            Self::Protocol(Violation::NewMessageInFragment) => {
+                "new message inside a fragmented one"
+            }
+            Self::Protocol(Violation::ContinuationWithoutMessage) => {
+                "continuation without a message"
+            }
+        }
+    }
+
+    /// The `reason` of an SSE `pushgate.close` event (SPEC §3.3). SSE
+    /// closes only for `Shutdown`, `Lagged` and `Expired`; the others get
+    /// their [`label`](Self::label).
+    pub const fn sse_reason(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Lagged => "lagged",
+            Self::Expired => "expired",
+            other => other.label(),
+        }
+    }
+
+    /// The webhook event's `reason` (docs/presence.md): `client`,
+    /// `closed`, `shutdown`, `lagged`, `expired` or `timeout`.
+    pub const fn webhook_reason(self) -> &'static str {
+        match self {
+            Self::Client | Self::BadClose(_) => "client",
+            Self::Shutdown => "shutdown",
+            Self::Lagged => "lagged",
+            Self::Expired => "expired",
+            Self::PongTimeout => "timeout",
+            Self::Gone
+            | Self::AuthTimeout
+            | Self::AuthRefused
+            | Self::TooBig
+            | Self::InvalidUtf8
+            | Self::Protocol(_) => "closed",
+        }
+    }
+
+    /// A stable snake_case name, one per variant, for metrics labels and
+    /// logs.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Gone => "gone",
+            Self::Client => "client",
+            Self::BadClose(_) => "bad_close",
+            Self::Shutdown => "shutdown",
+            Self::Lagged => "lagged",
+            Self::Expired => "expired",
+            Self::PongTimeout => "pong_timeout",
+            Self::AuthTimeout => "auth_timeout",
+            Self::AuthRefused => "auth_refused",
+            Self::TooBig => "too_big",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::Protocol(_) => "protocol_error",
+        }
     }
 }
 
@@ -299,6 +466,82 @@ impl Sender {
                 Outcome::Retry
             }
             Err(_) => Outcome::Retry,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_reasons_keep_their_wording() {
+        use EndReason::*;
+        // (reason, close code, close text, webhook reason)
+        let table = [
+            (Gone, None, "", "closed"),
+            (Client, Some(1000), "", "client"),
+            (
+                BadClose(self::BadClose::OneByte),
+                Some(1002),
+                "close body of one byte",
+                "client",
+            ),
+            (
+                BadClose(self::BadClose::Code),
+                Some(1002),
+                "invalid close code",
+                "client",
+            ),
+            (
+                BadClose(self::BadClose::ReasonNotUtf8),
+                Some(1007),
+                "close reason is not UTF-8",
+                "client",
+            ),
+            (Shutdown, Some(1001), "shutdown", "shutdown"),
+            (Lagged, Some(1013), "lagged", "lagged"),
+            (Expired, Some(1008), "token expired", "expired"),
+            (PongTimeout, Some(1001), "pong timeout", "timeout"),
+            (AuthTimeout, Some(1008), "auth timeout", "closed"),
+            (AuthRefused, Some(1008), "not allowed", "closed"),
+            (TooBig, Some(1009), "message too big", "closed"),
+            (InvalidUtf8, Some(1007), "invalid UTF-8", "closed"),
+            (
+                Protocol(Violation::Frame),
+                Some(1002),
+                "protocol error",
+                "closed",
+            ),
+            (
+                Protocol(Violation::NewMessageInFragment),
+                Some(1002),
+                "new message inside a fragmented one",
+                "closed",
+            ),
+            (
+                Protocol(Violation::ContinuationWithoutMessage),
+                Some(1002),
+                "continuation without a message",
+                "closed",
+            ),
+        ];
+        let mut labels = std::collections::HashSet::new();
+        for (reason, code, text, webhook) in table {
+            assert_eq!(reason.close_code(), code, "{reason:?}");
+            assert_eq!(reason.close_text(), text, "{reason:?}");
+            assert_eq!(reason.webhook_reason(), webhook, "{reason:?}");
+            // Close reasons fit a control frame (125 bytes, 2 for the code).
+            assert!(text.len() <= 123);
+            labels.insert(reason.label());
+        }
+        assert_eq!(labels.len(), 12, "one label per variant");
+        for (reason, sse) in [
+            (Shutdown, "shutdown"),
+            (Lagged, "lagged"),
+            (Expired, "expired"),
+        ] {
+            assert_eq!(reason.sse_reason(), sse);
         }
     }
 }

@@ -26,7 +26,7 @@ use dashmap::DashMap;
 
 use crate::backplane::Backplane;
 use crate::config::HookEvent;
-use crate::hooks::{self, Hooks};
+use crate::hooks::{self, EndReason, Hooks};
 use crate::hub::message::{ChannelName, EventName, Payload, Publication};
 use crate::realtime::negotiate::Transport;
 use crate::shutdown::Shutdown;
@@ -311,18 +311,39 @@ enum Settle {
     },
 }
 
+/// Which presence event: a user's first connection on a channel, or its
+/// last one gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Join,
+    Leave,
+}
+
+impl Change {
+    /// The payload's `type` (and the WebSocket frame's).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Change::Join => "join",
+            Change::Leave => "leave",
+        }
+    }
+
+    /// The message's event name (SSE `event:`).
+    pub const fn event(self) -> &'static str {
+        match self {
+            Change::Join => JOIN_EVENT,
+            Change::Leave => LEAVE_EVENT,
+        }
+    }
+}
+
 /// A presence event as published: `{"type","channel","sub"}`.
-pub fn publication(kind: &'static str, channel: &ChannelName, sub: &str) -> Publication {
-    let event = if kind == "join" {
-        JOIN_EVENT
-    } else {
-        LEAVE_EVENT
-    };
+pub fn publication(change: Change, channel: &ChannelName, sub: &str) -> Publication {
     Publication {
         channel: channel.clone(),
-        event: EventName::parse(event).ok(),
+        event: EventName::parse(change.event()).ok(),
         payload: Payload::from_json(&serde_json::json!({
-            "type": kind,
+            "type": change.as_str(),
             "channel": channel.as_str(),
             "sub": sub,
         })),
@@ -390,7 +411,7 @@ pub async fn run(
                         Ok(first) => {
                             registry.joined(&channel, &sub);
                             if first && events {
-                                publications.push(publication("join", &channel, &sub));
+                                publications.push(publication(Change::Join, &channel, &sub));
                             }
                         }
                         Err(e) => {
@@ -408,7 +429,7 @@ pub async fn run(
                         Ok(last) => {
                             registry.left(&channel, &sub);
                             if last && events {
-                                publications.push(publication("leave", &channel, &sub));
+                                publications.push(publication(Change::Leave, &channel, &sub));
                             }
                         }
                         Err(e) => {
@@ -424,7 +445,7 @@ pub async fn run(
                 Ok(gone) => {
                     for (channel, sub) in gone {
                         if registry.events(&channel) {
-                            publications.push(publication("leave", &channel, &sub));
+                            publications.push(publication(Change::Leave, &channel, &sub));
                         }
                     }
                 }
@@ -450,7 +471,8 @@ pub struct Tracker {
     sub: Option<Arc<str>>,
     connection: u64,
     transport: Transport,
-    reason: &'static str,
+    /// Why the connection ends, once it is known (webhook `reason`).
+    reason: EndReason,
 }
 
 impl Tracker {
@@ -470,7 +492,7 @@ impl Tracker {
             sub: sub.map(Arc::from),
             connection,
             transport,
-            reason: "closed",
+            reason: EndReason::Gone,
         }
     }
 
@@ -479,11 +501,11 @@ impl Tracker {
     }
 
     /// Why the connection ends (webhook `reason`).
-    pub fn set_reason(&mut self, reason: &'static str) {
+    pub fn set_reason(&mut self, reason: EndReason) {
         self.reason = reason;
     }
 
-    fn hook(&self, kind: HookEvent, channel: Option<&ChannelName>, reason: Option<&'static str>) {
+    fn hook(&self, kind: HookEvent, channel: Option<&ChannelName>, reason: Option<EndReason>) {
         if let Some(hooks) = &self.hooks {
             hooks.emit(hooks::Event {
                 kind,
@@ -512,7 +534,7 @@ impl Tracker {
         self.hook(HookEvent::Subscribe, Some(channel), None);
     }
 
-    pub fn unsubscribe(&self, channel: &ChannelName, reason: &'static str) {
+    pub fn unsubscribe(&self, channel: &ChannelName, reason: EndReason) {
         if self.presence {
             self.registry.remove(channel, self.sub.as_ref());
         }
@@ -606,7 +628,7 @@ mod tests {
 
     #[test]
     fn presence_events_carry_their_sub() {
-        let p = publication("join", &ch("room"), "alice");
+        let p = publication(Change::Join, &ch("room"), "alice");
         assert!(is_presence_event(p.event.as_ref()));
         assert_eq!(event_sub(&p.payload).as_deref(), Some("alice"));
         assert_eq!(

@@ -20,7 +20,7 @@ pub use self::coalesce::{Coalesce, send, send_within};
 pub use self::grants::Grants;
 pub use self::plan::{Plan, Prepared};
 pub use self::query::Query;
-pub use self::session::Session;
+pub use self::session::{EndReason, Session};
 
 use std::sync::Arc;
 

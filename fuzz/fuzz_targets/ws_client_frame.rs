@@ -1,6 +1,9 @@
 #![no_main]
-//! The WebSocket client-frame protocol's pure steps, as `handle_text`
-//! takes them: the JSON frame, the channel name, the `since` id.
+//! The WebSocket client-frame protocol's pure steps, as the connection
+//! takes them: the JSON frame with its type and channel, then the `since`
+//! id of a subscribe and the content of a publish.
+
+use pushgate::realtime::ws::ClientFrame;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -9,12 +12,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(frame) = pushgate::realtime::ws::parse_client_frame(text) else {
         return;
     };
-    if let Some(channel) = frame.channel.as_deref() {
-        let _ = pushgate::publish::channel(channel);
+    match frame {
+        ClientFrame::Subscribe {
+            since: Some(since), ..
+        } => {
+            let _ = pushgate::realtime::cursor::decode_one(&since);
+        }
+        ClientFrame::Publish { data, event, .. } => {
+            let _ = pushgate::publish::Content::validate(data.as_ref(), event.as_ref(), None, 1024);
+        }
+        _ => {}
     }
-    if let Some(since) = frame.since.as_deref() {
-        let _ = pushgate::realtime::cursor::decode_one(since);
-    }
-    let _ =
-        pushgate::publish::Content::validate(frame.data.as_ref(), frame.event.as_ref(), None, 1024);
 });

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::RealtimeSettings;
+pub use crate::hooks::EndReason;
 use crate::hub::Hub;
 use crate::hub::message::{ChannelName, Position};
 use crate::hub::queue::{LagPolicy, Queue};
@@ -81,7 +82,7 @@ impl Session {
                 self.channels.remove(i);
                 self.positions.remove(i);
                 if let Some(t) = &self.tracker {
-                    t.unsubscribe(channel, "client");
+                    t.unsubscribe(channel, EndReason::Client);
                 }
                 true
             }

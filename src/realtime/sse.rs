@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::deliver::Encoder;
-use super::{Coalesce, Plan, Realtime, Session, cursor, send_within};
+use super::{Coalesce, EndReason, Plan, Realtime, Session, cursor, send_within};
 use crate::error::{Body, BoxError};
 use crate::hub::message::{ChannelName, Message, Position};
 use crate::hub::queue::Closed;
@@ -176,7 +176,7 @@ impl SseStream {
                 tokio::select! {
                     biased;
                     _ = &mut cancelled => {
-                        let close = closing(&mut self.session, "shutdown");
+                        let close = closing(&mut self.session, EndReason::Shutdown);
                         let _ = send_within(&mut io, &close, self.stall).await;
                         break;
                     }
@@ -190,7 +190,7 @@ impl SseStream {
                     _ = &mut timer => {
                         let now = Instant::now();
                         if self.expires.is_some_and(|e| now >= e) {
-                            let close = closing(&mut self.session, "expired");
+                            let close = closing(&mut self.session, EndReason::Expired);
                             let _ = send_within(&mut io, &close, self.stall).await;
                             break;
                         }
@@ -231,12 +231,12 @@ impl SseStream {
                     biased;
                     _ = self.realtime.shutdown.turn(&mut self.turn) => {
                         self.phase = Phase::Done;
-                        return Some(closing(&mut self.session, "shutdown"));
+                        return Some(closing(&mut self.session, EndReason::Shutdown));
                     }
                     _ = self.session.queue.ready() => {}
                     _ = sleep_until_some(self.expires) => {
                         self.phase = Phase::Done;
-                        return Some(closing(&mut self.session, "expired"));
+                        return Some(closing(&mut self.session, EndReason::Expired));
                     }
                     _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n")),
                 }
@@ -252,7 +252,7 @@ fn drain(session: &mut Session, metrics: &Metrics) -> Drained {
         chunks: Coalesce::default(),
     };
     if let Err(Closed::Lagged) = session.deliver(metrics, &mut events) {
-        return Drained::Lagged(closing(session, "lagged"));
+        return Drained::Lagged(closing(session, EndReason::Lagged));
     }
     let chunk = events.chunks.finish();
     if chunk.is_empty() {
@@ -369,12 +369,12 @@ fn gap_event(channels: &[ChannelName]) -> Bytes {
 }
 
 /// The `pushgate.close` event for `reason`, which the lifecycle webhooks
-/// report too.
-fn closing(session: &mut Session, reason: &'static str) -> Bytes {
+/// report too (each in its own words).
+fn closing(session: &mut Session, reason: EndReason) -> Bytes {
     if let Some(t) = &mut session.tracker {
         t.set_reason(reason);
     }
-    close_event(reason)
+    close_event(reason.sse_reason())
 }
 
 fn close_event(reason: &str) -> Bytes {
@@ -408,7 +408,7 @@ mod tests {
     #[test]
     fn close_and_gap_events() {
         assert_eq!(
-            String::from_utf8(close_event("shutdown").to_vec()).unwrap(),
+            String::from_utf8(close_event(EndReason::Shutdown.sse_reason()).to_vec()).unwrap(),
             "event: pushgate.close\ndata: {\"reason\":\"shutdown\"}\n\n"
         );
         let ch = ChannelName::parse("a").unwrap();

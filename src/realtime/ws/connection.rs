@@ -1,32 +1,34 @@
-//! One WebSocket connection's task: the split reader and writer, the
-//! loop over peer frames, deliveries, pings and timers, the client
-//! protocol's requests (subscribe, publish, auth) and the close handshake.
+//! One WebSocket connection's task: the split reader and writer, the loop
+//! over peer frames, deliveries, pings and timers, and the close
+//! handshake. Its children handle what the peer's text frames ask:
+//! `requests` (subscribe, unsubscribe, publish, presence, ping) and `auth`
+//! (the first-frame `auth`, token refresh and expiry).
+
+mod auth;
+mod requests;
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
 use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use super::encode::{WsEncoder, frame_bytes, text_frame};
-use super::protocol::{ClientFrame, error_json, parse_client_frame, unsubscribed_json};
-use super::{
-    CLOSE_BAD_DATA, CLOSE_LAGGED, CLOSE_NOT_ALLOWED, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_TOO_BIG,
-};
-use crate::auth::{self, Access, Denial, FIRST_FRAME_TIMEOUT, Reason};
-use crate::config::OnExpiry;
+use super::protocol::error_json;
+use crate::auth::{Access, Denial, FIRST_FRAME_TIMEOUT};
 use crate::error::ErrorCode;
+use crate::hooks::{BadClose, Violation};
 use crate::hub::message::{ChannelName, Position};
 use crate::hub::queue::{Closed, Item};
 use crate::limits::PublishBudget;
 use crate::listener::{ConnSlot, RawIo};
-use crate::publish::{self, Content};
 use crate::realtime::negotiate::Transport;
-use crate::realtime::{Coalesce, Grants, Plan, Realtime, Session, cursor, send, send_within};
+use crate::realtime::{Coalesce, EndReason, Grants, Plan, Realtime, Session, send, send_within};
 
 /// Opens the session and runs the connection in a task of its own, so an
 /// idle connection keeps only [`Connection`]'s loop state and the socket,
@@ -51,7 +53,7 @@ pub(super) fn run<S: RawIo>(
             Vec::new(),
             None,
             Some(Box::new((plan.channels, plan.since))),
-            Some(tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT),
+            Some(Instant::now() + FIRST_FRAME_TIMEOUT),
         ),
         _ => (plan.channels, plan.since, None, plan.grants.expiry()),
     };
@@ -101,7 +103,7 @@ async fn refuse<S: RawIo>(io: S, greeting: Option<Bytes>, denial: Denial) {
         denial.reason.code(),
         &denial.message,
     )));
-    frames.push(frame_bytes(Frame::close(CLOSE_NOT_ALLOWED, b"not allowed")));
+    frames.push(close_frame(EndReason::AuthRefused));
     let _ = send(&mut write, &frames.finish()).await;
     // Let the peer read the close before the socket goes.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -112,7 +114,27 @@ async fn refuse<S: RawIo>(io: S, greeting: Option<Bytes>, denial: Denial) {
     .await;
 }
 
+/// The Close frame for `reason` (empty for [`EndReason::Gone`]).
+fn close_frame(reason: EndReason) -> Bytes {
+    match reason.close_code() {
+        Some(code) => frame_bytes(Frame::close(code, reason.close_text().as_bytes())),
+        None => Bytes::new(),
+    }
+}
+
 type Reader<S> = WebSocketRead<ReadHalf<S>>;
+
+/// The server's frame reader on `read`: pings and closes are answered by
+/// the connection, messages capped at `max_message` (at least a control
+/// frame's 125 bytes).
+fn reader<S: RawIo>(read: ReadHalf<S>, max_message: usize) -> Reader<S> {
+    let (mut reader, _) =
+        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    reader.set_auto_close(false);
+    reader.set_auto_pong(false);
+    reader.set_max_message_size(max_message.max(125));
+    reader
+}
 
 /// A frame read from the peer, owning its payload.
 struct Received {
@@ -146,6 +168,24 @@ fn next_frame<S: RawIo>(
     }
 }
 
+/// RFC 6455 §7.1.1: after our Close, reads (and discards) until the peer's
+/// Close. Closing TCP with the peer's frames still unread makes the kernel
+/// send RST, which loses our close frame. `again` is [`next_frame`].
+async fn await_peer_close<S: RawIo, F>(mut read: Pin<&mut F>, again: fn(Reader<S>) -> F)
+where
+    F: Future<Output = (Reader<S>, Result<Received, WebSocketError>)>,
+{
+    loop {
+        let (reader, frame) = read.as_mut().await;
+        match frame {
+            Ok(f) if f.opcode == OpCode::Close => return,
+            // The reader skips the rest of a refused frame.
+            Ok(_) | Err(WebSocketError::FrameTooLarge) => read.set(again(reader)),
+            Err(_) => return,
+        }
+    }
+}
+
 /// Channels and resume positions waiting for the `auth` frame.
 type Pending = (Vec<ChannelName>, Option<Vec<Position>>);
 
@@ -161,14 +201,31 @@ enum Woke {
 enum Next {
     Continue,
     Pong(BytesMut),
-    /// The server closes with this code and reason (`None`: the socket
-    /// is gone, nothing to send).
-    Close(Option<(u16, &'static str)>),
-    /// The peer sent Close: answer it with this code and reason (1000, or
-    /// 1002/1007 for a bad Close body) and close TCP without waiting.
-    PeerClosed((u16, &'static str)),
+    /// The connection ends. [`EndReason::Client`] and
+    /// [`EndReason::BadClose`]: the peer sent Close, answered with the
+    /// reason's code and TCP closed without waiting; [`EndReason::Gone`]:
+    /// the socket is gone, nothing is sent; any other: the server closes.
+    End(EndReason),
     /// An `error` frame (JSON), then close `1008`.
     Refuse(Bytes),
+}
+
+/// What the loop's timer found when it fired.
+enum Tick {
+    /// Nothing due: re-armed.
+    Wait,
+    /// A ping is due: re-armed.
+    Ping,
+    /// The connection ends, with an `error` frame before the Close.
+    End(EndReason, Option<Bytes>),
+}
+
+/// The loop's clocks (the timer is armed for the earliest of them and the
+/// token's expiry).
+struct Clock {
+    next_ping: Instant,
+    /// The peer's last frame; silent past `pong_timeout`, it is closed.
+    last_seen: Instant,
 }
 
 /// How long a server-started close waits for the peer's Close frame
@@ -187,7 +244,7 @@ struct Connection {
     /// connection would otherwise keep room for them.
     partial: Option<Box<Partial>>,
     /// When the token expires (or, before the `auth` frame, its deadline).
-    expires: Option<tokio::time::Instant>,
+    expires: Option<Instant>,
     /// Channels and resume positions waiting for the `auth` frame.
     pending: Option<Box<Pending>>,
     /// The client publish budget, from the first publish on.
@@ -205,7 +262,13 @@ impl Connection {
     /// second copy of its arguments: rust-lang/rust#62958), the socket split
     /// before it (a moved-from capture keeps its room), settings read from
     /// `self` rather than copied, and no write timer until a write stalls
-    /// (`send_within`).
+    /// (`send_within`). What is not a wait is in plain functions
+    /// (`outgoing`, `tick`, `received`, `last_frames`), which keep nothing
+    /// in it.
+    ///
+    /// Over 100 lines, on purpose: every wait that uses the pinned reader,
+    /// shutdown turn or timer is here, in this one state (a helper future
+    /// would need their types, and its own room in every connection).
     fn run<S: RawIo>(
         mut self,
         io: S,
@@ -220,34 +283,19 @@ impl Connection {
 
             // Futures kept across iterations: registering with the shutdown
             // token and the timer wheel once, not once per delivery.
-            let mut read = pin!({
-                let (mut reader, _) =
-                    fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-                reader.set_auto_close(false);
-                reader.set_auto_pong(false);
-                reader.set_max_message_size(self.max_message.max(125));
-                next_frame(reader)
-            });
+            let mut read = pin!(next_frame(reader(read, self.max_message)));
             let mut cancelled = pin!(realtime.shutdown.turn(&mut turn));
-            let mut next_ping = tokio::time::Instant::now() + self.heartbeat;
-            let mut last_seen = tokio::time::Instant::now();
-            let mut timer = pin!(tokio::time::sleep_until(
-                self.expires.map_or(next_ping, |e| e.min(next_ping))
-            ));
+            let mut clock = Clock {
+                next_ping: Instant::now() + self.heartbeat,
+                last_seen: Instant::now(),
+            };
+            let mut timer = pin!(tokio::time::sleep_until(self.deadline(clock.next_ping)));
 
-            // (code, reason, whether the server started the close), and
-            // an `error` frame to send before it
-            let (close, last_words) = loop {
+            // Why it ends, and an `error` frame to send before the Close.
+            let (end, last_words) = loop {
                 // In a block: nothing of a write is kept while idle.
-                let lagged = {
-                    let (out, lagged) = {
-                        let mut frames = WsEncoder(Coalesce::default());
-                        if let Some(greeting) = greeting.take() {
-                            frames.0.push(greeting);
-                        }
-                        let drained = self.session.deliver(&self.realtime.metrics, &mut frames);
-                        (frames.0.finish(), drained == Err(Closed::Lagged))
-                    };
+                {
+                    let (out, lagged) = self.outgoing(greeting.take());
                     // A peer that takes none of a write for `pong_timeout` is not
                     // reading: drop it, or it would hold its task, socket and queue
                     // forever and on_lag could never close it.
@@ -259,165 +307,142 @@ impl Connection {
                         debug!(
                             "WebSocket peer not reading (write stalled past pong_timeout); dropping it."
                         );
-                        break (None, None);
+                        break (EndReason::Gone, None);
                     }
-                    lagged
-                };
-                if lagged {
-                    break (Some((CLOSE_LAGGED, "lagged", true)), None);
+                    if lagged {
+                        break (EndReason::Lagged, None);
+                    }
                 }
                 // What woke the loop, with no await in the select's arms:
                 // an arm that awaits keeps the select's output (the reader
                 // and a frame) in every idle connection's state.
-                let frame = {
-                    let woke = tokio::select! {
-                        biased;
-                        _ = &mut cancelled => Woke::Shutdown,
-                        (reader, frame) = &mut read => {
-                            // Not polled before the next select: nothing is
-                            // read while this frame is handled.
-                            read.set(next_frame(reader));
-                            Woke::Frame(frame)
-                        }
-                        _ = self.session.queue.ready() => Woke::Queue,
-                        _ = &mut timer => Woke::Timer,
-                    };
-                    match woke {
-                        Woke::Shutdown => break (Some((CLOSE_SHUTDOWN, "shutdown", true)), None),
-                        Woke::Frame(frame) => frame,
-                        Woke::Queue => continue,
-                        Woke::Timer => {
-                            let now = tokio::time::Instant::now();
-                            if self.expires.is_some_and(|e| now >= e) {
-                                if self.pending.is_some() {
-                                    let d = Denial::from(Reason::Missing);
-                                    self.grants.count_failure(&self.realtime.metrics, &d);
-                                    let json =
-                                        error_json(d.reason.code(), "no auth frame within 5s");
-                                    break (
-                                        Some((CLOSE_NOT_ALLOWED, "auth timeout", true)),
-                                        Some(json),
-                                    );
-                                }
-                                break (Some((CLOSE_NOT_ALLOWED, "token expired", true)), None);
-                            }
-                            if now >= last_seen + self.pong_timeout {
-                                debug!("WebSocket peer silent past pong_timeout; closing.");
-                                break (Some((CLOSE_SHUTDOWN, "pong timeout", true)), None);
-                            }
-                            let ping = now >= next_ping;
-                            if ping {
-                                next_ping = now + self.heartbeat;
-                            }
-                            // Re-armed here only: the peer's frames move `last_seen`
-                            // later, which this check sees when the timer fires.
-                            let at = next_ping.min(last_seen + self.pong_timeout);
-                            timer.as_mut().reset(self.expires.map_or(at, |e| e.min(at)));
-                            if ping {
-                                let ping = frame_bytes(Frame::new(
-                                    true,
-                                    OpCode::Ping,
-                                    None,
-                                    Payload::Borrowed(&[]),
-                                ));
-                                if send_within(&mut write, &ping, self.pong_timeout)
-                                    .await
-                                    .is_err()
-                                {
-                                    break (None, None);
-                                }
-                            }
-                            continue;
-                        }
+                let woke = tokio::select! {
+                    biased;
+                    _ = &mut cancelled => Woke::Shutdown,
+                    (reader, frame) = &mut read => {
+                        // Not polled before the next select: nothing is
+                        // read while this frame is handled.
+                        read.set(next_frame(reader));
+                        Woke::Frame(frame)
                     }
+                    _ = self.session.queue.ready() => Woke::Queue,
+                    _ = &mut timer => Woke::Timer,
                 };
-                last_seen = tokio::time::Instant::now();
-                let pong = {
-                    // Boxed: a frame from the peer is rare next to deliveries,
-                    // and its handling (client publish) would otherwise
-                    // widen every idle connection's state.
-                    let next = Box::pin(self.received(frame)).await;
-                    // An `auth` or `refresh` frame may bring expiry closer.
-                    if let Some(e) = self.expires
-                        && e < timer.deadline()
-                    {
-                        timer.as_mut().reset(e);
-                    }
-                    match next {
-                        Next::Refuse(json) => {
-                            break (Some((CLOSE_NOT_ALLOWED, "not allowed", true)), Some(json));
+                // A ping or pong to write, or the end.
+                let control = match woke {
+                    Woke::Shutdown => break (EndReason::Shutdown, None),
+                    Woke::Queue => continue,
+                    Woke::Timer => match self.tick(&mut clock, timer.as_mut()) {
+                        Tick::Wait => continue,
+                        Tick::Ping => frame_bytes(Frame::new(
+                            true,
+                            OpCode::Ping,
+                            None,
+                            Payload::Borrowed(&[]),
+                        )),
+                        Tick::End(end, last_words) => break (end, last_words),
+                    },
+                    Woke::Frame(frame) => {
+                        clock.last_seen = Instant::now();
+                        // Boxed: a frame from the peer is rare next to
+                        // deliveries, and its handling (client publish)
+                        // would otherwise widen every idle connection's state.
+                        let next = Box::pin(self.received(frame)).await;
+                        // An `auth` or `refresh` frame may bring expiry closer.
+                        if let Some(e) = self.expires
+                            && e < timer.deadline()
+                        {
+                            timer.as_mut().reset(e);
                         }
-                        Next::Continue => continue,
-                        Next::Pong(payload) => frame_bytes(Frame::pong(Payload::Bytes(payload))),
-                        Next::Close(close) => break (close.map(|(c, r)| (c, r, true)), None),
-                        Next::PeerClosed((code, reason)) => {
-                            break (Some((code, reason, false)), None);
+                        match next {
+                            Next::Continue => continue,
+                            Next::Pong(payload) => {
+                                frame_bytes(Frame::pong(Payload::Bytes(payload)))
+                            }
+                            Next::End(end) => break (end, None),
+                            Next::Refuse(json) => break (EndReason::AuthRefused, Some(json)),
                         }
                     }
                 };
                 // Bounded like deliveries: a ping flood from a peer that
                 // reads no pongs cannot park us here.
-                if send_within(&mut write, &pong, self.pong_timeout)
+                if send_within(&mut write, &control, self.pong_timeout)
                     .await
                     .is_err()
                 {
-                    break (None, None);
+                    break (EndReason::Gone, None);
                 }
             };
             if let Some(t) = &mut self.session.tracker {
-                t.set_reason(match close {
-                    None => "closed",
-                    Some((_, _, false)) => "client",
-                    Some((_, "shutdown", _)) => "shutdown",
-                    Some((_, "lagged", _)) => "lagged",
-                    Some((_, "token expired", _)) => "expired",
-                    Some((_, "pong timeout", _)) => "timeout",
-                    Some(_) => "closed",
-                });
+                t.set_reason(end);
             }
             // The last frames go out in one write, bounded like the others.
-            let Some((code, reason, server_started)) = close else {
-                if let Some(json) = last_words {
-                    let _ = send_within(&mut write, &text_frame(&json), self.pong_timeout).await;
-                }
-                return;
-            };
-            let last = {
-                let mut frames = Coalesce::default();
-                if let Some(json) = last_words {
-                    frames.push(text_frame(&json));
-                }
-                frames.push(frame_bytes(Frame::close(code, reason.as_bytes())));
-                frames.finish()
-            };
-            if send_within(&mut write, &last, self.pong_timeout)
-                .await
-                .is_err()
+            let last = last_frames(end, last_words);
+            if !last.is_empty()
+                && send_within(&mut write, &last, self.pong_timeout)
+                    .await
+                    .is_err()
             {
                 return;
             }
-            if server_started {
-                // RFC 6455 §7.1.1: read (and discard) until the peer's Close,
-                // then close TCP. Closing with the peer's frames still unread
-                // makes the kernel send RST, which loses our close frame.
+            match end {
+                // The socket is gone: nothing to close.
+                EndReason::Gone => return,
+                // We answered the peer's Close: done.
+                EndReason::Client | EndReason::BadClose(_) => {}
                 // Boxed: only a closing connection needs this state.
-                let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                    loop {
-                        let (reader, frame) = (&mut read).await;
-                        match frame {
-                            Ok(f) if f.opcode == OpCode::Close => return,
-                            // The reader skips the rest of a refused frame.
-                            Ok(_) | Err(WebSocketError::FrameTooLarge) => {
-                                read.set(next_frame(reader));
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                }))
-                .await;
+                _ => {
+                    let wait = await_peer_close(read.as_mut(), next_frame::<S>);
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, wait)).await;
+                }
             }
             let _ = write.shutdown().await;
         }
+    }
+
+    /// The earlier of `at` and the token's expiry (or the `auth` frame's
+    /// deadline).
+    fn deadline(&self, at: Instant) -> Instant {
+        self.expires.map_or(at, |e| e.min(at))
+    }
+
+    /// Everything queued as frames, after `greeting`: the bytes to write,
+    /// and whether the queue closed under `on_lag: disconnect`.
+    fn outgoing(&mut self, greeting: Option<Bytes>) -> (Bytes, bool) {
+        let mut frames = WsEncoder(Coalesce::default());
+        if let Some(greeting) = greeting {
+            frames.0.push(greeting);
+        }
+        let drained = self.session.deliver(&self.realtime.metrics, &mut frames);
+        (frames.0.finish(), drained == Err(Closed::Lagged))
+    }
+
+    /// The timer fired: the token's expiry, the peer's silence, or a ping
+    /// due; re-arms it for the next of them.
+    fn tick(&mut self, clock: &mut Clock, timer: Pin<&mut Sleep>) -> Tick {
+        let now = Instant::now();
+        if self.expires.is_some_and(|e| now >= e) {
+            let (end, last_words) = self.expired();
+            return Tick::End(end, last_words);
+        }
+        if now >= clock.last_seen + self.pong_timeout {
+            debug!("WebSocket peer silent past pong_timeout; closing.");
+            return Tick::End(EndReason::PongTimeout, None);
+        }
+        let ping = now >= clock.next_ping;
+        if ping {
+            clock.next_ping = now + self.heartbeat;
+        }
+        // Re-armed here only: the peer's frames move `last_seen` later,
+        // which this check sees when the timer fires.
+        let at = clock.next_ping.min(clock.last_seen + self.pong_timeout);
+        timer.reset(self.deadline(at));
+        if ping { Tick::Ping } else { Tick::Wait }
+    }
+
+    /// Queues a reply (JSON), in order with messages.
+    fn reply(&self, json: Bytes) {
+        self.session.queue.push(Item::Reply(json));
     }
 
     /// Handles one frame (or read error) from the peer.
@@ -425,32 +450,29 @@ impl Connection {
         let frame = match frame {
             Ok(frame) => frame,
             Err(WebSocketError::FrameTooLarge) => {
-                return Next::Close(Some((CLOSE_TOO_BIG, "message too big")));
+                return Next::End(EndReason::TooBig);
             }
             Err(
                 WebSocketError::ConnectionClosed
                 | WebSocketError::UnexpectedEOF
                 | WebSocketError::IoError(_),
-            ) => return Next::Close(None),
+            ) => return Next::End(EndReason::Gone),
             // A single text frame that is not UTF-8 (RFC 6455 §8.1).
             Err(WebSocketError::InvalidUTF8) => {
-                return Next::Close(Some((CLOSE_BAD_DATA, "invalid UTF-8")));
+                return Next::End(EndReason::InvalidUtf8);
             }
             Err(error) => {
                 debug!(%error, "WebSocket protocol error.");
-                return Next::Close(Some((CLOSE_PROTOCOL, "protocol error")));
+                return Next::End(EndReason::Protocol(Violation::Frame));
             }
         };
         let complete = match frame.opcode {
-            OpCode::Close => return Next::PeerClosed(close_reply(&frame.payload)),
+            OpCode::Close => return Next::End(close_reply(&frame.payload)),
             OpCode::Ping => return Next::Pong(frame.payload),
             OpCode::Pong => return Next::Continue,
             OpCode::Text | OpCode::Binary => {
                 if self.partial.is_some() {
-                    return Next::Close(Some((
-                        CLOSE_PROTOCOL,
-                        "new message inside a fragmented one",
-                    )));
+                    return Next::End(EndReason::Protocol(Violation::NewMessageInFragment));
                 }
                 let partial = Partial {
                     opcode: frame.opcode,
@@ -464,10 +486,10 @@ impl Connection {
             }
             OpCode::Continuation => {
                 let Some(p) = self.partial.as_mut() else {
-                    return Next::Close(Some((CLOSE_PROTOCOL, "continuation without a message")));
+                    return Next::End(EndReason::Protocol(Violation::ContinuationWithoutMessage));
                 };
                 if p.data.len() + frame.payload.len() > self.max_message {
-                    return Next::Close(Some((CLOSE_TOO_BIG, "message too big")));
+                    return Next::End(EndReason::TooBig);
                 }
                 p.data.extend_from_slice(&frame.payload);
                 if !frame.fin {
@@ -480,7 +502,7 @@ impl Connection {
             }
         };
         if complete.data.len() > self.max_message {
-            return Next::Close(Some((CLOSE_TOO_BIG, "message too big")));
+            return Next::End(EndReason::TooBig);
         }
         if complete.opcode == OpCode::Binary {
             self.reply(error_json(
@@ -492,28 +514,41 @@ impl Connection {
         match std::str::from_utf8(&complete.data) {
             Ok(text) if self.pending.is_some() => self.first_frame(text),
             Ok(text) => {
-                self.handle_text(text).await;
+                self.request(text).await;
                 Next::Continue
             }
-            Err(_) => Next::Close(Some((CLOSE_BAD_DATA, "invalid UTF-8"))),
+            Err(_) => Next::End(EndReason::InvalidUtf8),
         }
     }
+}
+
+/// The connection's last frames in one write: the `error` frame, if any,
+/// then our Close (none when the socket is gone).
+fn last_frames(end: EndReason, last_words: Option<Bytes>) -> Bytes {
+    let mut frames = Coalesce::default();
+    if let Some(json) = last_words {
+        frames.push(text_frame(&json));
+    }
+    if end.close_code().is_some() {
+        frames.push(close_frame(end));
+    }
+    frames.finish()
 }
 
 /// Our answer to the peer's Close frame: 1000, unless its body is
 /// malformed (RFC 6455 §5.5.1: empty, or a code of two bytes and a UTF-8
 /// reason) or its code is one a peer may not send (§7.4).
-fn close_reply(body: &[u8]) -> (u16, &'static str) {
+fn close_reply(body: &[u8]) -> EndReason {
     match body {
-        [] => (1000, ""),
-        [_] => (CLOSE_PROTOCOL, "close body of one byte"),
+        [] => EndReason::Client,
+        [_] => EndReason::BadClose(BadClose::OneByte),
         [hi, lo, reason @ ..] => {
             if !close_code_allowed(u16::from_be_bytes([*hi, *lo])) {
-                (CLOSE_PROTOCOL, "invalid close code")
+                EndReason::BadClose(BadClose::Code)
             } else if std::str::from_utf8(reason).is_err() {
-                (CLOSE_BAD_DATA, "close reason is not UTF-8")
+                EndReason::BadClose(BadClose::ReasonNotUtf8)
             } else {
-                (1000, "")
+                EndReason::Client
             }
         }
     }
@@ -532,279 +567,24 @@ struct Partial {
     data: BytesMut,
 }
 
-impl Connection {
-    /// Queues a reply (JSON), in order with messages.
-    fn reply(&self, json: Bytes) {
-        self.session.queue.push(Item::Reply(json));
-    }
-
-    async fn handle_text(&mut self, text: &str) {
-        let frame = match parse_client_frame(text) {
-            Ok(f) => f,
-            Err(e) => {
-                return self.reply(error_json(
-                    ErrorCode::InvalidJson,
-                    &format!("invalid JSON frame: {e}"),
-                ));
-            }
-        };
-        let channel = match frame.kind.as_str() {
-            "ping" => return self.reply(Bytes::from_static(br#"{"type":"pong"}"#)),
-            "refresh" => return self.refresh(frame.token.as_deref()),
-            "subscribe" | "unsubscribe" | "publish" | "presence" => {
-                match frame.channel.as_deref().map(publish::channel) {
-                    Some(Ok(c)) => c,
-                    Some(Err(e)) => return self.reply(error_json(e.code, &e.message)),
-                    None => {
-                        return self
-                            .reply(error_json(ErrorCode::InvalidRequest, "missing \"channel\""));
-                    }
-                }
-            }
-            other => {
-                return self.reply(error_json(ErrorCode::UnknownType,
-                    &format!("unknown frame type {other:?}: expected subscribe, unsubscribe, publish, presence, refresh or ping"),
-                ));
-            }
-        };
-        match frame.kind.as_str() {
-            "subscribe" => {
-                if !self.grants.may_subscribe(&channel) {
-                    return self.reply(error_json(
-                        ErrorCode::Forbidden,
-                        &format!("channel {channel} is not granted on this route"),
-                    ));
-                }
-                let since = match frame
-                    .since
-                    .as_deref()
-                    .filter(|s| !s.is_empty())
-                    .map(cursor::decode_one)
-                {
-                    None => None,
-                    Some(Ok(p)) => Some(p),
-                    Some(Err(e)) => {
-                        return self.reply(error_json(
-                            ErrorCode::InvalidId,
-                            &format!("invalid since: {e}"),
-                        ));
-                    }
-                };
-                // Read here, not kept per connection: the limiter is the
-                // one this connection opened under.
-                let max_subscriptions = self.realtime.limiter.settings().max_subscriptions;
-                let session = &mut self.session;
-                if session.channels.len() >= max_subscriptions
-                    && !session.channels.contains(&channel)
-                {
-                    return self.reply(error_json(
-                        ErrorCode::TooManySubscriptions,
-                        &format!("at most {max_subscriptions} channels per connection"),
-                    ));
-                }
-                session.subscribe(channel, since);
-            }
-            "unsubscribe" => {
-                if self.session.unsubscribe(&channel) {
-                    self.reply(unsubscribed_json(&channel));
-                } else {
-                    self.reply(error_json(
-                        ErrorCode::NotSubscribed,
-                        &format!("not subscribed to {channel}"),
-                    ));
-                }
-            }
-            "presence" => self.presence(channel).await,
-            _ => self.publish(channel, frame).await,
-        }
-    }
-
-    /// `{"type":"presence","channel":C}`: on a `presence:` route, for a
-    /// channel the connection may subscribe (docs/presence.md).
-    async fn presence(&mut self, channel: ChannelName) {
-        if !self.presence.enabled {
-            return self.reply(error_json(
-                ErrorCode::Forbidden,
-                "presence is not enabled on this route",
-            ));
-        }
-        if !self.grants.may_subscribe(&channel) {
-            return self.reply(error_json(
-                ErrorCode::Forbidden,
-                &format!("channel {channel} is not granted on this route"),
-            ));
-        }
-        match self.realtime.presence_of(&channel).await {
-            Ok(snapshot) => {
-                let mut v = snapshot.to_json(&channel, false);
-                v["type"] = serde_json::Value::from("presence");
-                self.reply(Bytes::from(v.to_string()));
-            }
-            Err(e) => self.reply(error_json(ErrorCode::BackplaneUnavailable, &e.to_string())),
-        }
-    }
-
-    async fn publish(&mut self, channel: ChannelName, frame: ClientFrame) {
-        if !self.grants.may_publish(&channel) {
-            let why = if self.grants.publish_enabled() {
-                format!("publishing to {channel} is not allowed on this route")
-            } else {
-                "client publish is disabled on this route".to_owned()
-            };
-            return self.reply(error_json(ErrorCode::Forbidden, &why));
-        }
-        let content = match Content::validate(
-            frame.data.as_ref(),
-            frame.event.as_ref(),
-            None,
-            self.max_message,
-        ) {
-            Ok(content) => content,
-            Err(e) => return self.reply(error_json(e.code, &e.message)),
-        };
-        let limiter = &self.realtime.limiter;
-        if !self
-            .budget
-            .get_or_insert_with(|| Box::new(limiter.publish_budget()))
-            .take()
-        {
-            self.realtime.limiter.client_publish_refused();
-            return self.reply(error_json(
-                ErrorCode::RateLimited,
-                "client publish rate exceeded; slow down",
-            ));
-        };
-        let publication = content.publication(channel, Instant::now());
-        match self.realtime.backplane.publish(vec![publication]).await {
-            Ok(receipts) => {
-                if let Some(r) = receipts.first() {
-                    let reply = serde_json::json!({
-                        "type": "published",
-                        "channel": r.channel.as_str(),
-                        "id": cursor::encode_one(r.position),
-                    });
-                    self.reply(Bytes::from(reply.to_string()));
-                }
-            }
-            Err(e) => self.reply(error_json(ErrorCode::BackplaneUnavailable, &e.to_string())),
-        }
-    }
-}
-
-impl Connection {
-    /// The first frame of a connection that came without a token: it must
-    /// be `{"type":"auth","token":T}`; then the route's channels open.
-    fn first_frame(&mut self, text: &str) -> Next {
-        let token = serde_json::from_str::<ClientFrame>(text)
-            .ok()
-            .filter(|f| f.kind == "auth")
-            .and_then(|f| f.token);
-        let Some(token) = token else {
-            let d = Denial::from(Reason::Missing);
-            self.grants.count_failure(&self.realtime.metrics, &d);
-            return Next::Refuse(error_json(
-                d.reason.code(),
-                "the first frame must be {\"type\":\"auth\",\"token\":T}",
-            ));
-        };
-        let verified = match self.grants.auth.as_ref().and_then(|a| a.jwt.as_ref()) {
-            Some(jwt) => auth::verify(jwt, &token),
-            None => Err(Denial::from(Reason::Missing)),
-        };
-        let grant = match verified {
-            Ok(g) => Arc::new(g),
-            Err(d) => {
-                self.grants.count_failure(&self.realtime.metrics, &d);
-                return Next::Refuse(error_json(d.reason.code(), &d.message));
-            }
-        };
-        self.grants.claims = Some(grant);
-        let Some((channels, since)) = self.pending.take().map(|p| *p) else {
-            return Next::Continue;
-        };
-        if let Some(c) = self.grants.uncovered(&channels) {
-            let d = Denial::forbidden(format!("the token does not grant channel {c}"));
-            self.grants.count_failure(&self.realtime.metrics, &d);
-            return Next::Refuse(error_json(d.reason.code(), &d.message));
-        }
-        self.expires = self.grants.expiry();
-        self.realtime.track(
-            &mut self.session,
-            Transport::Websocket,
-            self.presence,
-            &self.grants,
-        );
-        for (i, channel) in channels.into_iter().enumerate() {
-            let from = since.as_ref().and_then(|s| s.get(i).copied());
-            self.session.subscribe(channel, from);
-        }
-        Next::Continue
-    }
-
-    /// `{"type":"refresh","token":T}` under `on_expiry: refresh`: a token
-    /// for the same subject with a later `exp` moves the expiry.
-    fn refresh(&mut self, token: Option<&str>) {
-        let Some(auth) = self.grants.auth.clone() else {
-            return self.reply(error_json(
-                ErrorCode::InvalidRequest,
-                "this route has no auth",
-            ));
-        };
-        let (OnExpiry::Refresh, Some(jwt)) = (auth.on_expiry, auth.jwt.as_ref()) else {
-            return self.reply(error_json(
-                ErrorCode::RefreshNotAllowed,
-                "this route closes connections at token expiry",
-            ));
-        };
-        let Some(token) = token else {
-            return self.reply(error_json(ErrorCode::InvalidRequest, "missing \"token\""));
-        };
-        let grant = match auth::verify(jwt, token) {
-            Ok(g) => g,
-            Err(d) => {
-                self.grants.count_failure(&self.realtime.metrics, &d);
-                return self.reply(error_json(d.reason.code(), &d.message));
-            }
-        };
-        let old = self.grants.claims.as_deref();
-        if old.is_some_and(|o| o.sub.is_some() && o.sub != grant.sub) {
-            return self.reply(error_json(
-                ErrorCode::Unauthorized,
-                "the new token is for another subject",
-            ));
-        }
-        if old.is_some_and(|o| o.expires_at >= grant.expires_at) {
-            return self.reply(error_json(
-                ErrorCode::Unauthorized,
-                "the new token must expire later than the current one",
-            ));
-        }
-        let exp = grant
-            .expires_at
-            .unwrap_or(0)
-            .saturating_sub(jwt.leeway.as_secs());
-        self.grants.claims = Some(Arc::new(grant));
-        self.expires = self.grants.expiry();
-        let reply = serde_json::json!({"type": "refreshed", "exp": exp});
-        self.reply(Bytes::from(reply.to_string()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn close_bodies_are_validated() {
-        assert_eq!(close_reply(b""), (1000, ""));
-        assert_eq!(close_reply(b"\x03").0, CLOSE_PROTOCOL);
+        let code = |body: &[u8]| close_reply(body).close_code();
+        assert_eq!(close_reply(b""), EndReason::Client);
+        assert_eq!(code(b""), Some(1000));
+        assert_eq!(close_reply(b"").close_text(), "");
+        assert_eq!(code(b"\x03"), Some(1002));
         for ok in [1000u16, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999] {
-            assert_eq!(close_reply(&ok.to_be_bytes()), (1000, ""), "{ok}");
+            assert_eq!(close_reply(&ok.to_be_bytes()), EndReason::Client, "{ok}");
         }
         for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
-            assert_eq!(close_reply(&bad.to_be_bytes()).0, CLOSE_PROTOCOL, "{bad}");
+            assert_eq!(code(&bad.to_be_bytes()), Some(1002), "{bad}");
         }
-        assert_eq!(close_reply(b"\x03\xe8\xff\xfe").0, CLOSE_BAD_DATA);
-        assert_eq!(close_reply(b"\x03\xe8caf\xc3\xa9"), (1000, ""));
+        assert_eq!(code(b"\x03\xe8\xff\xfe"), Some(1007));
+        assert_eq!(close_reply(b"\x03\xe8caf\xc3\xa9"), EndReason::Client);
     }
 }
