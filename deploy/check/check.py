@@ -12,8 +12,9 @@
   versions we support.
 - Validates deploy/grafana/pushgate.json against
   deploy/check/dashboard.schema.json with jsonschema.
-- Prints {"base": [objects], "overlays": {"redis": [objects]}} as JSON on
-  stdout for the Rust test (probes, ports, grace period, the config).
+- Prints {"base": [objects], "overlays": {"redis": [objects]},
+  "configs": {"base": {...}, "redis": {...}}} as JSON on stdout for the
+  Rust test (probes, ports, grace period, the config).
 
 Exits 1 with every problem on stderr.
 """
@@ -163,6 +164,14 @@ def main():
         if g.get("x", 0) + g.get("w", 0) > 24:
             problems.append(f"deploy/grafana/pushgate.json: panel {p.get('id')}: wider than the grid")
 
+    # The config of each (pushgate.yaml in the ConfigMap), parsed, before
+    # ${VAR} interpolation: the test compares its addresses and durations
+    # with the Deployment's.
+    out["configs"] = {}
+    for name, objects in [("base", out["base"])] + sorted(out["overlays"].items()):
+        for o in objects:
+            if key(o) == ("ConfigMap", "pushgate-config"):
+                out["configs"][name] = yaml.safe_load(o["data"]["pushgate.yaml"])
     if problems:
         print("\n".join(problems), file=sys.stderr)
         sys.exit(1)
