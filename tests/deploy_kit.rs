@@ -154,7 +154,10 @@ fn port_of<'a>(container: &'a Value, name: &str) -> &'a Value {
 fn manifests_and_dashboard_validate() {
     // check.py exits non-zero on any schema problem; kit() asserts it.
     let kit = kit();
-    assert!(kit["overlays"]["redis"].is_array(), "the Redis overlay renders");
+    assert!(
+        kit["overlays"]["redis"].is_array(),
+        "the Redis overlay renders"
+    );
     let redis = kit["overlays"]["redis"].as_array().unwrap();
     let deployment = object(redis, "Deployment", "pushgate");
     assert_eq!(deployment["spec"]["replicas"], 2);
@@ -190,7 +193,10 @@ fn security_and_services() {
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
         // The Dockerfile's user.
         assert_eq!(pod["securityContext"]["runAsUser"], 10001, "{name}");
-        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(
+            c["securityContext"]["readOnlyRootFilesystem"], true,
+            "{name}"
+        );
         assert!(c["resources"]["requests"]["cpu"].is_string(), "{name}");
         assert!(c["resources"]["requests"]["memory"].is_string(), "{name}");
         // The public Service never carries the internal port; the internal
@@ -198,7 +204,10 @@ fn security_and_services() {
         let public = object(objects, "Service", "pushgate");
         for p in public["spec"]["ports"].as_array().unwrap() {
             let target = p["targetPort"].as_str().unwrap();
-            assert!(["http", "https"].contains(&target), "{name}: public {target}");
+            assert!(
+                ["http", "https"].contains(&target),
+                "{name}: public {target}"
+            );
             port_of(c, target);
         }
         let internal = object(objects, "Service", "pushgate-internal");
@@ -292,7 +301,10 @@ async fn start(name: &str, objects: &[Value], config: &str, env: &[(&str, String
             container_port.to_string(),
             "{name}: the {port} listener's port"
         );
-        assert!(config.contains(&format!("\"{address}\"")), "{name}: {address}");
+        assert!(
+            config.contains(&format!("\"{address}\"")),
+            "{name}: {address}"
+        );
         config = config.replace(&format!("\"{address}\""), "\"127.0.0.1:0\"");
     }
     let path = lay_out(&temp_dir(&format!("run-{name}")), &config);
@@ -435,14 +447,17 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
                 i += 1;
             }
-        } else if c.is_ascii_digit() || (c == '.' && i + 1 < chars.len() && chars[i + 1].is_ascii_digit()) {
+        } else if c.is_ascii_digit()
+            || (c == '.' && i + 1 < chars.len() && chars[i + 1].is_ascii_digit())
+        {
             // Numbers and durations (0.99, 1e3, 5m).
             while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '.') {
                 i += 1;
             }
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
             {
                 i += 1;
             }
@@ -486,7 +501,10 @@ fn promql_names() {
         names("sum(rate(a_sum[5m])) / on (instance) group_left (x) b_count offset 1h"),
         ["a_sum", "b_count"]
     );
-    assert_eq!(names("up == bool 1 and ignoring(job) c:rule"), ["c:rule", "up"]);
+    assert_eq!(
+        names("up == bool 1 and ignoring(job) c:rule"),
+        ["c:rule", "up"]
+    );
     assert_eq!(names("sum without (le) (x) > 1e3"), ["x"]);
 }
 
@@ -551,7 +569,11 @@ async fn dashboard_metrics_exist_after_traffic_on_every_path() {
     let http = client();
 
     // Proxied request.
-    let r = http.get(format!("http://{public}/api/users")).send().await.unwrap();
+    let r = http
+        .get(format!("http://{public}/api/users"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "ok");
     // SSE, WebSocket and long-poll subscribers.
@@ -570,7 +592,10 @@ async fn dashboard_metrics_exist_after_traffic_on_every_path() {
     .await
     .unwrap();
     let mut head = [0u8; 12];
-    tokio::time::timeout(WAIT, ws.read_exact(&mut head)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, ws.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&head, b"HTTP/1.1 101");
     let poll = tokio::spawn({
         let http = http.clone();
@@ -593,8 +618,14 @@ async fn dashboard_metrics_exist_after_traffic_on_every_path() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "publish: {}", r.status());
-    tokio::time::timeout(WAIT, sse.chunk()).await.unwrap().unwrap();
-    assert_eq!(tokio::time::timeout(WAIT, poll).await.unwrap().unwrap(), 200);
+    tokio::time::timeout(WAIT, sse.chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, poll).await.unwrap().unwrap(),
+        200
+    );
     // An auth refusal.
     let r = http
         .get(format!("http://{public}/private/secret?transport=sse"))
@@ -607,7 +638,9 @@ async fn dashboard_metrics_exist_after_traffic_on_every_path() {
     let mut limited = false;
     for _ in 0..40 {
         let r = client()
-            .get(format!("http://{public}/live/demo?transport=longpoll&since=0"))
+            .get(format!(
+                "http://{public}/live/demo?transport=longpoll&since=0"
+            ))
             .timeout(Duration::from_millis(200))
             .send()
             .await;
@@ -629,7 +662,10 @@ async fn dashboard_metrics_exist_after_traffic_on_every_path() {
         .await
         .unwrap();
     let mut samples = BTreeSet::new();
-    for line in exposition.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let end = line.find(['{', ' ']).unwrap_or(line.len());
         samples.insert(line[..end].to_string());
     }
