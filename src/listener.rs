@@ -53,13 +53,32 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// The accept queue asked of the kernel for every listener. Linux caps it
+/// at `net.core.somaxconn` (4096 by default since 5.4), so raising that
+/// sysctl deepens the queue; tokio's own `bind` asks for 128 (std's
+/// value), and a connect burst beyond the queue waits for SYN
+/// retransmits (1 s, 3 s).
+pub const BACKLOG: u32 = 65_535;
+
+/// Binds `addr` as `TcpListener::bind` does (`SO_REUSEADDR` on Unix) but
+/// with [`BACKLOG`].
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 impl Listeners {
     /// Binds every address `config` names.
     pub async fn bind(config: &Config) -> Result<Self, BindError> {
         async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| BindError { addr, source })
+            bind_tcp(addr).map_err(|source| BindError { addr, source })
         }
         let mut http = Vec::new();
         for a in &config.listen_http {
@@ -521,4 +540,33 @@ fn to_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
         request = request.header(h.name, h.value);
     }
     request.body(()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The accept queue is the kernel's cap (`somaxconn`), not std's 128:
+    /// `ss` shows a listener's queue size in its Send-Q column.
+    #[tokio::test]
+    async fn listeners_ask_for_the_deep_accept_queue() {
+        let Ok(cap) = std::fs::read_to_string("/proc/sys/net/core/somaxconn") else {
+            return; // not Linux
+        };
+        let cap: u32 = cap.trim().parse().unwrap();
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let send_q: u32 = text
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_else(|| panic!("ss printed {text:?}"))
+            .parse()
+            .unwrap();
+        assert_eq!(send_q, cap.min(BACKLOG));
+    }
 }

@@ -457,9 +457,8 @@ impl Control {
         }
         let mut fresh = Vec::with_capacity(to_bind.len());
         for (kind, addr) in to_bind {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| Refused::Bind { addr, source })?;
+            let listener =
+                crate::listener::bind_tcp(addr).map_err(|source| Refused::Bind { addr, source })?;
             fresh.push((kind, addr, listener));
         }
 
