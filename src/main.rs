@@ -226,7 +226,12 @@ fn run(args: &Args) -> ExitCode {
                 init_logging(args.json_logs);
                 None
             }
-            Some(t) => match pushgate::telemetry::Traces::install(t, args.json_logs, log_filter()) {
+            Some(t) => match pushgate::telemetry::Traces::install(
+                &t.endpoint,
+                t.sample_ratio,
+                args.json_logs,
+                log_filter(),
+            ) {
                 Ok(traces) => Some(traces),
                 Err(e) => {
                     eprintln!("pushgate: cannot start traces: {e}");

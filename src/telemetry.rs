@@ -12,6 +12,8 @@
 //! Off (no `tracing:` block), nothing is installed: every function here
 //! starts with [`enabled`], one relaxed atomic load, and returns `None`;
 //! `traceparent` headers pass through to upstreams untouched, as before.
+//!
+//! No `crate::` imports: the hub (the lowest layer) opens `deliver` spans.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,8 +41,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
-use crate::config::TracingSettings;
-
 /// Every span this module makes has this target: the OpenTelemetry layer
 /// sees only these, the log layer never does.
 const TARGET: &str = "pushgate::telemetry";
@@ -66,10 +66,12 @@ pub struct Traces {
 
 impl Traces {
     /// Installs the global subscriber: the log output `filter` selects
-    /// (text or `json`), plus this module's spans exported to
-    /// `settings.endpoint`. Needs a tokio runtime (exports run on it).
+    /// (text or `json`), plus this module's spans exported to `endpoint`
+    /// (the full `.../v1/traces` URL), new traces sampled at
+    /// `sample_ratio`. Needs a tokio runtime (exports run on it).
     pub fn install(
-        settings: &TracingSettings,
+        endpoint: &str,
+        sample_ratio: f64,
         json: bool,
         filter: EnvFilter,
     ) -> Result<Self, Error> {
@@ -77,10 +79,10 @@ impl Traces {
             .with_http()
             .with_http_client(ExportClient::new()?)
             .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(settings.endpoint.clone())
+            .with_endpoint(endpoint)
             .with_timeout(EXPORT_TIMEOUT)
             .build()?;
-        let root = Sampler::TraceIdRatioBased(settings.sample_ratio);
+        let root = Sampler::TraceIdRatioBased(sample_ratio);
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_sampler(LinkedSampler(Sampler::ParentBased(Box::new(root))))

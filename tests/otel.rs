@@ -23,6 +23,8 @@ use prost::Message;
 use tokio::net::TcpListener;
 
 type Spans = Arc<Mutex<Vec<Span>>>;
+/// What a backend saw: each request's path and `traceparent`.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 /// An OTLP/HTTP receiver: `POST /v1/traces` bodies decoded into `Spans`.
 async fn receiver() -> (SocketAddr, Spans) {
@@ -100,7 +102,7 @@ const SSE_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 async fn spans_reach_the_collector_with_parents_links_and_propagation() {
     let (collector, spans) = receiver().await;
     // The backend: every request's path and traceparent recorded.
-    let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let record = seen.clone();
     let backend = support::upstream(move |r: Request<Incoming>| {
         let record = record.clone();
