@@ -46,6 +46,9 @@ use tracing_subscriber::{Layer, Registry};
 const TARGET: &str = "pushgate::telemetry";
 /// One export POST's deadline.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most time the final export may take at shutdown (a collector that is
+/// down must not hold the exit).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest collector answer read.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -107,11 +110,14 @@ impl Traces {
         Ok(Self { provider })
     }
 
-    /// Exports what is pending and stops the exporter thread (off the
-    /// runtime's threads: the export itself runs on the runtime).
+    /// Exports what is pending and stops the exporter thread, waiting at
+    /// most [`SHUTDOWN_TIMEOUT`] (off the runtime's threads: the export
+    /// itself runs on the runtime).
     pub async fn shutdown(self) {
         let provider = self.provider;
-        let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        let done =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT))
+                .await;
         if let Ok(Err(e)) = done {
             tracing::warn!(error = %e, "Traces not all exported at shutdown.");
         }

@@ -378,3 +378,90 @@ fn a_bad_tracing_block_is_reported_at_its_place() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_changes_nothing_and_sigterm_still_exits() {
+    let backend = support::upstream(|_| async { Response::new(support::body("ok")) }).await;
+    // A port nothing listens on.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = support::temp_dir("otel-down");
+    let config = dir.join("pushgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen: {{ http: ["127.0.0.1:0"] }}
+internal: {{ listen: "127.0.0.1:0" }}
+upstreams: {{ backend: {{ targets: ["http://{backend}"] }} }}
+routes:
+  - {{ name: api, match: {{ path_prefix: / }}, upstream: backend }}
+tracing: {{ otlp: {{ endpoint: "http://{down}" }} }}
+shutdown_grace: 2s
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(support::binary())
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (http, _, mut logs) = support::listening_addresses(child.stderr.take().unwrap()).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    let client = support::http_client();
+    for _ in 0..20 {
+        let r = client
+            .get(format!("http://{http}/x"))
+            .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(8), child.wait())
+        .await
+        .expect("pushgate exits soon after SIGTERM with its collector down")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn tracing_cannot_change_on_reload() {
+    let base = r#"
+listen: { http: ["127.0.0.1:0"] }
+internal: { listen: "127.0.0.1:0" }
+"#;
+    let pg = support::Pushgate::start(base).await;
+    std::fs::write(
+        pg.dir.join("pushgate.yaml"),
+        format!("{base}tracing: {{ otlp: {{ endpoint: \"http://127.0.0.1:4318\" }} }}\n"),
+    )
+    .unwrap();
+    let response = pg
+        .client()
+        .post(pg.internal_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["reloaded"], false);
+    assert!(
+        answer
+            .to_string()
+            .contains("tracing cannot change on reload"),
+        "{answer}"
+    );
+}
