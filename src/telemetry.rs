@@ -80,7 +80,7 @@ impl Traces {
     ) -> Result<Self, Error> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(ExportClient::new()?)
+            .with_http_client(ExportClient::new(endpoint.starts_with("https:"))?)
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(endpoint)
             .with_timeout(EXPORT_TIMEOUT)
@@ -158,14 +158,24 @@ struct ExportClient {
 }
 
 impl ExportClient {
-    fn new() -> Result<Self, Error> {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+    /// The system's trust roots; a plain `http://` collector needs none (a
+    /// slim image may have none), an `https://` one fails without them.
+    fn new(https: bool) -> Result<Self, Error> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match builder.with_provider_and_native_roots(provider.clone()) {
+            Ok(b) => b,
+            Err(e) if https => {
+                return Err(format!("the https collector needs trust roots: {e}").into());
+            }
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            ),
+        };
+        let connector = builder.https_or_http().enable_http1().build();
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             runtime: tokio::runtime::Handle::try_current()?,
