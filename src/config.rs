@@ -10,10 +10,12 @@ pub mod auth;
 mod backplane;
 mod interpolate;
 mod presence;
+mod traces;
 mod units;
 
 pub use self::backplane::BackplaneKind;
 pub use self::presence::{HookEvent, HooksSettings, PresenceGlobal, PresenceSettings};
+pub use self::traces::TracingSettings;
 
 mod defaults;
 mod schema;
@@ -63,6 +65,8 @@ pub struct Config {
     pub presence: PresenceGlobal,
     /// Lifecycle webhooks; `None`: off.
     pub hooks: Option<HooksSettings>,
+    /// OpenTelemetry traces (`tracing.otlp`); `None`: off.
+    pub tracing: Option<TracingSettings>,
 }
 
 /// A certificate and key path, with where the config names them (so a file

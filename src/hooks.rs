@@ -433,6 +433,7 @@ impl Sender {
         if let Some(signer) = &self.upstream.grip_sig {
             signer.sign(request.headers_mut());
         }
+        let _span = crate::telemetry::webhook(batch.len(), request.headers_mut());
         if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
             request.headers_mut().insert(header::HOST, host);
         }

@@ -176,6 +176,7 @@ impl Hub {
 
     /// Publishes each publication in order; one receipt each.
     pub fn publish(&self, publications: &[Publication]) -> Vec<Receipt> {
+        let _deliver = crate::telemetry::deliver(publications.len());
         let mut fanout = Fanout::default();
         let receipts = publications
             .iter()

@@ -26,3 +26,4 @@ pub mod reload;
 pub mod router;
 pub mod service;
 pub mod shutdown;
+pub mod telemetry;

@@ -106,7 +106,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(args.json_logs);
+    // With `tracing.otlp`, `run` installs logging together with traces.
+    if args.command.as_deref().is_some_and(|c| c != "run") {
+        init_logging(args.json_logs);
+    }
     match args.command.as_deref() {
         Some("publish") => publish(&args),
         Some("check") => check(&args),
@@ -114,9 +117,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -214,6 +221,24 @@ fn run(args: &Args) -> ExitCode {
         Err(code) => return code,
     };
     runtime().block_on(async move {
+        let traces = match &config.tracing {
+            None => {
+                init_logging(args.json_logs);
+                None
+            }
+            Some(t) => match pushgate::telemetry::Traces::install(
+                &t.endpoint,
+                t.sample_ratio,
+                args.json_logs,
+                log_filter(),
+            ) {
+                Ok(traces) => Some(traces),
+                Err(e) => {
+                    eprintln!("pushgate: cannot start traces: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            },
+        };
         // Caught before anything listens, so a SIGHUP never kills us.
         #[cfg(unix)]
         let hangups = pushgate::shutdown::hangups();
@@ -243,6 +268,9 @@ fn run(args: &Args) -> ExitCode {
         });
         pushgate::shutdown::signal().await;
         running.drain().await;
+        if let Some(traces) = traces {
+            traces.shutdown().await;
+        }
         ExitCode::SUCCESS
     })
 }

@@ -152,7 +152,16 @@ impl Proxy {
         // this future (which hyper moves on every request): only what the
         // attempts need.
         match Outgoing::prepare(request, route, upstream, conn) {
-            Ok(outgoing) => self.send(outgoing, route, upstream, latency, conn).await,
+            Ok(mut outgoing) => {
+                let span = crate::telemetry::proxy(
+                    &mut outgoing.headers,
+                    &outgoing.method,
+                    &route.name,
+                    &upstream.name,
+                );
+                let sending = self.send(outgoing, route, upstream, latency, conn);
+                crate::telemetry::respond(span, sending).await
+            }
             Err(response) => response,
         }
     }

@@ -38,20 +38,24 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
-        match self.publish(request).await {
-            Ok(response) => response,
-            Err(error) => error.into_response(),
-        }
+        let span = crate::telemetry::publish(request.headers());
+        crate::telemetry::respond(span, async {
+            match self.publish(request).await {
+                Ok(response) => response,
+                Err(error) => error.into_response(),
+            }
+        })
+        .await
     }
 
     async fn publish(&self, request: Request<Incoming>) -> Result<Response<Body>, HttpError> {
         let body = self.authorized_body(request).await?;
         let publications = decode(&body, self.max_message)?;
-        let receipts = self
-            .backplane
-            .publish(publications)
-            .await
-            .map_err(|e| HttpError::new(ErrorCode::BackplaneUnavailable, e.to_string()))?;
+        let receipts = crate::telemetry::backplane(self.backplane.name(), || {
+            self.backplane.publish(publications)
+        })
+        .await
+        .map_err(|e| HttpError::new(ErrorCode::BackplaneUnavailable, e.to_string()))?;
         Ok(receipts_response(&receipts))
     }
 

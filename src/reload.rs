@@ -431,6 +431,14 @@ impl Control {
                         .to_owned(),
             }])));
         }
+        if old.tracing != config.tracing {
+            return Err(Refused::Config(config::Error(vec![Diagnostic {
+                file: config.source.display().to_string(),
+                at: Position { line: 1, column: 1 },
+                message: "tracing cannot change on reload; restart pushgate to change it"
+                    .to_owned(),
+            }])));
+        }
         if format!("{:?}", old.backplane) != format!("{:?}", config.backplane) {
             return Err(Refused::Config(config::Error(vec![Diagnostic {
                 file: config.source.display().to_string(),

@@ -148,12 +148,14 @@ impl Callbacks {
                 request = request.header(name, value);
             }
         }
-        let Ok(request) = request
+        let Ok(mut request) = request
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
         else {
             return Err(unavailable());
         };
+        let _span =
+            crate::telemetry::auth_callback(&settings.upstream, ask.headers, request.headers_mut());
         let answer = async {
             let response = self.client.request(request).await.map_err(|e| {
                 warn!(upstream = %settings.upstream, error = %e, "auth callback unreachable");

@@ -37,6 +37,8 @@ pub(super) struct FileConfig {
     pub(super) presence: Option<super::presence::PresenceTopConfig>,
     #[serde(default)]
     pub(super) hooks: Option<Spanned<super::presence::HooksConfig>>,
+    #[serde(default)]
+    pub(super) tracing: Option<Spanned<super::traces::TracingConfig>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

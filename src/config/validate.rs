@@ -92,6 +92,7 @@ impl<'a> Validator<'a> {
         let drain_window = self.drain_window(file.drain_window.as_ref(), shutdown_grace);
         let presence = self.presence_top(&file.presence);
         let hooks = self.hooks(&file.hooks, &upstreams);
+        let tracing = self.tracing(&file.tracing);
 
         if self.errors.is_empty() && listen_http.is_empty() && listen_https.is_empty() {
             self.error(
@@ -119,6 +120,7 @@ impl<'a> Validator<'a> {
             drain_window,
             presence,
             hooks,
+            tracing,
         })
     }
 

@@ -1,0 +1,333 @@
+//! OpenTelemetry traces (`tracing.otlp`, docs/configuration.md "Traces"):
+//! spans built with `tracing` macros, turned into OpenTelemetry spans by
+//! `tracing-opentelemetry` and exported in batches over OTLP/HTTP
+//! (protobuf) on a background thread.
+//!
+//! Spans: `proxy` (a proxied request; its W3C `traceparent` is the parent,
+//! and the upstream gets ours), `publish` (`POST /publish`),
+//! `backplane.publish` (its child), `deliver` (one per batch the hub fans
+//! out, a root span *linked* to the publish that caused it),
+//! `auth.callback` and `webhook` (both send their `traceparent`).
+//!
+//! Off (no `tracing:` block), nothing is installed: every function here
+//! starts with [`enabled`], one relaxed atomic load, and returns `None`;
+//! `traceparent` headers pass through to upstreams untouched, as before.
+//!
+//! No `crate::` imports: the hub (the lowest layer) opens `deliver` spans.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::Either;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SamplingResult, SdkTracerProvider, ShouldSample};
+use tracing::{Instrument, Span, field};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+/// Every span this module makes has this target: the OpenTelemetry layer
+/// sees only these, the log layer never does.
+const TARGET: &str = "pushgate::telemetry";
+/// One export POST's deadline.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most time the final export may take at shutdown (a collector that is
+/// down must not hold the exit).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest collector answer read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+static ON: AtomicBool = AtomicBool::new(false);
+
+/// Whether traces are on (set once by [`Traces::install`]).
+#[inline]
+pub fn enabled() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The installed exporter: [`Traces::shutdown`] flushes what is pending.
+pub struct Traces {
+    provider: SdkTracerProvider,
+}
+
+impl Traces {
+    /// Installs the global subscriber: the log output `filter` selects
+    /// (text or `json`), plus this module's spans exported to `endpoint`
+    /// (the full `.../v1/traces` URL), new traces sampled at
+    /// `sample_ratio`. Needs a tokio runtime (exports run on it).
+    pub fn install(
+        endpoint: &str,
+        sample_ratio: f64,
+        json: bool,
+        filter: EnvFilter,
+    ) -> Result<Self, Error> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(ExportClient::new(endpoint.starts_with("https:"))?)
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()?;
+        let root = Sampler::TraceIdRatioBased(sample_ratio);
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(LinkedSampler(Sampler::ParentBased(Box::new(root))))
+            .with_resource(Resource::builder().with_service_name("pushgate").build())
+            .build();
+        let tracer = provider.tracer("pushgate");
+        let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let logs: Box<dyn Layer<Registry> + Send + Sync> = if json {
+            logs.json().boxed()
+        } else {
+            logs.boxed()
+        };
+        let filter = filter.add_directive(format!("{TARGET}=off").parse()?);
+        let spans = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(filter_fn(|m| m.is_span() && m.target() == TARGET));
+        tracing_subscriber::registry()
+            .with(logs.with_filter(filter))
+            .with(spans)
+            .try_init()?;
+        ON.store(true, Ordering::Relaxed);
+        Ok(Self { provider })
+    }
+
+    /// Exports what is pending and stops the exporter thread, waiting at
+    /// most [`SHUTDOWN_TIMEOUT`] (off the runtime's threads: the export
+    /// itself runs on the runtime).
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        let done =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT))
+                .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "Traces not all exported at shutdown.");
+        }
+    }
+}
+
+/// Parent-based ratio sampling, except that a root span linked to a
+/// sampled span is sampled: a `deliver` follows its publish.
+#[derive(Debug, Clone)]
+struct LinkedSampler(Sampler);
+
+impl ShouldSample for LinkedSampler {
+    fn should_sample(
+        &self,
+        parent: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let root = parent.is_none_or(|cx| !cx.span().span_context().is_valid());
+        let sampler = if root && links.iter().any(|l| l.span_context.is_sampled()) {
+            &Sampler::AlwaysOn
+        } else {
+            &self.0
+        };
+        sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+    }
+}
+
+/// The exporter's HTTP client: hyper on the runtime that installed it
+/// (the SDK's batch thread has no reactor, so each POST is spawned there).
+#[derive(Debug)]
+struct ExportClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ExportClient {
+    /// The system's trust roots; a plain `http://` collector needs none (a
+    /// slim image may have none), an `https://` one fails without them.
+    fn new(https: bool) -> Result<Self, Error> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match builder.with_provider_and_native_roots(provider.clone()) {
+            Ok(b) => b,
+            Err(e) if https => {
+                return Err(format!("the https collector needs trust roots: {e}").into());
+            }
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            ),
+        };
+        let connector = builder.https_or_http().enable_http1().build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            runtime: tokio::runtime::Handle::try_current()?,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for ExportClient {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+        let client = self.client.clone();
+        let task = self.runtime.spawn(async move {
+            let (parts, body) = request.into_parts();
+            let sent = client.request(Request::from_parts(parts, Full::new(body)));
+            let response = tokio::time::timeout(EXPORT_TIMEOUT, sent).await??;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
+            Ok::<_, Error>(Response::from_parts(parts, body))
+        });
+        task.await?
+    }
+}
+
+// === spans (each `None` when traces are off) ===
+
+fn extract(headers: &HeaderMap) -> Option<Context> {
+    headers
+        .contains_key("traceparent")
+        .then(|| TraceContextPropagator::new().extract(&HeaderExtractor(headers)))
+}
+
+/// Writes `span`'s `traceparent` (and `tracestate`) into `headers`.
+fn inject(span: &Span, headers: &mut HeaderMap) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+}
+
+/// The parent a request-scoped span takes: the `traceparent` the request
+/// carried, else none (a root).
+fn adopt(span: &Span, headers: &HeaderMap) {
+    if let Some(parent) = extract(headers) {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// A proxied request: parent from the client's `traceparent`, and the
+/// upstream request's `traceparent` (in `headers`) replaced by ours.
+pub fn proxy(
+    headers: &mut HeaderMap,
+    method: &http::Method,
+    route: &str,
+    upstream: &str,
+) -> Option<Span> {
+    if !enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        target: TARGET,
+        "proxy",
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        pushgate.upstream = upstream,
+        http.response.status_code = field::Empty,
+        otel.status_code = field::Empty,
+    );
+    adopt(&span, headers);
+    inject(&span, headers);
+    Some(span)
+}
+
+/// `POST /publish`: parent from the publisher's `traceparent`.
+pub fn publish(headers: &HeaderMap) -> Option<Span> {
+    if !enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        target: TARGET,
+        "publish",
+        otel.kind = "server",
+        http.response.status_code = field::Empty,
+        otel.status_code = field::Empty,
+    );
+    adopt(&span, headers);
+    Some(span)
+}
+
+/// Runs a request's handling in `span` (if any) and records the answer's
+/// status on it.
+pub async fn respond<B, F>(span: Option<Span>, handling: F) -> Response<B>
+where
+    F: Future<Output = Response<B>>,
+{
+    let Some(span) = span else {
+        return handling.await;
+    };
+    let response = handling.instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
+}
+
+/// `backplane.publish`: `start` (which may already deliver, as the memory
+/// backplane does) and the future it returns run in the span.
+pub fn backplane<F: Future>(
+    name: &'static str,
+    start: impl FnOnce() -> F,
+) -> impl Future<Output = F::Output> {
+    if !enabled() {
+        return Either::Left(start());
+    }
+    let span = tracing::info_span!(target: TARGET, "backplane.publish", pushgate.backplane = name);
+    let sending = span.in_scope(start);
+    Either::Right(sending.instrument(span))
+}
+
+/// `deliver`: the hub fanning one batch out to its subscribers. A root
+/// span linked to the current span (the publish, when the batch was
+/// published on this node), so a trace does not grow with subscribers.
+pub fn deliver(messages: usize) -> Option<tracing::span::EnteredSpan> {
+    if !enabled() {
+        return None;
+    }
+    let cause = Span::current().context().span().span_context().clone();
+    let span = tracing::info_span!(target: TARGET, parent: None, "deliver", pushgate.messages = messages as u64);
+    span.add_link(cause);
+    Some(span.entered())
+}
+
+/// `auth.callback`: a child of the current span, else of the client's
+/// `traceparent` (`client`); the callback request (`outgoing`) carries ours.
+pub fn auth_callback(upstream: &str, client: &HeaderMap, outgoing: &mut HeaderMap) -> Option<Span> {
+    if !enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(target: TARGET, "auth.callback", otel.kind = "client", pushgate.upstream = upstream);
+    if !Span::current().context().span().span_context().is_valid() {
+        adopt(&span, client);
+    }
+    inject(&span, outgoing);
+    Some(span)
+}
+
+/// `webhook`: one lifecycle-events POST (a root span); the request
+/// (`outgoing`) carries its `traceparent`.
+pub fn webhook(events: usize, outgoing: &mut HeaderMap) -> Option<Span> {
+    if !enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(target: TARGET, parent: None, "webhook", otel.kind = "client", pushgate.events = events as u64);
+    inject(&span, outgoing);
+    Some(span)
+}

@@ -1,0 +1,467 @@
+//! OpenTelemetry traces (`tracing.otlp`) from the real binary to a real
+//! OTLP/HTTP receiver started here (protobuf decoded with
+//! `opentelemetry-proto`): span names, parents, the `traceparent` an
+//! upstream sees, the link from a publish to its delivery, auth callback
+//! and webhook spans; and `pushgate check` on a bad `tracing:` block.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use tokio::net::TcpListener;
+
+type Spans = Arc<Mutex<Vec<Span>>>;
+/// What a backend saw: each request's path and `traceparent`.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// An OTLP/HTTP receiver: `POST /v1/traces` bodies decoded into `Spans`.
+async fn receiver() -> (SocketAddr, Spans) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spans = Spans::default();
+    let store = spans.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |r: Request<Incoming>| {
+                    let store = store.clone();
+                    async move {
+                        assert_eq!(r.uri().path(), "/v1/traces");
+                        assert_eq!(r.headers()["content-type"], "application/x-protobuf");
+                        let body = r.into_body().collect().await.unwrap().to_bytes();
+                        let export = ExportTraceServiceRequest::decode(body).unwrap();
+                        let mut store = store.lock().unwrap();
+                        for resource in export.resource_spans {
+                            for scope in resource.scope_spans {
+                                store.extend(scope.spans);
+                            }
+                        }
+                        Ok::<_, Infallible>(Response::new(support::body("")))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, spans)
+}
+
+/// Waits until the receiver holds a span named `name` matching `pred`.
+async fn span(spans: &Spans, name: &str, pred: impl Fn(&Span) -> bool) -> Span {
+    support::within(&format!("a {name} span"), async {
+        loop {
+            if let Some(s) = spans
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s.name == name && pred(s))
+            {
+                return s.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// (trace id, parent id) of a `traceparent` value.
+fn parse_traceparent(value: &str) -> (String, String) {
+    let parts: Vec<_> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {value:?}");
+    assert_eq!(parts[0], "00");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+const SSE_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_collector_with_parents_links_and_propagation() {
+    let (collector, spans) = receiver().await;
+    // The backend: every request's path and traceparent recorded.
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let backend = support::upstream(move |r: Request<Incoming>| {
+        let record = record.clone();
+        async move {
+            let path = r.uri().path().to_owned();
+            let traceparent = r
+                .headers()
+                .get("traceparent")
+                .map(|v| v.to_str().unwrap().to_owned());
+            record.lock().unwrap().push((path.clone(), traceparent));
+            let answer = match path.as_str() {
+                "/authorize" => r#"{"channels": ["news"]}"#,
+                _ => "ok",
+            };
+            Response::new(support::body(answer))
+        }
+    })
+    .await;
+    let traceparent_of = |path: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, t)| t.clone().expect("a traceparent"))
+    };
+
+    let dir = support::temp_dir("otel");
+    let config = dir.join("pushgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen: {{ http: ["127.0.0.1:0"] }}
+internal: {{ listen: "127.0.0.1:0" }}
+upstreams: {{ backend: {{ targets: ["http://{backend}"] }} }}
+routes:
+  - name: live
+    match: {{ path: "/live/{{channel}}" }}
+    realtime: {{ channels: ["{{channel}}"] }}
+    auth: {{ callback: {{ upstream: backend, path: /authorize }} }}
+  - {{ name: api, match: {{ path_prefix: / }}, upstream: backend }}
+hooks: {{ upstream: backend, path: /events, events: [connect] }}
+tracing:
+  otlp: {{ endpoint: "http://{collector}", sample_ratio: 1.0 }}
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(support::binary())
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (http, internal, _logs) = support::listening_addresses(child.stderr.take().unwrap()).await;
+    let client = support::http_client();
+
+    // A proxied request carrying the client's traceparent.
+    let response = client
+        .get(format!("http://{http}/api/thing"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (upstream_trace, upstream_parent) =
+        parse_traceparent(&traceparent_of("/api/thing").unwrap());
+    assert_eq!(
+        upstream_trace, CLIENT_TRACE,
+        "the client's trace continues upstream"
+    );
+    assert_ne!(
+        upstream_parent, CLIENT_SPAN,
+        "the upstream's parent is pushgate's span"
+    );
+
+    let proxy = span(&spans, "proxy", |s| hex(&s.trace_id) == CLIENT_TRACE).await;
+    assert_eq!(hex(&proxy.parent_span_id), CLIENT_SPAN);
+    assert_eq!(hex(&proxy.span_id), upstream_parent);
+    assert_eq!(proxy.kind, 2, "a server span");
+
+    // A subscriber (auth callback, connect webhook), then a publish.
+    let sse = client
+        .get(format!("http://{http}/live/news"))
+        .header("accept", "text/event-stream")
+        .header("traceparent", format!("00-{SSE_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    // Published until the stream shows it (the first may come before the
+    // subscription is in place).
+    let (text_tx, mut text_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = sse.bytes_stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            let _ = text_tx.send(String::from_utf8_lossy(&chunk).into_owned());
+        }
+    });
+    support::within("the message on the SSE stream", async {
+        let mut text = String::new();
+        while !text.contains("hello") {
+            let published = client
+                .post(format!("http://{internal}/publish"))
+                .json(&serde_json::json!({"channel": "news", "data": "hello"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(published.status(), 200);
+            let wait = tokio::time::sleep(Duration::from_millis(300));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    t = text_rx.recv() => text.push_str(&t.unwrap()),
+                    _ = &mut wait => break,
+                }
+                if text.contains("hello") {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+
+    let publish = span(&spans, "publish", |_| true).await;
+    assert!(
+        publish.parent_span_id.is_empty(),
+        "a publish without traceparent is a root"
+    );
+    let backplane = span(&spans, "backplane.publish", |s| {
+        s.trace_id == publish.trace_id
+    })
+    .await;
+    assert_eq!(backplane.parent_span_id, publish.span_id);
+    let deliver = span(&spans, "deliver", |s| {
+        s.links.iter().any(|l| l.trace_id == publish.trace_id)
+    })
+    .await;
+    assert!(
+        deliver.parent_span_id.is_empty(),
+        "deliveries are a trace of their own"
+    );
+    assert_ne!(deliver.trace_id, publish.trace_id);
+    assert_eq!(deliver.links.len(), 1);
+    assert_eq!(deliver.links[0].span_id, backplane.span_id);
+
+    // The auth callback continues the subscriber's trace and sends it on.
+    let auth = span(&spans, "auth.callback", |s| hex(&s.trace_id) == SSE_TRACE).await;
+    assert_eq!(hex(&auth.parent_span_id), CLIENT_SPAN);
+    let (trace, parent) = parse_traceparent(&traceparent_of("/authorize").unwrap());
+    assert_eq!((trace, parent), (SSE_TRACE.to_owned(), hex(&auth.span_id)));
+
+    // The webhook POST carries its span's traceparent.
+    let webhook = span(&spans, "webhook", |_| true).await;
+    let sent = support::within("the webhook POST", async {
+        loop {
+            if let Some(t) = traceparent_of("/events") {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        parse_traceparent(&sent),
+        (hex(&webhook.trace_id), hex(&webhook.span_id))
+    );
+    let _ = child.start_kill();
+}
+
+#[tokio::test]
+async fn without_tracing_a_traceparent_passes_through_untouched() {
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let record = seen.clone();
+    let backend = support::upstream(move |r: Request<Incoming>| {
+        let record = record.clone();
+        async move {
+            *record.lock().unwrap() = r
+                .headers()
+                .get("traceparent")
+                .map(|v| v.to_str().unwrap().to_owned());
+            Response::new(support::body("ok"))
+        }
+    })
+    .await;
+    let pg = support::Pushgate::start(&format!(
+        r#"
+listen: {{ http: ["127.0.0.1:0"] }}
+internal: {{ listen: "127.0.0.1:0" }}
+upstreams: {{ backend: {{ targets: ["http://{backend}"] }} }}
+routes:
+  - {{ name: api, match: {{ path_prefix: / }}, upstream: backend }}
+"#
+    ))
+    .await;
+    let value = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let response = pg
+        .client()
+        .get(pg.url("/x"))
+        .header("traceparent", &value)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(seen.lock().unwrap().as_deref(), Some(value.as_str()));
+}
+
+#[test]
+fn a_bad_tracing_block_is_reported_at_its_place() {
+    let cases = [
+        (
+            "tracing:\n  otlp: { endpoint: \"ftp://collector:4318\" }\n",
+            "FILE:4:21: tracing.otlp.endpoint \"ftp://collector:4318\" must be an http:// or https:// URL",
+        ),
+        (
+            "tracing:\n  otlp: { endpoint: \"http://c:4318\", sample_ratio: 1.5 }\n",
+            "FILE:4:52: tracing.otlp.sample_ratio must be between 0 and 1, not 1.5",
+        ),
+        (
+            "tracing:\n  otlp: { endpoint: \"http://c:4318\", sample_ratio: -0.1 }\n",
+            "tracing.otlp.sample_ratio must be between 0 and 1, not -0.1",
+        ),
+        (
+            "tracing:\n  otlp: { endpoint: \"http://c:4318\", ratio: 1 }\n",
+            "unknown field `ratio`",
+        ),
+        (
+            "tracing:\n  otlp: { sample_ratio: 1 }\n",
+            "missing field `endpoint`",
+        ),
+        ("tracing: {}\n", "FILE:3:10: tracing needs an otlp block"),
+    ];
+    for (yaml, expected) in cases {
+        let dir = support::temp_dir("otel-check");
+        let path = dir.join("pushgate.yaml");
+        std::fs::write(
+            &path,
+            format!("listen: {{ http: [\"127.0.0.1:0\"] }}\n\n{yaml}"),
+        )
+        .unwrap();
+        let out = Command::new(support::binary())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr =
+            String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE");
+        assert_eq!(out.status.code(), Some(64), "{yaml}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{yaml}: expected {expected:?}, got {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // A good block passes.
+    let dir = support::temp_dir("otel-check");
+    let path = dir.join("pushgate.yaml");
+    std::fs::write(
+        &path,
+        "listen: { http: [\"127.0.0.1:0\"] }\ntracing:\n  otlp: { endpoint: \"https://collector.example/otlp\", sample_ratio: 0.01 }\n",
+    )
+    .unwrap();
+    let out = Command::new(support::binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_changes_nothing_and_sigterm_still_exits() {
+    let backend = support::upstream(|_| async { Response::new(support::body("ok")) }).await;
+    // A port nothing listens on.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = support::temp_dir("otel-down");
+    let config = dir.join("pushgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen: {{ http: ["127.0.0.1:0"] }}
+internal: {{ listen: "127.0.0.1:0" }}
+upstreams: {{ backend: {{ targets: ["http://{backend}"] }} }}
+routes:
+  - {{ name: api, match: {{ path_prefix: / }}, upstream: backend }}
+tracing: {{ otlp: {{ endpoint: "http://{down}" }} }}
+shutdown_grace: 2s
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(support::binary())
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (http, _, mut logs) = support::listening_addresses(child.stderr.take().unwrap()).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    let client = support::http_client();
+    for _ in 0..20 {
+        let r = client
+            .get(format!("http://{http}/x"))
+            .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(8), child.wait())
+        .await
+        .expect("pushgate exits soon after SIGTERM with its collector down")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn tracing_cannot_change_on_reload() {
+    let base = r#"
+listen: { http: ["127.0.0.1:0"] }
+internal: { listen: "127.0.0.1:0" }
+"#;
+    let pg = support::Pushgate::start(base).await;
+    std::fs::write(
+        pg.dir.join("pushgate.yaml"),
+        format!("{base}tracing: {{ otlp: {{ endpoint: \"http://127.0.0.1:4318\" }} }}\n"),
+    )
+    .unwrap();
+    let response = pg
+        .client()
+        .post(pg.internal_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["reloaded"], false);
+    assert!(
+        answer
+            .to_string()
+            .contains("tracing cannot change on reload"),
+        "{answer}"
+    );
+}
