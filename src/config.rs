@@ -11,11 +11,13 @@ mod backplane;
 mod interpolate;
 mod presence;
 mod traces;
+mod transport;
 mod units;
 
 pub use self::backplane::BackplaneKind;
 pub use self::presence::{HookEvent, HooksSettings, PresenceGlobal, PresenceSettings};
 pub use self::traces::TracingSettings;
+pub use self::transport::Transport;
 
 mod defaults;
 mod schema;
@@ -33,7 +35,6 @@ use serde_saphyr::Spanned;
 pub use self::auth::{AuthSettings, OnExpiry, RateLimit, RateLimitSettings};
 pub use self::units::{ByteSize, DurationValue};
 use crate::hub::queue::LagPolicy;
-use crate::realtime::negotiate::Transport;
 use crate::router::pattern::{PathPattern, Template};
 
 use self::schema::{FileConfig, LimitsConfig};

@@ -78,7 +78,7 @@ impl Replay {
         let mut response = tokio::time::timeout(self.timeout, self.client.request(request))
             .await
             .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| crate::proxy::error_chain(&e))?;
+            .map_err(|e| crate::error::error_chain(&e))?;
         crate::proxy::headers::remove_hop_by_hop(response.headers_mut());
         Ok(response)
     }

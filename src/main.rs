@@ -276,7 +276,7 @@ fn run(args: &Args) -> ExitCode {
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
-    pushgate::proxy::error_chain(e)
+    pushgate::error::error_chain(e)
 }
 
 fn publish(args: &Args) -> ExitCode {

@@ -126,7 +126,7 @@ impl Metrics {
         for &kind in crate::limits::kind::ALL {
             let _ = rate_limited.get_or_create(&RateLimitLabels { kind });
         }
-        for transport in crate::realtime::negotiate::Transport::ALL {
+        for transport in crate::config::Transport::ALL {
             let _ = sessions.get_or_create(&TransportLabels {
                 transport: transport.as_str(),
             });

@@ -26,9 +26,9 @@ use dashmap::DashMap;
 
 use crate::backplane::Backplane;
 use crate::config::HookEvent;
+use crate::config::Transport;
 use crate::hooks::{self, EndReason, Hooks};
 use crate::hub::message::{ChannelName, EventName, Payload, Publication};
-use crate::realtime::negotiate::Transport;
 use crate::shutdown::Shutdown;
 
 pub use self::store::PresenceStore;

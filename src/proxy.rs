@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tracing::{debug, warn};
 
 use crate::config::{RouteSettings, UpstreamSettings};
-use crate::error::{Body, ErrorCode, HttpError};
+use crate::error::{Body, ErrorCode, HttpError, error_chain};
 use crate::listener::ConnInfo;
 use crate::metrics::{Metrics, UpstreamLabels};
 use crate::shutdown::Shutdown;
@@ -524,18 +524,6 @@ fn rewrite_path(uri: &Uri, strip_prefix: Option<&str>) -> Result<PathAndQuery, H
     };
     full.parse()
         .map_err(|_| HttpError::new(ErrorCode::InvalidRequest, "invalid request path"))
-}
-
-/// `error: cause: cause` for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

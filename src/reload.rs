@@ -403,7 +403,7 @@ impl Control {
                 for d in refused.diagnostics() {
                     error!(diagnostic = %d, "{d}");
                 }
-                warn!(error = %crate::proxy::error_chain(refused), "Reload refused; the old config keeps serving.");
+                warn!(error = %crate::error::error_chain(refused), "Reload refused; the old config keeps serving.");
             }
         }
         result

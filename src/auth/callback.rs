@@ -23,9 +23,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{Denial, Grant, PatternSet, Reason, now_unix};
+use crate::config::Transport;
 use crate::config::auth::CallbackSettings;
 use crate::hub::message::ChannelName;
-use crate::realtime::negotiate::Transport;
 
 /// Most cached answers; past it, expired ones are dropped, then any.
 pub const MAX_ENTRIES: usize = 10_000;

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{Limits, RealtimeSettings};
+use crate::config::Transport;
 use crate::hub::queue::LagPolicy;
-use crate::realtime::negotiate::Transport;
 
 /// `shutdown_grace`; `drain_window` defaults to half of it.
 pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

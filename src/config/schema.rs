@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{ByteSize, DurationValue, auth, backplane};
+use crate::config::Transport;
 use crate::hub::queue::LagPolicy;
-use crate::realtime::negotiate::Transport;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -173,7 +173,7 @@ impl Link {
         let sent = tokio::time::timeout(self.backend.timeout, self.backend.client.request(request))
             .await
             .map_err(|_| format!("no answer within {:?}", self.backend.timeout))?
-            .map_err(|e| format!("request failed: {}", crate::proxy::error_chain(&e)))?;
+            .map_err(|e| format!("request failed: {}", crate::error::error_chain(&e)))?;
         let (parts, body) = sent.into_parts();
         let body = Limited::new(body, MAX_ANSWER)
             .collect()

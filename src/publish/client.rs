@@ -41,7 +41,7 @@ pub async fn post(
         tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
             .await
             .map_err(|_| Error::Request("timed out".into()))?
-            .map_err(|e| Error::Request(crate::proxy::error_chain(&e)))?;
+            .map_err(|e| Error::Request(crate::error::error_chain(&e)))?;
     let status = response.status();
     let bytes = response
         .into_body()

@@ -6,27 +6,7 @@ use http::{HeaderMap, header};
 
 use crate::error::{ErrorCode, HttpError};
 
-/// A realtime transport; the config names them in lowercase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Websocket,
-    Sse,
-    Longpoll,
-}
-
-impl Transport {
-    /// Every transport: `pushgate_sessions` exports each from the start.
-    pub const ALL: [Transport; 3] = [Transport::Websocket, Transport::Sse, Transport::Longpoll];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Websocket => "websocket",
-            Transport::Sse => "sse",
-            Transport::Longpoll => "longpoll",
-        }
-    }
-}
+pub use crate::config::Transport;
 
 /// What the client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
