@@ -125,7 +125,10 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
         config.presence.refresh,
         internal_shutdown.clone(),
     ));
-    let limiter = Arc::new(Limiter::new(config.rate_limits.clone(), metrics.clone()));
+    let limiter = Arc::new(Limiter::new(
+        config.rate_limits.clone(),
+        metrics.limits.clone(),
+    ));
     let realtime = Arc::new(Realtime {
         hub: hub.clone(),
         backplane: backplane.clone(),

@@ -27,7 +27,10 @@ use tokio::time::Instant;
 
 use crate::config::{RateLimit, RateLimitSettings};
 use crate::error::{ErrorCode, HttpError};
-use crate::metrics::{Metrics, RateLimitLabels};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 const HASHES: usize = 4;
 const SLOTS: usize = 16 << 10;
@@ -38,13 +41,13 @@ pub struct Limiter {
     connections: Option<Arc<Estimator>>,
     connect_rate: Option<Rate>,
     publish_rate: Option<Rate>,
-    metrics: Arc<Metrics>,
+    metrics: LimitMetrics,
 }
 
 /// A request refused by a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub retry_after: Duration,
 }
 
@@ -54,7 +57,7 @@ impl Refused {
         let secs = self.retry_after.as_secs_f64().ceil().max(1.0) as u64;
         HttpError::new(
             ErrorCode::RateLimited,
-            format!("{} limit reached; retry in {secs}s", self.kind),
+            format!("{} limit reached; retry in {secs}s", self.kind.as_str()),
         )
         .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
     }
@@ -73,18 +76,73 @@ impl Drop for ConnPermit {
     }
 }
 
-/// The `kind` label of `pushgate_rate_limited_total`: every refusal names
-/// one of these, and [`kind::ALL`] is what `metrics::Metrics` zeroes at start.
-pub mod kind {
-    pub const CONNECT_RATE: &str = "connect_rate";
-    pub const CONNECTIONS: &str = "connections";
-    pub const PUBLISH_RATE: &str = "publish_rate";
-    pub const CLIENT_PUBLISH_RATE: &str = "client_publish_rate";
-    pub const ALL: &[&str] = &[CONNECT_RATE, CONNECTIONS, PUBLISH_RATE, CLIENT_PUBLISH_RATE];
+/// Which limit refused: the `kind` label of `pushgate_rate_limited_total`
+/// and the word in the `429` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    ConnectRate,
+    Connections,
+    PublishRate,
+    ClientPublishRate,
+}
+
+impl Kind {
+    /// Every kind: [`LimitMetrics::register`] exports each from the start.
+    pub const ALL: [Kind; 4] = [
+        Kind::ConnectRate,
+        Kind::Connections,
+        Kind::PublishRate,
+        Kind::ClientPublishRate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::ConnectRate => "connect_rate",
+            Kind::Connections => "connections",
+            Kind::PublishRate => "publish_rate",
+            Kind::ClientPublishRate => "client_publish_rate",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub kind: &'static str,
+}
+
+/// The limits' metric family, registered by `metrics::Metrics` like the
+/// hub's and the backplane's (limits sit below the registry).
+#[derive(Clone, Debug, Default)]
+pub struct LimitMetrics {
+    pub rate_limited: Family<RateLimitLabels, Counter>,
+}
+
+impl LimitMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        // Every kind is exported from the start, at 0.
+        for kind in Kind::ALL {
+            let _ = self.rate_limited.get_or_create(&RateLimitLabels {
+                kind: kind.as_str(),
+            });
+        }
+        registry.register(
+            "pushgate_rate_limited",
+            "Requests and client publishes refused by a rate limit or cap, by kind",
+            self.rate_limited.clone(),
+        );
+    }
+
+    fn count(&self, kind: Kind) {
+        self.rate_limited
+            .get_or_create(&RateLimitLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
 }
 
 impl Limiter {
-    pub fn new(settings: RateLimitSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(settings: RateLimitSettings, metrics: LimitMetrics) -> Self {
         let rate = |r: RateLimit| {
             r.is_limited()
                 .then(|| Rate::new_with_estimator_config(r.per, HASHES, SLOTS))
@@ -103,11 +161,8 @@ impl Limiter {
         &self.settings
     }
 
-    fn refused(&self, kind: &'static str, retry_after: Duration) -> Refused {
-        self.metrics
-            .rate_limited
-            .get_or_create(&RateLimitLabels { kind })
-            .inc();
+    fn refused(&self, kind: Kind, retry_after: Duration) -> Refused {
+        self.metrics.count(kind);
         Refused { kind, retry_after }
     }
 
@@ -142,7 +197,7 @@ impl Limiter {
         if let Some(rate) = &self.connect_rate {
             let limit = self.settings.per_ip_connect_rate;
             if rate.observe(&address_key(ip), 1) > limit.events as isize {
-                return Err(self.refused(kind::CONNECT_RATE, limit.per));
+                return Err(self.refused(Kind::ConnectRate, limit.per));
             }
         }
         Ok(())
@@ -162,7 +217,7 @@ impl Limiter {
         };
         if connections.incr(key, 1) > self.settings.per_ip_connections as isize {
             connections.decr(key, 1);
-            return Err(self.refused(kind::CONNECTIONS, Duration::from_secs(1)));
+            return Err(self.refused(Kind::Connections, Duration::from_secs(1)));
         }
         Ok(ConnPermit {
             held: Some((connections.clone(), key)),
@@ -180,7 +235,7 @@ impl Limiter {
             .map_or(&[][..], |v| v.as_bytes());
         let limit = self.settings.publish_rate;
         if rate.observe(&token, 1) > limit.events as isize {
-            return Err(self.refused(kind::PUBLISH_RATE, limit.per).into_error());
+            return Err(self.refused(Kind::PublishRate, limit.per).into_error());
         }
         Ok(())
     }
@@ -192,7 +247,7 @@ impl Limiter {
 
     /// Counts a client publish refused by its budget.
     pub fn client_publish_refused(&self) {
-        self.refused(kind::CLIENT_PUBLISH_RATE, Duration::ZERO);
+        self.refused(Kind::ClientPublishRate, Duration::ZERO);
     }
 }
 
@@ -329,7 +384,7 @@ mod tests {
 
     #[test]
     fn connections_are_capped_and_released() {
-        let metrics = Arc::new(Metrics::new(crate::hub::HubMetrics::default()));
+        let metrics = LimitMetrics::default();
         let limiter = Limiter::new(
             RateLimitSettings {
                 per_ip_connections: 2,
@@ -340,7 +395,10 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let a = limiter.admit(ip, true).unwrap();
         let _b = limiter.admit(ip, true).unwrap();
-        assert_eq!(limiter.admit(ip, true).err().unwrap().kind, "connections");
+        assert_eq!(
+            limiter.admit(ip, true).err().unwrap().kind,
+            Kind::Connections
+        );
         drop(a);
         assert!(limiter.admit(ip, true).is_ok());
         assert!(limiter.admit("192.0.2.2".parse().unwrap(), true).is_ok());

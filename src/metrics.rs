@@ -38,10 +38,7 @@ pub struct AuthFailureLabels {
     pub reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RateLimitLabels {
-    pub kind: &'static str,
-}
+pub use crate::limits::RateLimitLabels;
 
 fn upstream_histogram() -> Histogram {
     // 0.5 ms .. ~33 s
@@ -59,7 +56,7 @@ pub struct Metrics {
     pub delivered: Counter,
     pub delivery_latency: Histogram,
     pub auth_failures: Family<AuthFailureLabels, Counter>,
-    pub rate_limited: Family<RateLimitLabels, Counter>,
+    pub limits: crate::limits::LimitMetrics,
     pub hub: HubMetrics,
     pub backplane: crate::backplane::BackplaneMetrics,
     pub hooks: crate::hooks::HookMetrics,
@@ -114,24 +111,17 @@ impl Metrics {
             "Realtime requests refused by subscriber auth, by route and reason",
             auth_failures.clone(),
         );
-        let rate_limited = Family::<RateLimitLabels, Counter>::default();
-        registry.register(
-            "pushgate_rate_limited",
-            "Requests and client publishes refused by a rate limit or cap, by kind",
-            rate_limited.clone(),
-        );
         // Families whose label values are a closed set export every series
         // from the start, at 0, so "never happened" reads as 0 rather than
         // as no data; the sets are the ones the counting code uses.
-        for &kind in crate::limits::kind::ALL {
-            let _ = rate_limited.get_or_create(&RateLimitLabels { kind });
-        }
         for transport in crate::config::Transport::ALL {
             let _ = sessions.get_or_create(&TransportLabels {
                 transport: transport.as_str(),
             });
         }
         hub.register(&mut registry);
+        let limits = crate::limits::LimitMetrics::default();
+        limits.register(&mut registry);
         let backplane = crate::backplane::BackplaneMetrics::default();
         backplane.register(&mut registry);
         let hooks = crate::hooks::HookMetrics::default();
@@ -145,7 +135,7 @@ impl Metrics {
             delivered,
             delivery_latency,
             auth_failures,
-            rate_limited,
+            limits,
             hub,
             backplane,
             hooks,
