@@ -14,7 +14,9 @@ mod traces;
 mod transport;
 mod units;
 
-pub use self::backplane::BackplaneKind;
+pub use self::backplane::{
+    BackplaneKind, NatsSettings, RedisSettings, check_redis_url, parse_nats_url,
+};
 pub use self::presence::{HookEvent, HooksSettings, PresenceGlobal, PresenceSettings};
 pub use self::traces::TracingSettings;
 pub use self::transport::Transport;

@@ -61,42 +61,7 @@ const EVENT: &str = "Pushgate-Event";
 /// message.
 const GRIP: &str = "Pushgate-Grip";
 
-/// `backplane: {type: nats, url, prefix}`: the servers parsed once by
-/// [`parse_url`] when the config is read, so a node connects to exactly
-/// what `pushgate check` accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    pub servers: Vec<async_nats::ServerAddr>,
-    pub prefix: String,
-}
-
-/// Parses a NATS URL, or several separated by commas, without connecting
-/// (`pushgate check` and start alike). Each item needs its scheme
-/// (`nats://` or `tls://`) and must parse as an async-nats server address.
-pub fn parse_url(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
-    let mut servers = Vec::new();
-    for part in url.split(',').map(str::trim) {
-        if part.is_empty() {
-            return Err(
-                "empty server in backplane url: separate servers with one comma".to_owned(),
-            );
-        }
-        match part.split_once("://").map(|(s, _)| s) {
-            Some("nats" | "tls") => {}
-            Some(other) => {
-                return Err(format!(
-                    "unsupported scheme {other:?} in backplane url: expected nats:// or tls://"
-                ));
-            }
-            None => return Err("backplane url must start with nats:// or tls://".to_owned()),
-        }
-        let server = part
-            .parse::<async_nats::ServerAddr>()
-            .map_err(|e| format!("invalid backplane url {part:?}: {e}"))?;
-        servers.push(server);
-    }
-    Ok(servers)
-}
+pub use crate::config::{NatsSettings as Settings, parse_nats_url as parse_url};
 
 pub struct NatsBackplane {
     shared: Arc<Shared>,

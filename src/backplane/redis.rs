@@ -124,29 +124,7 @@ if ARGV[2] == e then from = '(' .. ARGV[3] .. '-0' end
 return {e, s, redis.call('XRANGE', KEYS[2], from, '+')}
 "#;
 
-/// `backplane: {type: redis, url, prefix}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    pub url: String,
-    pub prefix: String,
-}
-
-/// Checks a Redis URL without connecting (`pushgate check`).
-pub fn check_url(url: &str) -> Result<(), String> {
-    let scheme = url.split_once("://").map(|(s, _)| s);
-    match scheme {
-        Some("redis" | "rediss") => {}
-        Some(other) => {
-            return Err(format!(
-                "unsupported scheme {other:?} in backplane url: expected redis:// or rediss://"
-            ));
-        }
-        None => return Err("backplane url must start with redis:// or rediss://".to_owned()),
-    }
-    redis::Client::open(url)
-        .map(|_| ())
-        .map_err(|e| format!("invalid backplane url: {e}"))
-}
+pub use crate::config::{RedisSettings as Settings, check_redis_url as check_url};
 
 pub struct RedisBackplane {
     shared: Arc<Shared>,

@@ -7,7 +7,6 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{Position, Validator};
-use crate::backplane::{nats, redis};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,8 +23,69 @@ pub(super) struct BackplaneConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackplaneKind {
     Memory,
-    Redis(redis::Settings),
-    Nats(nats::Settings),
+    Redis(RedisSettings),
+    Nats(NatsSettings),
+}
+
+/// `backplane: {type: redis, url, prefix}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+}
+
+/// Checks a Redis URL without connecting (`pushgate check`).
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("redis" | "rediss") => {}
+        Some(other) => {
+            return Err(format!(
+                "unsupported scheme {other:?} in backplane url: expected redis:// or rediss://"
+            ));
+        }
+        None => return Err("backplane url must start with redis:// or rediss://".to_owned()),
+    }
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|e| format!("invalid backplane url: {e}"))
+}
+
+/// `backplane: {type: nats, url, prefix}`: the servers parsed once by
+/// [`parse_nats_url`] when the config is read, so a node connects to exactly
+/// what `pushgate check` accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSettings {
+    pub servers: Vec<async_nats::ServerAddr>,
+    pub prefix: String,
+}
+
+/// Parses a NATS URL, or several separated by commas, without connecting
+/// (`pushgate check` and start alike). Each item needs its scheme
+/// (`nats://` or `tls://`) and must parse as an async-nats server address.
+pub fn parse_nats_url(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let mut servers = Vec::new();
+    for part in url.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(
+                "empty server in backplane url: separate servers with one comma".to_owned(),
+            );
+        }
+        match part.split_once("://").map(|(s, _)| s) {
+            Some("nats" | "tls") => {}
+            Some(other) => {
+                return Err(format!(
+                    "unsupported scheme {other:?} in backplane url: expected nats:// or tls://"
+                ));
+            }
+            None => return Err("backplane url must start with nats:// or tls://".to_owned()),
+        }
+        let server = part
+            .parse::<async_nats::ServerAddr>()
+            .map_err(|e| format!("invalid backplane url {part:?}: {e}"))?;
+        servers.push(server);
+    }
+    Ok(servers)
 }
 
 const DEFAULT_PREFIX: &str = "pushgate";
@@ -51,8 +111,8 @@ impl Validator<'_> {
                         self.error(p, "backplane type redis needs a url (redis://HOST:PORT/DB)");
                         BackplaneKind::Memory
                     }
-                    Some(url) => match redis::check_url(&url.value) {
-                        Ok(()) => BackplaneKind::Redis(redis::Settings {
+                    Some(url) => match check_redis_url(&url.value) {
+                        Ok(()) => BackplaneKind::Redis(RedisSettings {
                             url: url.value.clone(),
                             prefix,
                         }),
@@ -71,8 +131,8 @@ impl Validator<'_> {
                         self.error(p, "backplane type nats needs a url (nats://HOST:PORT)");
                         BackplaneKind::Memory
                     }
-                    Some(url) => match nats::parse_url(&url.value) {
-                        Ok(servers) => BackplaneKind::Nats(nats::Settings { servers, prefix }),
+                    Some(url) => match parse_nats_url(&url.value) {
+                        Ok(servers) => BackplaneKind::Nats(NatsSettings { servers, prefix }),
                         Err(e) => {
                             self.error(url, e);
                             BackplaneKind::Memory
