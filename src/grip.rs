@@ -13,6 +13,7 @@
 
 pub mod hold;
 pub mod instruct;
+pub mod item;
 pub mod publish;
 pub mod raw;
 pub mod sig;

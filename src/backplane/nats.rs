@@ -233,7 +233,7 @@ impl Shared {
     ) -> Result<Receipt, Error> {
         let mut headers = HeaderMap::new();
         headers.insert(GRIP, "1");
-        let payload = Bytes::from(crate::grip::publish::encode_wire(formats));
+        let payload = Bytes::from(crate::grip::item::encode_wire(&p.channel, formats));
         let sent = async {
             self.client
                 .publish_with_headers(self.notify_subject(&p.channel), headers, payload)
@@ -530,7 +530,7 @@ async fn run(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>, shutdown: S
                                     continue;
                                 };
                                 if headers.get(GRIP).is_some() {
-                                    match crate::grip::publish::decode_wire(&msg.payload) {
+                                    match crate::grip::item::decode_wire(&msg.payload) {
                                         Some(payload) => hub.deliver_grip(&ch, payload),
                                         None => {
                                             warn!(backplane = "nats", channel = %ch, "ignored a malformed GRIP item")

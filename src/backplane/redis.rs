@@ -310,7 +310,7 @@ impl Shared {
             let mut payload = GRIP_PREFIX.to_vec();
             payload.extend(
                 formats
-                    .map(crate::grip::publish::encode_wire)
+                    .map(|f| crate::grip::item::encode_wire(&p.channel, f))
                     .unwrap_or_default(),
             );
             pipe.cmd("PUBLISH")
@@ -379,7 +379,7 @@ impl Shared {
             return;
         };
         if let Some(item) = msg.get_payload_bytes().strip_prefix(GRIP_PREFIX) {
-            match crate::grip::publish::decode_wire(item) {
+            match crate::grip::item::decode_wire(item) {
                 Some(payload) => self.hub.deliver_grip(&channel, payload),
                 None => {
                     warn!(%channel, "backplane: ignored a malformed GRIP item on redis pub/sub")

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value};
 
+use super::item::{self, FieldError, HeadersError};
 use crate::hub::message::ChannelName;
 
 /// Pushpin's default hold timeout and keep-alive interval.
@@ -330,21 +331,13 @@ fn keep_alive_json(v: &Value) -> Result<KeepAlive, String> {
     let Value::Object(ka) = v else {
         return Err("hold contains 'keep-alive' with wrong type".into());
     };
-    let data = if let Some(bin) = ka.get("content-bin") {
-        let bin = bin
-            .as_str()
-            .ok_or("keep-alive contains 'content-bin' with wrong type")?;
-        base64::engine::general_purpose::STANDARD
-            .decode(bin)
-            .map(Bytes::from)
-            .map_err(|_| "keep-alive 'content-bin' is not base64")?
-    } else {
-        match ka.get("content") {
-            None => Bytes::new(),
-            Some(Value::String(s)) => Bytes::from(s.clone().into_bytes()),
-            Some(_) => return Err("keep-alive contains 'content' with wrong type".into()),
-        }
-    };
+    let data = item::bytes_field(ka, "content", "content-bin")
+        .map_err(|e| match e {
+            FieldError::BinNotString => "keep-alive contains 'content-bin' with wrong type",
+            FieldError::NotBase64(_) => "keep-alive 'content-bin' is not base64",
+            FieldError::TextNotString => "keep-alive contains 'content' with wrong type",
+        })?
+        .unwrap_or_default();
     let timeout = match ka.get("timeout") {
         None => DEFAULT_TIMEOUT,
         Some(t) => Duration::from_secs(
@@ -385,38 +378,20 @@ fn instruct_response(
         }
         Ok(())
     };
-    match response.get("headers") {
-        None => {}
-        Some(Value::Object(h)) => {
-            for (k, v) in h {
-                add(k, v)?;
-            }
-        }
-        Some(Value::Array(list)) => {
-            for pair in list {
-                match pair.as_array().map(Vec::as_slice) {
-                    Some([Value::String(k), v]) => add(k, v)?,
-                    _ => return Err("headers contains element with wrong type".into()),
-                }
-            }
-        }
-        Some(_) => return Err("response contains 'headers' with wrong type".into()),
+    if let Some(h) = response.get("headers") {
+        item::each_header(h, &mut add).map_err(|e| match e {
+            HeadersError::Entry => "headers contains element with wrong type".into(),
+            HeadersError::Shape => "response contains 'headers' with wrong type".into(),
+            HeadersError::Header(e) => e,
+        })?;
     }
-    let body = if let Some(bin) = response.get("body-bin") {
-        base64::engine::general_purpose::STANDARD
-            .decode(
-                bin.as_str()
-                    .ok_or("response contains 'body-bin' with wrong type")?,
-            )
-            .map(Bytes::from)
-            .map_err(|_| "response 'body-bin' is not base64")?
-    } else {
-        match response.get("body") {
-            None => Bytes::new(),
-            Some(Value::String(s)) => Bytes::from(s.clone().into_bytes()),
-            Some(_) => return Err("response contains 'body' with wrong type".into()),
-        }
-    };
+    let body = item::bytes_field(response, "body", "body-bin")
+        .map_err(|e| match e {
+            FieldError::BinNotString => "response contains 'body-bin' with wrong type",
+            FieldError::NotBase64(_) => "response 'body-bin' is not base64",
+            FieldError::TextNotString => "response contains 'body' with wrong type",
+        })?
+        .unwrap_or_default();
     Ok((status, body))
 }
 
