@@ -321,6 +321,13 @@ mod tests {
         ))
     }
 
+    /// Drains everything queued and summarises it.
+    fn drained(q: &Queue) -> Vec<String> {
+        let mut out = VecDeque::new();
+        q.drain(&mut out).unwrap();
+        summary(out.make_contiguous())
+    }
+
     fn summary(items: &[Item]) -> Vec<String> {
         items
             .iter()
@@ -353,9 +360,7 @@ mod tests {
         for seq in 1..=5 {
             q.offer(&message("a", seq));
         }
-        let mut out = VecDeque::new();
-        q.drain(&mut out).unwrap();
-        assert_eq!(summary(out.make_contiguous()), ["gap:a", "a4", "a5"]);
+        assert_eq!(drained(&q), ["gap:a", "a4", "a5"]);
     }
 
     #[test]
@@ -365,9 +370,7 @@ mod tests {
         q.offer(&message("b", 1));
         q.offer(&message("a", 2));
         q.offer(&message("a", 3));
-        let mut out = VecDeque::new();
-        q.drain(&mut out).unwrap();
-        assert_eq!(summary(out.make_contiguous()), ["b1", "gap:a", "a3"]);
+        assert_eq!(drained(&q), ["b1", "gap:a", "a3"]);
     }
 
     #[test]
@@ -405,8 +408,6 @@ mod tests {
         tokio::task::yield_now().await;
         q.offer(&message("a", 1));
         waiter.await.unwrap();
-        let mut out = VecDeque::new();
-        q.drain(&mut out).unwrap();
-        assert_eq!(summary(out.make_contiguous()), ["a1"]);
+        assert_eq!(drained(&q), ["a1"]);
     }
 }

@@ -183,51 +183,38 @@ impl PresenceStore for NatsPresence {
         })
     }
 
-    fn refresh(
-        &self,
-        entries: Vec<ChannelEntries>,
-    ) -> StoreFuture<'_, Vec<(ChannelName, Arc<str>)>> {
+    fn refresh_channel<'a>(&'a self, entry: &'a ChannelEntries) -> StoreFuture<'a, Vec<String>> {
         Box::pin(async move {
             let prefix = format!("{}|", self.node);
             let ttl = self.ttl.as_millis() as u64;
-            let mut gone = Vec::new();
-            for entry in entries {
-                let left = self
-                    .modify(&entry.channel, |stored, now| {
-                        let mut expired = Vec::new();
-                        stored.retain(|f, v| {
-                            if f.starts_with(&prefix) {
-                                return false;
-                            }
-                            if v[2] <= now {
-                                if let Some(s) = sub_of(f).filter(|s| !s.is_empty()) {
-                                    expired.push(s.to_owned());
-                                }
-                                return false;
-                            }
-                            true
-                        });
-                        if entry.anonymous > 0 {
-                            stored
-                                .insert(prefix.clone(), [u64::from(entry.anonymous), 0, now + ttl]);
+            self.modify(&entry.channel, |stored, now| {
+                let mut expired = Vec::new();
+                stored.retain(|f, v| {
+                    if f.starts_with(&prefix) {
+                        return false;
+                    }
+                    if v[2] <= now {
+                        if let Some(s) = sub_of(f).filter(|s| !s.is_empty()) {
+                            expired.push(s.to_owned());
                         }
-                        for (sub, connections, since) in &entry.members {
-                            stored.insert(
-                                format!("{prefix}{sub}"),
-                                [u64::from(*connections), *since, now + ttl],
-                            );
-                        }
-                        expired.retain(|s| !others(stored, "", s, now));
-                        expired.dedup();
-                        expired
-                    })
-                    .await?;
-                gone.extend(
-                    left.into_iter()
-                        .map(|s| (entry.channel.clone(), Arc::from(s))),
-                );
-            }
-            Ok(gone)
+                        return false;
+                    }
+                    true
+                });
+                if entry.anonymous > 0 {
+                    stored.insert(prefix.clone(), [u64::from(entry.anonymous), 0, now + ttl]);
+                }
+                for (sub, connections, since) in &entry.members {
+                    stored.insert(
+                        format!("{prefix}{sub}"),
+                        [u64::from(*connections), *since, now + ttl],
+                    );
+                }
+                expired.retain(|s| !others(stored, "", s, now));
+                expired.dedup();
+                expired
+            })
+            .await
         })
     }
 

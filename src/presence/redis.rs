@@ -198,28 +198,17 @@ impl PresenceStore for RedisPresence {
         })
     }
 
-    fn refresh(
-        &self,
-        entries: Vec<ChannelEntries>,
-    ) -> StoreFuture<'_, Vec<(ChannelName, Arc<str>)>> {
+    fn refresh_channel<'a>(&'a self, entry: &'a ChannelEntries) -> StoreFuture<'a, Vec<String>> {
         Box::pin(async move {
-            let mut gone = Vec::new();
-            for entry in entries {
-                let mut inv = self.refresh.prepare_invoke();
-                inv.key(self.key(&entry.channel))
-                    .arg(&*self.node)
-                    .arg(self.ttl_ms())
-                    .arg(entry.anonymous);
-                for (sub, connections, since) in &entry.members {
-                    inv.arg(&**sub).arg(*connections).arg(*since);
-                }
-                let subs: Vec<String> = self.invoke(inv).await?;
-                gone.extend(
-                    subs.into_iter()
-                        .map(|s| (entry.channel.clone(), Arc::from(s))),
-                );
+            let mut inv = self.refresh.prepare_invoke();
+            inv.key(self.key(&entry.channel))
+                .arg(&*self.node)
+                .arg(self.ttl_ms())
+                .arg(entry.anonymous);
+            for (sub, connections, since) in &entry.members {
+                inv.arg(&**sub).arg(*connections).arg(*since);
             }
-            Ok(gone)
+            self.invoke(inv).await
         })
     }
 

@@ -50,7 +50,23 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn refresh(
         &self,
         entries: Vec<ChannelEntries>,
-    ) -> StoreFuture<'_, Vec<(ChannelName, Arc<str>)>>;
+    ) -> StoreFuture<'_, Vec<(ChannelName, Arc<str>)>> {
+        Box::pin(async move {
+            let mut gone = Vec::new();
+            for entry in entries {
+                let left = self.refresh_channel(&entry).await?;
+                gone.extend(
+                    left.into_iter()
+                        .map(|s| (entry.channel.clone(), Arc::from(s))),
+                );
+            }
+            Ok(gone)
+        })
+    }
+
+    /// [`refresh`](Self::refresh) of one channel: returns the subs that
+    /// left by it.
+    fn refresh_channel<'a>(&'a self, entry: &'a ChannelEntries) -> StoreFuture<'a, Vec<String>>;
 
     /// Every node's live entries of `channel`, merged per sub.
     fn snapshot<'a>(&'a self, channel: &'a ChannelName) -> StoreFuture<'a, Snapshot>;

@@ -413,6 +413,18 @@ mod tests {
         }
     }
 
+    /// A channel with one live subscriber that has read the head at
+    /// `seq` (and got its "subscribed" item).
+    fn live_at(seq: u64) -> (Channel, Arc<Queue>, Fanout) {
+        let mut c = channel();
+        let q = Queue::new(16, LagPolicy::Disconnect);
+        c.subscribe_external(&q, None, Instant::now());
+        let mut f = Fanout::default();
+        c.apply(Fetch::Head, head_only(seq), Instant::now(), &mut f);
+        assert_eq!(items(&q), [format!("S{seq}")]);
+        (c, q, f)
+    }
+
     fn head_only(seq: u64) -> Fetched {
         Fetched {
             head: Position { epoch: E, seq },
@@ -447,12 +459,7 @@ mod tests {
 
     #[test]
     fn a_hole_in_live_messages_is_filled_from_history() {
-        let mut c = channel();
-        let q = Queue::new(16, LagPolicy::Disconnect);
-        c.subscribe_external(&q, None, Instant::now());
-        let mut f = Fanout::default();
-        c.apply(Fetch::Head, head_only(1), Instant::now(), &mut f);
-        assert_eq!(items(&q), ["S1"]);
+        let (mut c, q, mut f) = live_at(1);
         assert!(c.deliver(msg(E, 4), &mut f), "2 and 3 are missing");
         assert_eq!(
             c.want().fetch,
@@ -466,12 +473,7 @@ mod tests {
 
     #[test]
     fn a_new_epoch_or_trimmed_history_is_a_gap_for_live_subscribers() {
-        let mut c = channel();
-        let q = Queue::new(16, LagPolicy::Disconnect);
-        c.subscribe_external(&q, None, Instant::now());
-        let mut f = Fanout::default();
-        c.apply(Fetch::Head, head_only(3), Instant::now(), &mut f);
-        assert_eq!(items(&q), ["S3"]);
+        let (mut c, q, mut f) = live_at(3);
         // The dataset was lost: a new epoch starts at 1.
         assert!(c.deliver(msg(E + 1, 1), &mut f));
         let at = Fetch::After(Position { epoch: E, seq: 3 });
@@ -503,12 +505,7 @@ mod tests {
 
     #[test]
     fn live_messages_beyond_a_read_wait_for_the_next_read_instead_of_a_gap() {
-        let mut c = channel();
-        let q = Queue::new(16, LagPolicy::Disconnect);
-        c.subscribe_external(&q, None, Instant::now());
-        let mut f = Fanout::default();
-        c.apply(Fetch::Head, head_only(1), Instant::now(), &mut f);
-        assert_eq!(items(&q), ["S1"]);
+        let (mut c, q, mut f) = live_at(1);
         // 3 arrives before 2; the read (started earlier) only saw 1.
         assert!(c.deliver(msg(E, 3), &mut f));
         let at = Fetch::After(Position { epoch: E, seq: 1 });
