@@ -54,7 +54,7 @@ pub struct Running {
 }
 
 /// Starts serving on `listeners` until [`Running::drain`].
-pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
+pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     let shutdown = Shutdown::new();
     let history = Arc::new(ArcSwap::from_pointee(HistoryRules::new(config)));
     // The backplane is built once, at start: it owns order and history,
@@ -67,43 +67,8 @@ pub fn start(config: &Config, listeners: Listeners) -> Result<Running, Error> {
     let metrics = Arc::new(Metrics::new(hub.metrics().clone()));
     metrics.zero_routes(config);
     let presence = Arc::new(crate::presence::Registry::new());
-    let mut presence_store: Option<Arc<dyn crate::presence::PresenceStore>> = None;
-    let backplane: Arc<dyn Backplane> = match &config.backplane {
-        BackplaneKind::Memory => Arc::new(MemoryBackplane::new(hub.clone())),
-        BackplaneKind::Redis(settings) => {
-            let redis = Arc::new(RedisBackplane::start(
-                settings,
-                hub.clone(),
-                metrics.backplane.clone(),
-                &shutdown,
-            )?);
-            presence_store = Some(Arc::new(crate::presence::redis::RedisPresence::new(
-                redis.clone(),
-                &settings.prefix,
-                presence.node().clone(),
-                config.presence.refresh,
-            )));
-            redis
-        }
-        BackplaneKind::Nats(settings) => {
-            let (messages, max_age) = largest_history(config);
-            let nats = NatsBackplane::start(
-                settings,
-                hub.clone(),
-                messages,
-                max_age,
-                metrics.backplane.clone(),
-                &shutdown,
-            )?;
-            presence_store = Some(Arc::new(crate::presence::nats::NatsPresence::new(
-                nats.jetstream(),
-                &settings.prefix,
-                presence.node().clone(),
-                config.presence.refresh,
-            )));
-            Arc::new(nats)
-        }
-    };
+    let (backplane, presence_store) =
+        start_backplane(config, &hub, &metrics, &presence, &shutdown).await?;
     let ready = Arc::new(AtomicBool::new(false));
     // The internal listener outlives the public drain, so /readyz can
     // report "not ready" while sessions close; presence and the webhooks
@@ -211,6 +176,62 @@ impl Running {
 }
 
 /// The largest history any channel may have (one NATS stream holds all).
+/// The backplane `config` names, started, and the presence store that
+/// shares its server (none on the memory backplane).
+async fn start_backplane(
+    config: &Config,
+    hub: &Arc<Hub>,
+    metrics: &Metrics,
+    presence: &crate::presence::Registry,
+    shutdown: &Shutdown,
+) -> Result<
+    (
+        Arc<dyn Backplane>,
+        Option<Arc<dyn crate::presence::PresenceStore>>,
+    ),
+    Error,
+> {
+    let mut presence_store: Option<Arc<dyn crate::presence::PresenceStore>> = None;
+    let backplane: Arc<dyn Backplane> = match &config.backplane {
+        BackplaneKind::Memory => Arc::new(MemoryBackplane::new(hub.clone())),
+        BackplaneKind::Redis(settings) => {
+            let redis = Arc::new(RedisBackplane::start(
+                settings,
+                hub.clone(),
+                metrics.backplane.clone(),
+                shutdown,
+            )?);
+            presence_store = Some(Arc::new(crate::presence::redis::RedisPresence::new(
+                redis.clone(),
+                &settings.prefix,
+                presence.node().clone(),
+                config.presence.refresh,
+            )));
+            redis
+        }
+        BackplaneKind::Nats(settings) => {
+            let (messages, max_age) = largest_history(config);
+            let nats = NatsBackplane::start(
+                settings,
+                hub.clone(),
+                messages,
+                max_age,
+                metrics.backplane.clone(),
+                shutdown,
+            )
+            .await?;
+            presence_store = Some(Arc::new(crate::presence::nats::NatsPresence::new(
+                nats.jetstream(),
+                &settings.prefix,
+                presence.node().clone(),
+                config.presence.refresh,
+            )));
+            Arc::new(nats)
+        }
+    };
+    Ok((backplane, presence_store))
+}
+
 fn largest_history(config: &Config) -> (usize, Duration) {
     let mut messages = config.realtime.history_messages;
     let mut max_age = config.realtime.history_max_age;

@@ -15,8 +15,6 @@ pub mod history;
 pub mod message;
 pub mod queue;
 
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,8 +39,6 @@ pub const IDLE_CHANNEL_GRACE: Duration = Duration::from_secs(30);
 pub struct Hub {
     channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
     history_policy: HistoryPolicy,
-    epoch_seed: std::collections::hash_map::RandomState,
-    epoch_counter: AtomicU64,
     metrics: HubMetrics,
     /// Set when a distributed backplane owns order and history.
     demand: Option<Demand>,
@@ -126,8 +122,6 @@ impl Hub {
         Self {
             channels: DashMap::new(),
             history_policy,
-            epoch_seed: std::collections::hash_map::RandomState::new(),
-            epoch_counter: AtomicU64::new(0),
             metrics: HubMetrics::default(),
             demand: None,
             budget: Budget::default(),
@@ -543,7 +537,7 @@ impl Hub {
                     Arc::new(Mutex::new(if self.demand.is_some() {
                         Channel::new_external(name.clone(), limits, now)
                     } else {
-                        Channel::new(name.clone(), self.new_epoch(), limits, now)
+                        Channel::new(name.clone(), Position::random_epoch(), limits, now)
                     }))
                 })
                 .value()
@@ -557,18 +551,6 @@ impl Hub {
             let f = f.take().expect("the loop runs f at most once");
             return f(&mut guard);
         }
-    }
-
-    /// A fresh random stream epoch (48 bits, so ids stay short).
-    fn new_epoch(&self) -> u64 {
-        let mut hasher = self.epoch_seed.build_hasher();
-        hasher.write_u64(self.epoch_counter.fetch_add(1, Ordering::Relaxed));
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        (hasher.finish() & 0xffff_ffff_ffff).max(1)
     }
 }
 

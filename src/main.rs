@@ -249,7 +249,7 @@ fn run(args: &Args) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        let running = match app::start(&config, listeners) {
+        let running = match app::start(&config, listeners).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %error_chain(&e), "Cannot start.");

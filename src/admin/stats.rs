@@ -4,7 +4,7 @@
 //! percentiles over its own interval. New sections are added as new keys.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
@@ -67,9 +67,7 @@ impl Stats {
                 json!({"channel": channel.as_str(), "subscribers": subscribers, "messages": messages})
             })
             .collect();
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let time_ms = crate::hub::message::unix_ms();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "time_ms": time_ms,

@@ -28,24 +28,24 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use async_nats::{Event, HeaderMap};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
-use super::retry::{backoff, random_epoch};
-use super::{Backplane, BackplaneMetrics, Error, PublishFuture, State, StateCell};
+use super::retry::backoff;
+use super::{
+    Backplane, BackplaneMetrics, Error, FetchResult, PublishFuture, Reads, State, StateCell,
+    remote_message,
+};
 use crate::hub::Hub;
 use crate::hub::channel::{Fetch, Fetched};
-use crate::hub::message::{
-    ChannelName, EventName, Message, Payload, Position, Publication, Receipt,
-};
+use crate::hub::message::{ChannelName, Position, Publication, Receipt, unix_ms};
 use crate::shutdown::Shutdown;
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,7 +83,7 @@ struct Shared {
 impl NatsBackplane {
     /// Connects in the background (an unreachable server leaves pushgate
     /// running, not ready) and starts the backplane's task.
-    pub fn start(
+    pub async fn start(
         settings: &Settings,
         hub: Arc<Hub>,
         history_messages: usize,
@@ -107,12 +107,16 @@ impl NatsBackplane {
             });
         // Several servers: each connection attempt tries them all (in a
         // random order), so one that is down does not keep the node out.
-        let client =
-            futures_util::FutureExt::now_or_never(options.connect(settings.servers.clone()))
-                .unwrap_or_else(|| {
-                    Err(std::io::Error::other("connect did not return at once").into())
-                })
-                .map_err(|e| Error::Unavailable(format!("nats: {e}")))?;
+        // With `retry_on_initial_connect` the client comes back before the
+        // first connection and keeps trying in its own task; the timeout
+        // only bounds the start should that ever change.
+        let client = tokio::time::timeout(
+            Duration::from_secs(3),
+            options.connect(settings.servers.clone()),
+        )
+        .await
+        .map_err(|_| Error::Unavailable("nats: the client did not start within 3 s".to_owned()))?
+        .map_err(|e| Error::Unavailable(format!("nats: {e}")))?;
         let js = jetstream::new(client.clone());
         metrics.set_state(State::Connecting);
         let stream_name = settings.prefix.replace('.', "_");
@@ -269,11 +273,11 @@ impl Shared {
                     seq: h.seq + 1,
                 },
                 None => Position {
-                    epoch: random_epoch(),
+                    epoch: Position::random_epoch(),
                     seq: 1,
                 },
             };
-            let ms = now_ms();
+            let ms = unix_ms();
             let mut headers = HeaderMap::new();
             headers.insert(EPOCH, next.epoch.to_string().as_str());
             headers.insert(SEQ, next.seq.to_string().as_str());
@@ -385,24 +389,15 @@ impl Shared {
                 continue;
             };
             if position.epoch == head.epoch && position.seq > after {
-                let ms = header_u64(&raw.headers, MS).unwrap_or_else(now_ms);
-                let event = raw.headers.get(EVENT).map(|v| v.as_str().to_owned());
-                if let Some(m) = message(channel, position, ms, event.as_deref(), raw.payload) {
+                let ms = header_u64(&raw.headers, MS).unwrap_or_else(unix_ms);
+                let event = raw.headers.get(EVENT).map(|v| v.as_str());
+                if let Some(m) = remote_message(channel, position, ms, event, raw.payload) {
                     messages.push(Arc::new(m));
                 }
             }
         }
         Ok(Fetched { head, messages })
     }
-}
-
-type FetchResult = (ChannelName, Fetch, Result<Fetched, String>);
-type FetchFuture = std::pin::Pin<Box<dyn Future<Output = FetchResult> + Send>>;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -416,39 +411,119 @@ fn position_of(headers: &HeaderMap) -> Option<Position> {
     })
 }
 
-fn message(
-    channel: &ChannelName,
-    position: Position,
-    ms: u64,
-    event: Option<&str>,
-    data: Bytes,
-) -> Option<Message> {
-    let event = match event {
-        None | Some("") => None,
-        Some(e) => Some(EventName::parse(e).ok()?),
-    };
-    let age = Duration::from_millis(now_ms().saturating_sub(ms));
-    let now = Instant::now();
-    Some(Message::new(
-        channel.clone(),
-        position,
-        event,
-        Payload::from_json_bytes(data)?,
-        now.checked_sub(age).unwrap_or(now),
-    ))
+impl Shared {
+    /// A message on `P.n.C`: a positioned message after its JetStream ack,
+    /// or a GRIP item.
+    fn on_notice(&self, channel: &ChannelName, msg: async_nats::Message) {
+        let Some(headers) = &msg.headers else {
+            return;
+        };
+        if headers.get(GRIP).is_some() {
+            match crate::grip::item::decode_wire(&msg.payload) {
+                Some(payload) => self.hub.deliver_grip(channel, payload),
+                None => warn!(backplane = "nats", %channel, "ignored a malformed GRIP item"),
+            }
+            return;
+        }
+        let Some(position) = position_of(headers) else {
+            return;
+        };
+        let ms = header_u64(headers, MS).unwrap_or_else(unix_ms);
+        let event = headers.get(EVENT).map(|v| v.as_str());
+        match remote_message(channel, position, ms, event, msg.payload) {
+            Some(m) => self.hub.deliver(Arc::new(m)),
+            None => warn!(backplane = "nats", %channel, "ignored a malformed notice"),
+        }
+    }
+
+    /// Subscribes to `channel`'s notices; they go to the hub until the
+    /// returned task is aborted.
+    async fn listen(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+    ) -> Result<AbortHandle, async_nats::SubscribeError> {
+        let mut notices = self.client.subscribe(self.notify_subject(channel)).await?;
+        let (shared, channel) = (self.clone(), channel.clone());
+        let task = tokio::spawn(async move {
+            while let Some(msg) = notices.next().await {
+                shared.on_notice(&channel, msg);
+            }
+        });
+        Ok(task.abort_handle())
+    }
+}
+
+/// Whether the backplane may serve: connected, with its stream, retried
+/// with backoff while JetStream is not ready.
+struct Link {
+    attempt: u32,
+    retry_at: tokio::time::Instant,
+    connected_before: bool,
+}
+
+impl Link {
+    fn new() -> Self {
+        Self {
+            attempt: 0,
+            retry_at: tokio::time::Instant::now(),
+            connected_before: false,
+        }
+    }
+
+    /// Follows the client's connection into [`Shared::state`]; true when
+    /// connected and the stream exists.
+    async fn ready(&mut self, shared: &Shared) -> bool {
+        let up = shared.client.connection_state() == async_nats::connection::State::Connected;
+        if !up {
+            if shared.state.get() == State::Connected && shared.set_state(State::Unavailable) {
+                warn!(
+                    backplane = "nats",
+                    "backplane connection lost; reconnecting"
+                );
+            }
+            return false;
+        }
+        if shared.state.get() == State::Connected {
+            return true;
+        }
+        if tokio::time::Instant::now() < self.retry_at {
+            return false;
+        }
+        match shared.ensure_stream().await {
+            Ok(()) => {
+                self.attempt = 0;
+                if shared.set_state(State::Connected) {
+                    info!(backplane = "nats", stream = %shared.stream_name, "backplane connected");
+                }
+                if self.connected_before {
+                    shared.metrics.reconnects.inc();
+                }
+                self.connected_before = true;
+                // Notices may have been missed: read every listened
+                // channel's history again.
+                shared.hub.resync();
+                true
+            }
+            Err(reason) => {
+                if self.attempt == 0 {
+                    warn!(backplane = "nats", %reason, "JetStream not ready; retrying with backoff");
+                }
+                self.retry_at = tokio::time::Instant::now() + backoff(self.attempt);
+                self.attempt = self.attempt.saturating_add(1);
+                false
+            }
+        }
+    }
 }
 
 /// Follows the connection's events, keeps the stream, and serves the hub's
 /// wants while connected.
 async fn run(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>, shutdown: Shutdown) {
     let mut listening: HashMap<ChannelName, AbortHandle> = HashMap::new();
-    let mut inflight = std::collections::HashSet::new();
-    let mut fetches: FuturesUnordered<FetchFuture> = FuturesUnordered::new();
+    let mut reads = Reads::default();
     let mut check = tokio::time::interval(Duration::from_millis(500));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut connected_before = false;
-    let mut attempt = 0u32;
-    let mut retry_at = tokio::time::Instant::now();
+    let mut link = Link::new();
     loop {
         tokio::select! {
             _ = shutdown.token.cancelled() => break,
@@ -460,8 +535,7 @@ async fn run(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>, shutdown: S
                 }
             }
             _ = shared.hub.demand_changed() => {}
-            Some((channel, asked, result)) = fetches.next(), if !fetches.is_empty() => {
-                inflight.remove(&channel);
+            Some((channel, asked, result)) = reads.next(), if reads.is_busy() => {
                 match result {
                     Ok(fetched) => shared.hub.apply(&channel, asked, fetched),
                     Err(reason) => {
@@ -472,101 +546,25 @@ async fn run(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>, shutdown: S
             }
             _ = check.tick() => {}
         }
-        let up = shared.client.connection_state() == async_nats::connection::State::Connected;
-        if !up {
-            if shared.state.get() == State::Connected && shared.set_state(State::Unavailable) {
-                warn!(
-                    backplane = "nats",
-                    "backplane connection lost; reconnecting"
-                );
-            }
+        if !link.ready(&shared).await {
             continue;
         }
-        if shared.state.get() != State::Connected {
-            if tokio::time::Instant::now() < retry_at {
-                continue;
-            }
-            match shared.ensure_stream().await {
-                Ok(()) => {
-                    attempt = 0;
-                    if shared.set_state(State::Connected) {
-                        info!(backplane = "nats", stream = %shared.stream_name, "backplane connected");
-                    }
-                    if connected_before {
-                        shared.metrics.reconnects.inc();
-                    }
-                    connected_before = true;
-                    // Notices may have been missed: read every listened
-                    // channel's history again.
-                    shared.hub.resync();
+        let mut plan = reads.plan(&shared.hub, |c| listening.contains_key(c));
+        let subscribed_any = !plan.listen.is_empty();
+        for channel in std::mem::take(&mut plan.listen) {
+            match shared.listen(&channel).await {
+                Ok(task) => {
+                    listening.insert(channel, task);
                 }
-                Err(reason) => {
-                    if attempt == 0 {
-                        warn!(backplane = "nats", %reason, "JetStream not ready; retrying with backoff");
-                    }
-                    retry_at = tokio::time::Instant::now() + backoff(attempt);
-                    attempt = attempt.saturating_add(1);
-                    continue;
+                Err(e) => {
+                    warn!(backplane = "nats", %channel, error = %e, "subscribe failed");
+                    plan.reads.retain(|(c, _)| *c != channel);
                 }
             }
         }
-        let dirty = shared.hub.take_demand();
-        let mut subscribed_any = false;
-        let mut reads = Vec::new();
-        for channel in dirty {
-            let want = shared.hub.want(&channel);
-            if want.listen && !listening.contains_key(&channel) {
-                match shared
-                    .client
-                    .subscribe(shared.notify_subject(&channel))
-                    .await
-                {
-                    Ok(mut subscriber) => {
-                        let hub = shared.hub.clone();
-                        let ch = channel.clone();
-                        let task = tokio::spawn(async move {
-                            while let Some(msg) = subscriber.next().await {
-                                let Some(headers) = &msg.headers else {
-                                    continue;
-                                };
-                                if headers.get(GRIP).is_some() {
-                                    match crate::grip::item::decode_wire(&msg.payload) {
-                                        Some(payload) => hub.deliver_grip(&ch, payload),
-                                        None => {
-                                            warn!(backplane = "nats", channel = %ch, "ignored a malformed GRIP item")
-                                        }
-                                    }
-                                    continue;
-                                }
-                                let Some(position) = position_of(headers) else {
-                                    continue;
-                                };
-                                let ms = header_u64(headers, MS).unwrap_or_else(now_ms);
-                                let event = headers.get(EVENT).map(|v| v.as_str().to_owned());
-                                if let Some(m) =
-                                    message(&ch, position, ms, event.as_deref(), msg.payload)
-                                {
-                                    hub.deliver(Arc::new(m));
-                                }
-                            }
-                        });
-                        listening.insert(channel.clone(), task.abort_handle());
-                        subscribed_any = true;
-                    }
-                    Err(e) => {
-                        warn!(backplane = "nats", %channel, error = %e, "subscribe failed");
-                        continue;
-                    }
-                }
-            } else if !want.listen
-                && let Some(task) = listening.remove(&channel)
-            {
+        for channel in plan.quiet {
+            if let Some(task) = listening.remove(&channel) {
                 task.abort();
-            }
-            if let Some(fetch) = want.fetch
-                && !inflight.contains(&channel)
-            {
-                reads.push((channel, fetch));
             }
         }
         // The server has the SUBs before the reads start, so every message
@@ -574,9 +572,9 @@ async fn run(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>, shutdown: S
         if subscribed_any {
             let _ = tokio::time::timeout(ANSWER_TIMEOUT, shared.client.flush()).await;
         }
-        for (channel, fetch) in reads {
-            inflight.insert(channel.clone());
-            fetches.push(Box::pin(shared.clone().fetch(channel, fetch)));
+        for (channel, fetch) in plan.reads {
+            let read = shared.clone().fetch(channel.clone(), fetch);
+            reads.start(channel, read);
         }
     }
     for task in listening.values() {

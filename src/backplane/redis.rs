@@ -22,22 +22,22 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Script, Value};
 use tracing::{info, warn};
 
-use super::retry::{backoff, random_epoch};
-use super::{Backplane, BackplaneMetrics, Error, PublishFuture, State, StateCell};
+use super::retry::backoff;
+use super::{
+    Backplane, BackplaneMetrics, Error, FetchResult, PublishFuture, Reads, State, StateCell,
+    remote_message,
+};
 use crate::hub::Hub;
 use crate::hub::channel::{Fetch, Fetched};
-use crate::hub::message::{
-    ChannelName, EventName, Message, Payload, Position, Publication, Receipt,
-};
+use crate::hub::message::{ChannelName, Message, Position, Publication, Receipt};
 use crate::shutdown::Shutdown;
 
 /// Longest wait for one Redis answer before the backplane counts as down.
@@ -254,7 +254,7 @@ impl Shared {
                 .key(self.meta_key(&p.channel))
                 .key(self.history_key(&p.channel))
                 .key(idem)
-                .arg(random_epoch())
+                .arg(Position::random_epoch())
                 .arg(limits.messages)
                 .arg(age_ms)
                 .arg(p.event.as_ref().map_or("", |e| e.as_str()))
@@ -347,7 +347,7 @@ impl Shared {
         mut conn: MultiplexedConnection,
         channel: ChannelName,
         asked: Fetch,
-    ) -> (ChannelName, Fetch, Result<Fetched, String>) {
+    ) -> FetchResult {
         let limits = self.hub.limits(&channel);
         let (expected, after, messages) = match asked {
             Fetch::Head => (0, 0, "0"),
@@ -357,7 +357,7 @@ impl Shared {
         invocation
             .key(self.meta_key(&channel))
             .key(self.history_key(&channel))
-            .arg(random_epoch())
+            .arg(Position::random_epoch())
             .arg(expected)
             .arg(after)
             .arg(meta_ttl(limits.max_age))
@@ -468,9 +468,6 @@ async fn connect(
     Ok((conn, sink, stream))
 }
 
-type FetchFuture =
-    std::pin::Pin<Box<dyn Future<Output = (ChannelName, Fetch, Result<Fetched, String>)> + Send>>;
-
 /// One connection's life: feeds the hub until the connection is lost.
 async fn serve(
     shared: &Arc<Shared>,
@@ -483,8 +480,7 @@ async fn serve(
     // channel with subscribers reads its history again.
     shared.hub.resync();
     let mut subscribed: HashSet<ChannelName> = HashSet::new();
-    let mut inflight: HashSet<ChannelName> = HashSet::new();
-    let mut fetches: FuturesUnordered<FetchFuture> = FuturesUnordered::new();
+    let mut reads = Reads::default();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -495,8 +491,7 @@ async fn serve(
                 None => return Ended::Lost("pub/sub connection closed".to_owned()),
             },
             _ = shared.hub.demand_changed() => {}
-            Some((channel, asked, result)) = fetches.next(), if !fetches.is_empty() => {
-                inflight.remove(&channel);
+            Some((channel, asked, result)) = reads.next(), if reads.is_busy() => {
                 match result {
                     Ok(fetched) => shared.hub.apply(&channel, asked, fetched),
                     Err(reason) => return Ended::Lost(reason),
@@ -515,36 +510,15 @@ async fn serve(
                 }
             }
         }
-        let dirty = shared.hub.take_demand();
-        if dirty.is_empty() {
-            continue;
-        }
-        let mut listen = Vec::new();
-        let mut quiet = Vec::new();
-        let mut reads = Vec::new();
-        for channel in dirty {
-            let want = shared.hub.want(&channel);
-            if want.listen && !subscribed.contains(&channel) {
-                listen.push(channel.clone());
-            } else if !want.listen && subscribed.contains(&channel) {
-                quiet.push(channel.clone());
-            }
-            // A read already under way is applied first; the hub marks the
-            // channel again if that does not answer everything.
-            if let Some(fetch) = want.fetch
-                && !inflight.contains(&channel)
-            {
-                reads.push((channel, fetch));
-            }
-        }
-        for chunk in listen.chunks(SUBSCRIBE_CHUNK) {
+        let plan = reads.plan(&shared.hub, |c| subscribed.contains(c));
+        for chunk in plan.listen.chunks(SUBSCRIBE_CHUNK) {
             let names: Vec<String> = chunk.iter().map(|c| shared.pubsub_name(c)).collect();
             match tokio::time::timeout(ANSWER_TIMEOUT, sink.subscribe(&names)).await {
                 Ok(Ok(())) => subscribed.extend(chunk.iter().cloned()),
                 _ => return Ended::Lost("redis did not confirm a subscribe".to_owned()),
             }
         }
-        for chunk in quiet.chunks(SUBSCRIBE_CHUNK) {
+        for chunk in plan.quiet.chunks(SUBSCRIBE_CHUNK) {
             let names: Vec<String> = chunk.iter().map(|c| shared.pubsub_name(c)).collect();
             match tokio::time::timeout(ANSWER_TIMEOUT, sink.unsubscribe(&names)).await {
                 Ok(Ok(())) => {
@@ -557,9 +531,9 @@ async fn serve(
         }
         // Reads start after their SUBSCRIBE is confirmed, so every message
         // is either in the read or arrives live afterwards.
-        for (channel, fetch) in reads {
-            inflight.insert(channel.clone());
-            fetches.push(Box::pin(shared.clone().fetch(conn.clone(), channel, fetch)));
+        for (channel, fetch) in plan.reads {
+            let read = shared.clone().fetch(conn.clone(), channel.clone(), fetch);
+            reads.start(channel, read);
         }
     }
 }
@@ -577,17 +551,7 @@ fn parse_position(id: &str) -> Option<Position> {
     })
 }
 
-/// When a message stamped `ms` (Redis's clock, Unix ms) was published, on
-/// this node's monotonic clock; clock skew only moves latency figures.
-fn instant_from_ms(ms: u64) -> Instant {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let age = Duration::from_millis(now_ms.saturating_sub(ms));
-    let now = Instant::now();
-    now.checked_sub(age).unwrap_or(now)
-}
-
+/// A message from a Redis payload (`event` empty for none).
 fn message(
     channel: &ChannelName,
     position: Position,
@@ -595,17 +559,8 @@ fn message(
     event: &[u8],
     data: Bytes,
 ) -> Option<Message> {
-    let event = match event {
-        [] => None,
-        e => Some(EventName::parse(std::str::from_utf8(e).ok()?).ok()?),
-    };
-    Some(Message::new(
-        channel.clone(),
-        position,
-        event,
-        Payload::from_json_bytes(data)?,
-        instant_from_ms(ms),
-    ))
+    let event = std::str::from_utf8(event).ok()?;
+    remote_message(channel, position, ms, Some(event), data)
 }
 
 /// A pub/sub payload: `EPOCH:SEQ:MS:EVENT:JSON`.

@@ -17,17 +17,6 @@ pub(super) fn backoff(attempt: u32) -> Duration {
     base.mul_f64(0.75 + unit * 0.5)
 }
 
-/// A fresh random stream epoch (48 bits, never 0, so ids stay short).
-pub(super) fn random_epoch() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    (h.finish() & 0xffff_ffff_ffff).max(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

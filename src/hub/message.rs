@@ -5,8 +5,10 @@
 //! route templates); inner code never re-checks.
 
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -209,6 +211,38 @@ impl Payload {
 pub struct Position {
     pub epoch: u64,
     pub seq: u64,
+}
+
+impl Position {
+    /// A fresh random stream epoch: 48 bits (so ids stay short), never 0,
+    /// and different on every call, across nodes and within one.
+    pub fn random_epoch() -> u64 {
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        (h.finish() & 0xffff_ffff_ffff).max(1)
+    }
+}
+
+/// Now on the wall clock, in Unix milliseconds: the publish time that
+/// travels with a message between nodes, and presence timestamps.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// When a message stamped `ms` (another clock's Unix ms) was published, on
+/// this node's monotonic clock; clock skew only moves latency figures.
+pub fn instant_from_unix_ms(ms: u64) -> Instant {
+    let age = Duration::from_millis(unix_ms().saturating_sub(ms));
+    let now = Instant::now();
+    now.checked_sub(age).unwrap_or(now)
 }
 
 /// How many transport encodings a message can cache. Slots are assigned by

@@ -80,7 +80,7 @@ impl Pushgate {
         let config =
             config::parse(&path, yaml, &|_| None).unwrap_or_else(|e| panic!("test config: {e}"));
         let listeners = Listeners::bind(&config).await.unwrap();
-        let running = app::start(&config, listeners).unwrap();
+        let running = app::start(&config, listeners).await.unwrap();
         Self {
             http: running.http[0],
             https: running.https.first().copied(),
