@@ -29,7 +29,7 @@ use crate::listener::ConnInfo;
 use crate::metrics::{Metrics, UpstreamLabels};
 use crate::shutdown::Shutdown;
 
-use self::upstream::Upstream;
+use self::upstream::{Target, Upstream};
 
 pub struct Proxy {
     /// Each upstream with its latency histogram, looked up once here
@@ -197,18 +197,10 @@ impl Proxy {
             } else {
                 headers.clone()
             };
-            let absolute = || {
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(target.scheme.clone());
-                uri.authority = Some(target.authority.clone());
-                uri.path_and_query = Some(path.clone());
-                Uri::from_parts(uri)
-            };
-
             // A stale GRIP response hold asks the origin again (body-less
             // requests only): keep what it takes. Boxed: it is large and
             // GRIP routes are the rare case.
-            let replay = match (route.grip && replayable).then(absolute) {
+            let replay = match (route.grip && replayable).then(|| absolute(target, &path)) {
                 Some(Ok(uri)) => Some(Box::new(crate::grip::Replay {
                     client: upstream.client.clone(),
                     method: method.clone(),
@@ -221,103 +213,32 @@ impl Proxy {
             };
             let body = body.take().unwrap_or_else(crate::error::empty);
             let started = Instant::now();
-            let sent = match &downstream_upgrade {
-                // An upgrade needs a connection hyper can hand over: the
-                // pooled client, whose connection task does that.
-                Some(_) => {
-                    let Ok(uri) = absolute() else {
-                        return HttpError::new(
-                            ErrorCode::InvalidRequest,
-                            "request path cannot be forwarded",
-                        )
-                        .into_response();
-                    };
-                    let sent = upstream
-                        .client
-                        .request(build(&method, uri, sent_headers, body));
-                    match tokio::time::timeout(upstream.timeout, sent).await {
-                        Err(_) => Err(Failure::Timeout),
-                        Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.into())),
-                        Ok(Err(e)) => Err(Failure::Request(e.into())),
-                        Ok(Ok(r)) => Ok(r.map(UpstreamBody::Direct)),
-                    }
-                }
-                None => {
-                    let uri = Uri::from(path.clone());
-                    let sent = target.pool.send(build(&method, uri, sent_headers, body));
-                    match tokio::time::timeout(upstream.timeout, sent).await {
-                        Err(_) => Err(Failure::Timeout),
-                        Ok(Err(pool::SendError::Connect(e))) => Err(Failure::Connect(e.into())),
-                        Ok(Err(e)) => Err(Failure::Request(e.into())),
-                        Ok(Ok(r)) => Ok(r.map(UpstreamBody::Pooled)),
-                    }
-                }
-            };
-            let mut response = match sent {
+            let sent = forward(
+                upstream,
+                target,
+                &method,
+                &path,
+                sent_headers,
+                body,
+                downstream_upgrade.is_some(),
+            )
+            .await;
+            let response = match sent {
                 Ok(response) => response,
-                Err(Failure::Timeout) => {
-                    warn!(upstream = %upstream.name, target = %target.authority, "Upstream timed out before response headers.");
-                    return HttpError::new(
-                        ErrorCode::UpstreamTimeout,
-                        format!(
-                            "upstream {} did not answer within {:?}",
-                            upstream.name, upstream.timeout
-                        ),
-                    )
-                    .into_response();
-                }
                 Err(Failure::Connect(error)) => {
                     warn!(upstream = %upstream.name, target = %target.authority, %error, "Upstream target unreachable; skipping it for a while.");
                     upstream.mark_down(target);
                     last_error = Some(error);
                     continue;
                 }
-                Err(Failure::Request(error)) if client_failed.get() => {
-                    // The client's body broke (RFC 9112 §7.1: e.g. a chunk
-                    // size that overflows); hyper has aborted the upstream
-                    // request.
-                    debug!(upstream = %upstream.name, error = %error_chain(&*error), "Client request body failed; upstream request aborted.");
-                    return HttpError::new(ErrorCode::InvalidBody, "the request body is malformed")
-                        .into_response();
-                }
-                Err(Failure::Request(error)) => {
-                    warn!(upstream = %upstream.name, target = %target.authority, error = %error_chain(&*error), "Upstream request failed.");
-                    return HttpError::new(
-                        ErrorCode::UpstreamError,
-                        format!("upstream {} failed to answer", upstream.name),
-                    )
-                    .into_response();
+                Err(failure) => {
+                    return failure.into_response(upstream, target, client_failed.get());
                 }
             };
             latency.observe(started.elapsed().as_secs_f64());
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                && let Some(downstream) = downstream_upgrade
-            {
-                let upstream_side = hyper::upgrade::on(&mut response);
-                self.shutdown
-                    .tracker
-                    .spawn(tunnel(downstream, upstream_side, conn.slot.clone()));
-                let (mut parts, _) = response.into_parts();
-                parts
-                    .headers
-                    .append(header::VIA, headers::via_value(Version::HTTP_11));
-                return Response::from_parts(parts, crate::error::empty());
-            }
-            let (mut parts, body) = response.into_parts();
-            headers::remove_hop_by_hop(&mut parts.headers);
-            headers::append_list(
-                &mut parts.headers,
-                header::VIA,
-                headers::via_value(Version::HTTP_11),
-            );
-            if route.grip
-                && let Some(grip) = &self.grip
-            {
-                // Boxed: a GRIP answer's future is large and rare.
-                return Box::pin(grip.respond(parts, body, &upstream.name, replay.map(|r| *r)))
-                    .await;
-            }
-            return Response::from_parts(parts, boxed(body));
+            return self
+                .answer(response, downstream_upgrade, route, replay, upstream, conn)
+                .await;
         }
         let message = match last_error {
             Some(e) => format!(
@@ -328,6 +249,47 @@ impl Proxy {
             None => format!("upstream {} has no targets", upstream.name),
         };
         HttpError::new(ErrorCode::UpstreamUnreachable, message).into_response()
+    }
+
+    /// The client's answer to an upstream response: a tunnel on `101` to
+    /// an upgrade, a GRIP instruction on a GRIP route, else the response
+    /// with hop-by-hop headers removed and `Via` added.
+    async fn answer(
+        &self,
+        mut response: Response<UpstreamBody>,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        route: &RouteSettings,
+        replay: Option<Box<crate::grip::Replay>>,
+        upstream: &Upstream,
+        conn: &ConnInfo,
+    ) -> Response<Body> {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(downstream) = downstream_upgrade
+        {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            self.shutdown
+                .tracker
+                .spawn(tunnel(downstream, upstream_side, conn.slot.clone()));
+            let (mut parts, _) = response.into_parts();
+            parts
+                .headers
+                .append(header::VIA, headers::via_value(Version::HTTP_11));
+            return Response::from_parts(parts, crate::error::empty());
+        }
+        let (mut parts, body) = response.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::append_list(
+            &mut parts.headers,
+            header::VIA,
+            headers::via_value(Version::HTTP_11),
+        );
+        if route.grip
+            && let Some(grip) = &self.grip
+        {
+            // Boxed: a GRIP answer's future is large and rare.
+            return Box::pin(grip.respond(parts, body, &upstream.name, replay.map(|r| *r))).await;
+        }
+        Response::from_parts(parts, boxed(body))
     }
 }
 
@@ -381,6 +343,97 @@ enum Failure {
     Connect(crate::error::BoxError),
     /// The request failed on an open connection.
     Request(crate::error::BoxError),
+    /// The path makes no absolute URI (an upgrade needs one).
+    Unforwardable,
+}
+
+/// `path` on `target` as an absolute URI.
+fn absolute(target: &Target, path: &PathAndQuery) -> Result<Uri, http::uri::InvalidUriParts> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(target.scheme.clone());
+    uri.authority = Some(target.authority.clone());
+    uri.path_and_query = Some(path.clone());
+    Uri::from_parts(uri)
+}
+
+/// Sends one request to `target` and waits for the response head, within
+/// the upstream's `timeout`. An upgrade goes through the pooled client,
+/// whose connection task can hand the connection over; everything else
+/// through the target's own connections (`pool`).
+async fn forward(
+    upstream: &Upstream,
+    target: &Target,
+    method: &http::Method,
+    path: &PathAndQuery,
+    headers: http::HeaderMap,
+    body: Body,
+    upgrade: bool,
+) -> Result<Response<UpstreamBody>, Failure> {
+    if upgrade {
+        let uri = absolute(target, path).map_err(|_| Failure::Unforwardable)?;
+        let sent = upstream.client.request(build(method, uri, headers, body));
+        return match tokio::time::timeout(upstream.timeout, sent).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.into())),
+            Ok(Err(e)) => Err(Failure::Request(e.into())),
+            Ok(Ok(r)) => Ok(r.map(UpstreamBody::Direct)),
+        };
+    }
+    let sent = target
+        .pool
+        .send(build(method, Uri::from(path.clone()), headers, body));
+    match tokio::time::timeout(upstream.timeout, sent).await {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Err(pool::SendError::Connect(e))) => Err(Failure::Connect(e.into())),
+        Ok(Err(e)) => Err(Failure::Request(e.into())),
+        Ok(Ok(r)) => Ok(r.map(UpstreamBody::Pooled)),
+    }
+}
+
+impl Failure {
+    /// The answer to a failure no other target can mend (`Connect` is
+    /// retried by the caller). `client_failed`: the client's own body
+    /// broke, which hyper reports as a failed upstream request.
+    fn into_response(
+        self,
+        upstream: &Upstream,
+        target: &Target,
+        client_failed: bool,
+    ) -> Response<Body> {
+        match self {
+            Failure::Unforwardable => HttpError::new(
+                ErrorCode::InvalidRequest,
+                "request path cannot be forwarded",
+            )
+            .into_response(),
+            Failure::Timeout => {
+                warn!(upstream = %upstream.name, target = %target.authority, "Upstream timed out before response headers.");
+                HttpError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!(
+                        "upstream {} did not answer within {:?}",
+                        upstream.name, upstream.timeout
+                    ),
+                )
+                .into_response()
+            }
+            Failure::Request(error) if client_failed => {
+                // The client's body broke (RFC 9112 §7.1: e.g. a chunk size
+                // that overflows); hyper has aborted the upstream request.
+                debug!(upstream = %upstream.name, error = %error_chain(&*error), "Client request body failed; upstream request aborted.");
+                HttpError::new(ErrorCode::InvalidBody, "the request body is malformed")
+                    .into_response()
+            }
+            Failure::Request(error) | Failure::Connect(error) => {
+                warn!(upstream = %upstream.name, target = %target.authority, error = %error_chain(&*error), "Upstream request failed.");
+                HttpError::new(
+                    ErrorCode::UpstreamError,
+                    format!("upstream {} failed to answer", upstream.name),
+                )
+                .into_response()
+            }
+        }
+    }
 }
 
 /// The upstream request of one attempt.

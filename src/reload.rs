@@ -422,31 +422,7 @@ impl Control {
         let certificates = tls::load_all(&config.certificates)
             .map_err(|e| Refused::Config(certificate_error(&config, &e)))?;
         let old = self.config.load_full();
-        if old.hooks != config.hooks || old.presence != config.presence {
-            return Err(Refused::Config(config::Error(vec![Diagnostic {
-                file: config.source.display().to_string(),
-                at: Position { line: 1, column: 1 },
-                message:
-                    "hooks and presence cannot change on reload; restart pushgate to change them"
-                        .to_owned(),
-            }])));
-        }
-        if old.tracing != config.tracing {
-            return Err(Refused::Config(config::Error(vec![Diagnostic {
-                file: config.source.display().to_string(),
-                at: Position { line: 1, column: 1 },
-                message: "tracing cannot change on reload; restart pushgate to change it"
-                    .to_owned(),
-            }])));
-        }
-        if format!("{:?}", old.backplane) != format!("{:?}", config.backplane) {
-            return Err(Refused::Config(config::Error(vec![Diagnostic {
-                file: config.source.display().to_string(),
-                at: Position { line: 1, column: 1 },
-                message: "backplane cannot change on reload; restart pushgate to switch it"
-                    .to_owned(),
-            }])));
-        }
+        unchanged_at_start(&old, &config)?;
 
         // Listeners: keep every (kind, address) still named, bind the new
         // ones before anything changes, stop the rest last.
@@ -571,4 +547,22 @@ impl admin::Reload for Control {
             }
         })
     }
+}
+/// What a reload cannot change, because it is built once at start: the
+/// hooks and presence tasks, the trace exporter and the backplane.
+fn unchanged_at_start(old: &Config, new: &Config) -> Result<(), Refused> {
+    let changed = if old.hooks != new.hooks || old.presence != new.presence {
+        "hooks and presence cannot change on reload; restart pushgate to change them"
+    } else if old.tracing != new.tracing {
+        "tracing cannot change on reload; restart pushgate to change it"
+    } else if format!("{:?}", old.backplane) != format!("{:?}", new.backplane) {
+        "backplane cannot change on reload; restart pushgate to switch it"
+    } else {
+        return Ok(());
+    };
+    Err(Refused::Config(config::Error(vec![Diagnostic {
+        file: new.source.display().to_string(),
+        at: Position { line: 1, column: 1 },
+        message: changed.to_owned(),
+    }])))
 }

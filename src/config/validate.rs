@@ -315,39 +315,7 @@ impl<'a> Validator<'a> {
         if !names.insert(name.clone()) {
             self.error(&r.name, format!("duplicate route name {name:?}"));
         }
-        // The names the path captures; on a bad path template, those its
-        // placeholders would capture, so no follow-on error is reported.
-        let mut captures: Vec<String> = Vec::new();
-        let path = match (&r.matcher.path, &r.matcher.path_prefix) {
-            (Some(p), None) => match PathPattern::parse(&p.value) {
-                Ok(pattern) => {
-                    captures = pattern.names().map(str::to_owned).collect();
-                    PathMatch::Template(pattern)
-                }
-                Err(e) => {
-                    // Reported; the rest of the route is still checked.
-                    self.error(p, format!("invalid path template {:?}: {e}", p.value));
-                    if let Ok(t) = Template::parse(&p.value) {
-                        captures = t.names().map(str::to_owned).collect();
-                    }
-                    PathMatch::Prefix("/".into())
-                }
-            },
-            (None, Some(p)) => {
-                if !p.value.starts_with('/') {
-                    self.error(p, format!("path_prefix {:?} must start with '/'", p.value));
-                }
-                PathMatch::Prefix(p.value.clone())
-            }
-            (Some(p), Some(_)) => {
-                self.error(
-                    p,
-                    format!("route {name:?}: match has both path and path_prefix; use one"),
-                );
-                return None;
-            }
-            (None, None) => PathMatch::Prefix("/".into()),
-        };
+        let (path, captures) = self.route_path(r, &name)?;
         let mut methods = Vec::new();
         for m in &r.matcher.methods {
             match Method::from_bytes(m.value.to_ascii_uppercase().as_bytes()) {
@@ -381,43 +349,7 @@ impl<'a> Validator<'a> {
                 format!("route {name:?}: auth applies to realtime routes only"),
             );
         }
-        let actions = usize::from(r.upstream.is_some())
-            + usize::from(r.realtime.is_some())
-            + usize::from(r.static_files.is_some());
-        if actions != 1 {
-            self.error(
-                spanned,
-                format!("route {name:?} must have exactly one of upstream, realtime or static (found {actions})"),
-            );
-            return None;
-        }
-        let action = if let Some(u) = &r.upstream {
-            if !upstreams.contains_key(&u.value) {
-                self.error(
-                    u,
-                    format!("route {name:?} names unknown upstream {:?}", u.value),
-                );
-            }
-            RouteAction::Upstream(u.value.clone())
-        } else if let Some(rt) = &r.realtime {
-            let mut realtime = self.realtime_route(&name, spanned, &rt.value, &captures, defaults);
-            realtime.auth = r
-                .auth
-                .as_ref()
-                .and_then(|a| self.auth(&name, a, upstreams))
-                .map(std::sync::Arc::new);
-            RouteAction::Realtime(Box::new(realtime))
-        } else {
-            let s = r.static_files.as_ref()?;
-            let dir = self.resolve(&s.dir.value);
-            if !dir.is_dir() {
-                self.error(&s.dir, format!("static dir {:?} not found", s.dir.value));
-            }
-            RouteAction::Static(StaticSettings {
-                dir,
-                index: s.index.clone(),
-            })
-        };
+        let action = self.route_action(spanned, &name, &captures, upstreams, defaults)?;
         let grip = r.grip.as_ref().is_some_and(|g| g.value);
         let ws_events = r.ws_events.as_ref().is_some_and(|w| w.value);
         for (key, flag) in [("grip", &r.grip), ("ws_events", &r.ws_events)] {
@@ -442,6 +374,95 @@ impl<'a> Validator<'a> {
             grip,
             ws_events,
         })
+    }
+
+    /// A route's `match.path`/`path_prefix`, and the names its path
+    /// template captures.
+    fn route_path(&mut self, r: &RouteConfig, name: &str) -> Option<(PathMatch, Vec<String>)> {
+        // The names the path captures; on a bad path template, those its
+        // placeholders would capture, so no follow-on error is reported.
+        let mut captures: Vec<String> = Vec::new();
+        let path = match (&r.matcher.path, &r.matcher.path_prefix) {
+            (Some(p), None) => match PathPattern::parse(&p.value) {
+                Ok(pattern) => {
+                    captures = pattern.names().map(str::to_owned).collect();
+                    PathMatch::Template(pattern)
+                }
+                Err(e) => {
+                    // Reported; the rest of the route is still checked.
+                    self.error(p, format!("invalid path template {:?}: {e}", p.value));
+                    if let Ok(t) = Template::parse(&p.value) {
+                        captures = t.names().map(str::to_owned).collect();
+                    }
+                    PathMatch::Prefix("/".into())
+                }
+            },
+            (None, Some(p)) => {
+                if !p.value.starts_with('/') {
+                    self.error(p, format!("path_prefix {:?} must start with '/'", p.value));
+                }
+                PathMatch::Prefix(p.value.clone())
+            }
+            (Some(p), Some(_)) => {
+                self.error(
+                    p,
+                    format!("route {name:?}: match has both path and path_prefix; use one"),
+                );
+                return None;
+            }
+            (None, None) => PathMatch::Prefix("/".into()),
+        };
+        Some((path, captures))
+    }
+
+    /// A route's one action: `upstream`, `realtime` or `static`.
+    fn route_action(
+        &mut self,
+        spanned: &Spanned<RouteConfig>,
+        name: &str,
+        captures: &[String],
+        upstreams: &BTreeMap<String, UpstreamSettings>,
+        defaults: &RealtimeSettings,
+    ) -> Option<RouteAction> {
+        let r = &spanned.value;
+        let actions = usize::from(r.upstream.is_some())
+            + usize::from(r.realtime.is_some())
+            + usize::from(r.static_files.is_some());
+        if actions != 1 {
+            self.error(
+                spanned,
+                format!("route {name:?} must have exactly one of upstream, realtime or static (found {actions})"),
+            );
+            return None;
+        }
+        let action = if let Some(u) = &r.upstream {
+            if !upstreams.contains_key(&u.value) {
+                self.error(
+                    u,
+                    format!("route {name:?} names unknown upstream {:?}", u.value),
+                );
+            }
+            RouteAction::Upstream(u.value.clone())
+        } else if let Some(rt) = &r.realtime {
+            let mut realtime = self.realtime_route(name, spanned, &rt.value, captures, defaults);
+            realtime.auth = r
+                .auth
+                .as_ref()
+                .and_then(|a| self.auth(name, a, upstreams))
+                .map(std::sync::Arc::new);
+            RouteAction::Realtime(Box::new(realtime))
+        } else {
+            let s = r.static_files.as_ref()?;
+            let dir = self.resolve(&s.dir.value);
+            if !dir.is_dir() {
+                self.error(&s.dir, format!("static dir {:?} not found", s.dir.value));
+            }
+            RouteAction::Static(StaticSettings {
+                dir,
+                index: s.index.clone(),
+            })
+        };
+        Some(action)
     }
 
     fn top_level_realtime(&mut self, rt: &RealtimeBlock) {

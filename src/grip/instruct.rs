@@ -93,41 +93,7 @@ fn mime(headers: &HeaderMap) -> Option<String> {
 
 /// Reads an upstream answer. An error is the upstream's fault (`502`).
 pub fn parse(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Result<Instruct, String> {
-    let mut mode = match header_str(headers, "grip-hold")? {
-        None => None,
-        Some("response") => Some(Mode::Response),
-        Some("stream") => Some(Mode::Stream),
-        Some(_) => return Err("Grip-Hold must be set to either 'response' or 'stream'".into()),
-    };
-    let mut channels = Vec::new();
-    for value in headers.get_all("grip-channel") {
-        let value = value
-            .to_str()
-            .map_err(|_| "Grip-Channel is not ASCII".to_owned())?;
-        for item in split_outside_quotes(value, ',') {
-            let params = parameters(item);
-            let Some((name, _)) = params.first() else {
-                return Err("failed to parse Grip-Channel".into());
-            };
-            let prev_id = params
-                .iter()
-                .skip(1)
-                .find(|(k, _)| k == "prev-id")
-                .and_then(|(_, v)| v.clone());
-            channels.push(HoldChannel {
-                name: channel(name)?,
-                prev_id: prev_id.map(Box::from),
-            });
-        }
-    }
-    let mut timeout = match header_str(headers, "grip-timeout")? {
-        None => None,
-        Some(t) => Some(seconds(t).ok_or("failed to parse Grip-Timeout")?),
-    };
-    let mut keep_alive = match header_str(headers, "grip-keep-alive")? {
-        None => None,
-        Some(v) => Some(keep_alive_header(v)?),
-    };
+    let mut asked = Asked::from_headers(headers)?;
     // Grip-Status: "CODE REASON"; the reason phrase is not sent (hyper
     // writes the standard one).
     let mut status = status;
@@ -153,45 +119,7 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Result<Ins
             return Err("instruct must be an object".into());
         };
         if let Some(hold) = doc.get("hold") {
-            let Value::Object(hold) = hold else {
-                return Err("instruct contains 'hold' with wrong type".into());
-            };
-            mode = Some(match hold.get("mode") {
-                None => Mode::Response,
-                Some(Value::String(m)) if m == "response" => Mode::Response,
-                Some(Value::String(m)) if m == "stream" => Mode::Stream,
-                Some(_) => {
-                    return Err("hold 'mode' must be set to either 'response' or 'stream'".into());
-                }
-            });
-            channels.clear();
-            let Some(Value::Array(list)) = hold.get("channels") else {
-                return Err("hold must contain a 'channels' list".into());
-            };
-            for c in list {
-                let name = c
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or("channel must contain a string 'name'")?;
-                let prev_id = match c.get("prev-id") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(p)) => Some(Box::from(p.as_str())),
-                    Some(_) => return Err("channel contains 'prev-id' with wrong type".into()),
-                };
-                channels.push(HoldChannel {
-                    name: channel(name)?,
-                    prev_id,
-                });
-            }
-            if let Some(t) = hold.get("timeout") {
-                timeout = Some(Duration::from_secs(
-                    t.as_u64()
-                        .ok_or("hold contains 'timeout' with wrong type")?,
-                ));
-            }
-            if let Some(ka) = hold.get("keep-alive") {
-                keep_alive = Some(keep_alive_json(ka)?);
-            }
+            asked.read_json(hold)?;
         }
         client_headers.clear();
         body = Bytes::new();
@@ -206,26 +134,127 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Result<Ins
     // The body and framing are the proxy's to set now.
     client_headers.remove(header::CONTENT_LENGTH);
     client_headers.remove(header::TRANSFER_ENCODING);
-    let hold = match mode {
-        None => None,
-        Some(mode) => {
-            if channels.is_empty() {
-                return Err("a hold needs at least one channel".into());
-            }
-            Some(Hold {
-                mode,
-                channels,
-                timeout: timeout.unwrap_or(DEFAULT_TIMEOUT).max(MINIMUM_TIMEOUT),
-                keep_alive,
-            })
-        }
-    };
     Ok(Instruct {
-        hold,
+        hold: asked.into_hold()?,
         status,
         headers: client_headers,
         body,
     })
+}
+
+/// What the `Grip-*` headers, then an instruct's `hold`, ask for.
+struct Asked {
+    mode: Option<Mode>,
+    channels: Vec<HoldChannel>,
+    timeout: Option<Duration>,
+    keep_alive: Option<KeepAlive>,
+}
+
+impl Asked {
+    fn from_headers(headers: &HeaderMap) -> Result<Self, String> {
+        let mode = match header_str(headers, "grip-hold")? {
+            None => None,
+            Some("response") => Some(Mode::Response),
+            Some("stream") => Some(Mode::Stream),
+            Some(_) => return Err("Grip-Hold must be set to either 'response' or 'stream'".into()),
+        };
+        let mut channels = Vec::new();
+        for value in headers.get_all("grip-channel") {
+            let value = value
+                .to_str()
+                .map_err(|_| "Grip-Channel is not ASCII".to_owned())?;
+            for item in split_outside_quotes(value, ',') {
+                let params = parameters(item);
+                let Some((name, _)) = params.first() else {
+                    return Err("failed to parse Grip-Channel".into());
+                };
+                let prev_id = params
+                    .iter()
+                    .skip(1)
+                    .find(|(k, _)| k == "prev-id")
+                    .and_then(|(_, v)| v.clone());
+                channels.push(HoldChannel {
+                    name: channel(name)?,
+                    prev_id: prev_id.map(Box::from),
+                });
+            }
+        }
+        let timeout = match header_str(headers, "grip-timeout")? {
+            None => None,
+            Some(t) => Some(seconds(t).ok_or("failed to parse Grip-Timeout")?),
+        };
+        let keep_alive = match header_str(headers, "grip-keep-alive")? {
+            None => None,
+            Some(v) => Some(keep_alive_header(v)?),
+        };
+        Ok(Self {
+            mode,
+            channels,
+            timeout,
+            keep_alive,
+        })
+    }
+
+    /// An instruct's `hold` object: its mode and channels replace the
+    /// headers'; its timeout and keep-alive, when given, too.
+    fn read_json(&mut self, hold: &Value) -> Result<(), String> {
+        let Value::Object(hold) = hold else {
+            return Err("instruct contains 'hold' with wrong type".into());
+        };
+        self.mode = Some(match hold.get("mode") {
+            None => Mode::Response,
+            Some(Value::String(m)) if m == "response" => Mode::Response,
+            Some(Value::String(m)) if m == "stream" => Mode::Stream,
+            Some(_) => {
+                return Err("hold 'mode' must be set to either 'response' or 'stream'".into());
+            }
+        });
+        self.channels.clear();
+        let Some(Value::Array(list)) = hold.get("channels") else {
+            return Err("hold must contain a 'channels' list".into());
+        };
+        for c in list {
+            let name = c
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or("channel must contain a string 'name'")?;
+            let prev_id = match c.get("prev-id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(p)) => Some(Box::from(p.as_str())),
+                Some(_) => return Err("channel contains 'prev-id' with wrong type".into()),
+            };
+            self.channels.push(HoldChannel {
+                name: channel(name)?,
+                prev_id,
+            });
+        }
+        if let Some(t) = hold.get("timeout") {
+            self.timeout = Some(Duration::from_secs(
+                t.as_u64()
+                    .ok_or("hold contains 'timeout' with wrong type")?,
+            ));
+        }
+        if let Some(ka) = hold.get("keep-alive") {
+            self.keep_alive = Some(keep_alive_json(ka)?);
+        }
+        Ok(())
+    }
+
+    /// The hold, if one was asked for; it needs a channel.
+    fn into_hold(self) -> Result<Option<Hold>, String> {
+        let Some(mode) = self.mode else {
+            return Ok(None);
+        };
+        if self.channels.is_empty() {
+            return Err("a hold needs at least one channel".into());
+        }
+        Ok(Some(Hold {
+            mode,
+            channels: self.channels,
+            timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT).max(MINIMUM_TIMEOUT),
+            keep_alive: self.keep_alive,
+        }))
+    }
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, String> {

@@ -454,23 +454,8 @@ async fn run(
                 if session.queue.drain(&mut items).is_err() {
                     flow = Flow::Close(1013, Bytes::from_static(b"lagged"));
                 }
-                while let Some(item) = items.pop_front() {
-                    let Item::Message(m) = item else { continue };
-                    let Some(msg) = m.payload.grip().and_then(|f| f.ws_message.as_ref()) else {
-                        continue;
-                    };
-                    match msg {
-                        WsMessage::Send { kind, content } => {
-                            if write.write_frame(frame(*kind, content)).await.is_err() {
-                                flow = Flow::Drop;
-                                break;
-                            }
-                        }
-                        WsMessage::Close { code, reason } => {
-                            flow = Flow::Close(code.unwrap_or(1000), reason.clone());
-                            break;
-                        }
-                    }
+                if let Some(ended) = send_items(&mut items, &mut write).await {
+                    flow = ended;
                 }
             }
             received = rx.recv() => match received.unwrap_or(FromClient::Gone) {
@@ -530,6 +515,32 @@ async fn run(
         let _ = write.write_frame(Frame::close(code, &reason)).await;
     }
     reader.abort();
+}
+
+/// Writes the published WebSocket messages among `items` (GRIP
+/// `ws-message` formats) to the client, in order; stops at a published
+/// close or a failed write and says so.
+async fn send_items(
+    items: &mut VecDeque<Item>,
+    write: &mut fastwebsockets::WebSocketWrite<tokio::io::WriteHalf<Io>>,
+) -> Option<Flow> {
+    while let Some(item) = items.pop_front() {
+        let Item::Message(m) = item else { continue };
+        let Some(msg) = m.payload.grip().and_then(|f| f.ws_message.as_ref()) else {
+            continue;
+        };
+        match msg {
+            WsMessage::Send { kind, content } => {
+                if write.write_frame(frame(*kind, content)).await.is_err() {
+                    return Some(Flow::Drop);
+                }
+            }
+            WsMessage::Close { code, reason } => {
+                return Some(Flow::Close(code.unwrap_or(1000), reason.clone()));
+            }
+        }
+    }
+    None
 }
 
 async fn read_frames(

@@ -297,15 +297,25 @@ impl Channel {
             ext.cache_from = head.seq + 1;
         }
         ext.synced = !newer_epoch && !ahead;
+        self.external = Some(ext);
+        self.serve_pending(asked, head.epoch, now)
+    }
+
+    /// Subscribes the pending subscribers the cache (and the answer to
+    /// `asked`, of stream `epoch`) now covers, once the stream is synced.
+    /// Returns whether the channel still wants something.
+    fn serve_pending(&mut self, asked: Fetch, epoch: u64, now: Instant) -> bool {
+        let Some(ext) = self.external.as_mut() else {
+            return false;
+        };
         let asked_all = match asked {
             Fetch::Head => None,
-            Fetch::After(p) if p.epoch != head.epoch => Some(0),
+            Fetch::After(p) if p.epoch != epoch => Some(0),
             Fetch::After(p) => Some(p.seq),
         };
         let pending = std::mem::take(&mut ext.pending);
         let synced = ext.synced;
         let cache_from = ext.cache_from;
-        self.external = Some(ext);
         let mut waiting = Vec::new();
         for (queue, since) in pending {
             let covered = match since {
@@ -322,7 +332,10 @@ impl Channel {
                 waiting.push((queue, since));
             }
         }
-        let ext = self.external.as_mut().expect("put back above");
+        let ext = self
+            .external
+            .as_mut()
+            .expect("checked above; subscribe keeps it");
         ext.pending = waiting;
         !ext.synced || !ext.pending.is_empty()
     }
