@@ -212,6 +212,23 @@ impl EndReason {
         }
     }
 
+    /// One reason of each kind: every [`EndReason::label`] is among
+    /// theirs (`pushgate_sessions_ended_total` exports each at 0).
+    pub const KINDS: [EndReason; 12] = [
+        Self::Gone,
+        Self::Client,
+        Self::BadClose(BadClose::OneByte),
+        Self::Shutdown,
+        Self::Lagged,
+        Self::Expired,
+        Self::PongTimeout,
+        Self::AuthTimeout,
+        Self::AuthRefused,
+        Self::TooBig,
+        Self::InvalidUtf8,
+        Self::Protocol(Violation::Frame),
+    ];
+
     /// A stable snake_case name, one per variant, for metrics labels and
     /// logs.
     pub const fn label(self) -> &'static str {
@@ -537,6 +554,9 @@ mod tests {
             labels.insert(reason.label());
         }
         assert_eq!(labels.len(), 12, "one label per variant");
+        let kinds: std::collections::HashSet<_> =
+            EndReason::KINDS.iter().map(|r| r.label()).collect();
+        assert_eq!(kinds, labels, "KINDS has one reason of every label");
         for (reason, sse) in [
             (Shutdown, "shutdown"),
             (Lagged, "lagged"),

@@ -32,6 +32,14 @@ pub struct TransportLabels {
     pub transport: &'static str,
 }
 
+/// `pushgate_sessions_ended_total`: a streaming session's transport and
+/// why it ended (`EndReason::label`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndLabels {
+    pub transport: &'static str,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthFailureLabels {
     pub route: String,
@@ -53,6 +61,7 @@ pub struct Metrics {
     pub upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     pub open_connections: Family<ListenerLabels, Gauge>,
     pub sessions: Family<TransportLabels, Gauge>,
+    pub sessions_ended: Family<EndLabels, Counter>,
     pub delivered: Counter,
     pub delivery_latency: Histogram,
     pub auth_failures: Family<AuthFailureLabels, Counter>,
@@ -92,6 +101,12 @@ impl Metrics {
             "Open realtime sessions by transport",
             sessions.clone(),
         );
+        let sessions_ended = Family::<EndLabels, Counter>::default();
+        registry.register(
+            "pushgate_sessions_ended",
+            "Ended SSE and WebSocket sessions by transport and reason (a long poll ends at every answer: see pushgate_requests_total)",
+            sessions_ended.clone(),
+        );
         let delivered = Counter::default();
         registry.register(
             "pushgate_messages_delivered",
@@ -119,6 +134,17 @@ impl Metrics {
                 transport: transport.as_str(),
             });
         }
+        for transport in [
+            crate::config::Transport::Sse,
+            crate::config::Transport::Websocket,
+        ] {
+            for reason in crate::hooks::EndReason::KINDS {
+                let _ = sessions_ended.get_or_create(&EndLabels {
+                    transport: transport.as_str(),
+                    reason: reason.label(),
+                });
+            }
+        }
         hub.register(&mut registry);
         let limits = crate::limits::LimitMetrics::default();
         limits.register(&mut registry);
@@ -132,6 +158,7 @@ impl Metrics {
             upstream_latency,
             open_connections,
             sessions,
+            sessions_ended,
             delivered,
             delivery_latency,
             auth_failures,

@@ -20,7 +20,7 @@ pub mod store;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -38,11 +38,7 @@ pub const JOIN_EVENT: &str = "pushgate.join";
 pub const LEAVE_EVENT: &str = "pushgate.leave";
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::hub::message::unix_ms as now_ms;
 
 /// One user on one channel, on this node.
 #[derive(Debug, Clone, Copy)]
@@ -471,8 +467,6 @@ pub struct Tracker {
     sub: Option<Arc<str>>,
     connection: u64,
     transport: Transport,
-    /// Why the connection ends, once it is known (webhook `reason`).
-    reason: EndReason,
 }
 
 impl Tracker {
@@ -492,17 +486,11 @@ impl Tracker {
             sub: sub.map(Arc::from),
             connection,
             transport,
-            reason: EndReason::Gone,
         }
     }
 
     pub fn sub(&self) -> Option<&str> {
         self.sub.as_deref()
-    }
-
-    /// Why the connection ends (webhook `reason`).
-    pub fn set_reason(&mut self, reason: EndReason) {
-        self.reason = reason;
     }
 
     fn hook(&self, kind: HookEvent, channel: Option<&ChannelName>, reason: Option<EndReason>) {
@@ -541,11 +529,12 @@ impl Tracker {
         self.hook(HookEvent::Unsubscribe, Some(channel), Some(reason));
     }
 
-    pub fn disconnect(&self, channels: &[ChannelName]) {
+    /// The session ended for `reason` (webhook `reason`).
+    pub fn disconnect(&self, channels: &[ChannelName], reason: EndReason) {
         for channel in channels {
-            self.unsubscribe(channel, self.reason);
+            self.unsubscribe(channel, reason);
         }
-        self.hook(HookEvent::Disconnect, None, Some(self.reason));
+        self.hook(HookEvent::Disconnect, None, Some(reason));
     }
 }
 

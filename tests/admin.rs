@@ -187,6 +187,32 @@ routes:
         "pushgate_sessions",
         &["websocket", "sse", "longpoll"].map(|t| format!("transport=\"{t}\"")),
     );
+    let ends = [
+        "gone",
+        "client",
+        "bad_close",
+        "shutdown",
+        "lagged",
+        "expired",
+        "pong_timeout",
+        "auth_timeout",
+        "auth_refused",
+        "too_big",
+        "invalid_utf8",
+        "protocol_error",
+    ];
+    for transport in ["websocket", "sse"] {
+        expect(
+            "pushgate_sessions_ended_total",
+            &ends.map(|r| format!("transport=\"{transport}\",reason=\"{r}\"")),
+        );
+    }
+    assert!(
+        series(&text, "pushgate_sessions_ended_total")
+            .iter()
+            .all(|(l, _)| !l.contains("longpoll")),
+        "a long poll ends at every answer: counted as a request"
+    );
     let reasons = [
         "missing",
         "malformed",

@@ -146,6 +146,49 @@ async fn close_1009_reaches_a_client_with_fragments_in_flight() {
     );
 }
 
+/// `pushgate_sessions_ended_total{transport="websocket",reason}`: after
+/// the session ends, the value of that series (waits for the count).
+async fn ended(pg: &Pushgate, reason: &str, at_least: u64) -> u64 {
+    let series =
+        format!("pushgate_sessions_ended_total{{transport=\"websocket\",reason=\"{reason}\"}} ");
+    support::within(&format!("{series}>= {at_least}"), async {
+        loop {
+            let text = pg.metrics().await;
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map(|v| v.trim().parse::<u64>().unwrap());
+            if let Some(v) = value
+                && v >= at_least
+            {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn each_ended_session_is_counted_under_its_reason() {
+    let pg = Pushgate::start(CONFIG).await;
+    // Every reason is exported from the start, at 0.
+    assert_eq!(ended(&pg, "too_big", 0).await, 0);
+    assert_eq!(ended(&pg, "client", 0).await, 0);
+    let (mut read, mut write) = open(&pg).await;
+    oversize_with_fragments_in_flight(&mut write).await;
+    assert_eq!(close_code(&mut read).await, 1009);
+    assert_eq!(ended(&pg, "too_big", 1).await, 1);
+    let (mut read, mut write) = open(&pg).await;
+    write
+        .write_all(&frame(true, 0x8, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut read).await, 1000);
+    assert_eq!(ended(&pg, "client", 1).await, 1);
+    assert_eq!(ended(&pg, "too_big", 0).await, 1, "counted once");
+}
+
 #[tokio::test]
 async fn a_peer_that_never_answers_the_close_is_cut_off_after_two_seconds() {
     let pg = Pushgate::start(CONFIG).await;

@@ -3,15 +3,13 @@
 
 use std::sync::Arc;
 
-use prometheus_client::metrics::gauge::Gauge;
-
 use crate::config::RealtimeSettings;
 pub use crate::hooks::EndReason;
 use crate::hub::Hub;
 use crate::hub::message::{ChannelName, Position};
 use crate::hub::queue::{LagPolicy, Queue};
 use crate::limits::ConnPermit;
-use crate::metrics::TransportLabels;
+use crate::metrics::{EndLabels, Metrics, TransportLabels};
 use crate::realtime::negotiate::Transport;
 
 use super::{Grants, Plan, Realtime, cursor};
@@ -25,7 +23,12 @@ pub struct Session {
     /// (or resumed from) on `channels[i]`.
     pub channels: Vec<ChannelName>,
     pub positions: Vec<Position>,
-    gauge: Gauge,
+    /// `pushgate_sessions` (open) and `pushgate_sessions_ended_total`.
+    metrics: Arc<Metrics>,
+    transport: Transport,
+    /// Why the session ends, once known ([`Session::end`]); a session
+    /// dropped without one went away ([`EndReason::Gone`]).
+    end: EndReason,
     /// The connection's share of the per-address cap, released with it.
     permit: Option<ConnPermit>,
     /// Presence and webhooks (`Realtime::track`); `None` when neither is on.
@@ -36,6 +39,12 @@ impl Session {
     /// Keeps the connection's limit permit for as long as the session.
     pub fn hold(&mut self, permit: Option<ConnPermit>) {
         self.permit = permit;
+    }
+
+    /// Records why the session ends: the webhooks' `reason`, the metric's
+    /// label (the transport writes the close itself).
+    pub fn end(&mut self, reason: EndReason) {
+        self.end = reason;
     }
 
     /// Records that `position` of `channel` was delivered.
@@ -97,9 +106,23 @@ impl Drop for Session {
             self.hub.unsubscribe(&self.queue, channel);
         }
         if let Some(t) = &self.tracker {
-            t.disconnect(&self.channels);
+            t.disconnect(&self.channels, self.end);
         }
-        self.gauge.dec();
+        let transport = self.transport.as_str();
+        self.metrics
+            .sessions
+            .get_or_create(&TransportLabels { transport })
+            .dec();
+        // A long poll ends at every answer; it is counted as a request.
+        if self.transport != Transport::Longpoll {
+            self.metrics
+                .sessions_ended
+                .get_or_create(&EndLabels {
+                    transport,
+                    reason: self.end.label(),
+                })
+                .inc();
+        }
     }
 }
 
@@ -180,16 +203,20 @@ impl Realtime {
                 self.hub.subscribe_sharing(&queue, ch, from)
             })
             .collect();
-        let gauge = self.metrics.sessions.get_or_create(&TransportLabels {
-            transport: transport.as_str(),
-        });
-        gauge.inc();
+        self.metrics
+            .sessions
+            .get_or_create(&TransportLabels {
+                transport: transport.as_str(),
+            })
+            .inc();
         Session {
             hub: self.hub.clone(),
             queue,
             channels,
             positions,
-            gauge: gauge.clone(),
+            metrics: self.metrics.clone(),
+            transport,
+            end: EndReason::Gone,
             permit: None,
             tracker: None,
         }

@@ -371,9 +371,7 @@ fn gap_event(channels: &[ChannelName]) -> Bytes {
 /// The `pushgate.close` event for `reason`, which the lifecycle webhooks
 /// report too (each in its own words).
 fn closing(session: &mut Session, reason: EndReason) -> Bytes {
-    if let Some(t) = &mut session.tracker {
-        t.set_reason(reason);
-    }
+    session.end(reason);
     close_event(reason.sse_reason())
 }
 

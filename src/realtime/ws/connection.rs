@@ -373,9 +373,7 @@ impl Connection {
                     break (EndReason::Gone, None);
                 }
             };
-            if let Some(t) = &mut self.session.tracker {
-                t.set_reason(end);
-            }
+            self.session.end(end);
             // The last frames go out in one write, bounded like the others.
             let last = last_frames(end, last_words);
             if !last.is_empty()
