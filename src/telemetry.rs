@@ -13,10 +13,21 @@
 //! starts with [`enabled`], one relaxed atomic load, and returns `None`;
 //! `traceparent` headers pass through to upstreams untouched, as before.
 //!
+//! Sampling is decided here, before a span exists: a request that carries
+//! a `traceparent` follows its sampled flag, one without is a new trace
+//! with probability `sample_ratio`, and the other spans are recorded only
+//! inside a recorded one. A request that is not sampled gets no span at
+//! all (its `traceparent`, if any, passes through untouched), because
+//! tracing-opentelemetry builds every span it is handed and lets the SDK's
+//! sampler drop it only at the end: at `sample_ratio: 0.01` that cost a
+//! quarter of the publish rate (BENCHMARKS.md, "Traces").
+//!
 //! No `crate::` imports: the hub (the lowest layer) opens `deliver` spans.
 
+use std::cell::Cell;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,14 +37,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry::Context;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SamplingResult, SdkTracerProvider, ShouldSample};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::{Instrument, Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
@@ -53,6 +64,9 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_ANSWER: usize = 64 * 1024;
 
 static ON: AtomicBool = AtomicBool::new(false);
+/// `sample_ratio` as a threshold: a new trace starts when a random `u64`
+/// is below it (`u64::MAX`: always).
+static ROOT_THRESHOLD: AtomicU64 = AtomicU64::new(0);
 
 /// Whether traces are on (set once by [`Traces::install`]).
 #[inline]
@@ -85,10 +99,11 @@ impl Traces {
             .with_endpoint(endpoint)
             .with_timeout(EXPORT_TIMEOUT)
             .build()?;
-        let root = Sampler::TraceIdRatioBased(sample_ratio);
+        // Every span handed to the SDK was sampled here already (see the
+        // module's doc); a `deliver` is a root linked to its publish.
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(LinkedSampler(Sampler::ParentBased(Box::new(root))))
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(Resource::builder().with_service_name("pushgate").build())
             .build();
         let tracer = provider.tracer("pushgate");
@@ -106,6 +121,7 @@ impl Traces {
             .with(logs.with_filter(filter))
             .with(spans)
             .try_init()?;
+        ROOT_THRESHOLD.store(threshold(sample_ratio), Ordering::Relaxed);
         ON.store(true, Ordering::Relaxed);
         Ok(Self { provider })
     }
@@ -124,29 +140,69 @@ impl Traces {
     }
 }
 
-/// Parent-based ratio sampling, except that a root span linked to a
-/// sampled span is sampled: a `deliver` follows its publish.
-#[derive(Debug, Clone)]
-struct LinkedSampler(Sampler);
-
-impl ShouldSample for LinkedSampler {
-    fn should_sample(
-        &self,
-        parent: Option<&Context>,
-        trace_id: TraceId,
-        name: &str,
-        kind: &SpanKind,
-        attributes: &[KeyValue],
-        links: &[Link],
-    ) -> SamplingResult {
-        let root = parent.is_none_or(|cx| !cx.span().span_context().is_valid());
-        let sampler = if root && links.iter().any(|l| l.span_context.is_sampled()) {
-            &Sampler::AlwaysOn
-        } else {
-            &self.0
-        };
-        sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+fn threshold(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        u64::MAX
+    } else {
+        // Saturating; 0 (and NaN, which config refuses) never samples.
+        (ratio.max(0.0) * u64::MAX as f64) as u64
     }
+}
+
+/// Whether a new trace starts here: `sample_ratio`'s roll.
+fn sampled_root() -> bool {
+    let threshold = ROOT_THRESHOLD.load(Ordering::Relaxed);
+    threshold == u64::MAX || random() < threshold
+}
+
+/// A per-thread xorshift64* sequence seeded from the std hasher's random
+/// keys: a sampling roll, not a secret.
+fn random() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::collections::hash_map::RandomState::new().build_hasher().finish() | 1,
+        );
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// A W3C `traceparent`'s sampled flag (`version-traceid-parentid-flags`);
+/// `None` when there is none or it is malformed (then the request starts
+/// a trace of its own).
+fn parent_sampled(headers: &HeaderMap) -> Option<bool> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags.get(..2)?, 16).ok()?;
+    Some(flags & 1 == 1)
+}
+
+/// Whether a request-scoped span is recorded: as its `traceparent` says,
+/// else `sample_ratio`'s roll.
+fn wanted(headers: &HeaderMap) -> bool {
+    parent_sampled(headers).unwrap_or_else(sampled_root)
+}
+
+/// Whether the current span is one of ours (so a recorded trace is open).
+fn in_trace() -> bool {
+    Span::current()
+        .metadata()
+        .is_some_and(|m| m.target() == TARGET)
 }
 
 /// The exporter's HTTP client: hyper on the runtime that installed it
@@ -228,7 +284,7 @@ pub fn proxy(
     route: &str,
     upstream: &str,
 ) -> Option<Span> {
-    if !enabled() {
+    if !enabled() || !wanted(headers) {
         return None;
     }
     let span = tracing::info_span!(
@@ -248,7 +304,7 @@ pub fn proxy(
 
 /// `POST /publish`: parent from the publisher's `traceparent`.
 pub fn publish(headers: &HeaderMap) -> Option<Span> {
-    if !enabled() {
+    if !enabled() || !wanted(headers) {
         return None;
     }
     let span = tracing::info_span!(
@@ -280,13 +336,14 @@ where
     response
 }
 
-/// `backplane.publish`: `start` (which may already deliver, as the memory
-/// backplane does) and the future it returns run in the span.
+/// `backplane.publish`, inside a recorded `publish`: `start` (which may
+/// already deliver, as the memory backplane does) and the future it
+/// returns run in the span.
 pub fn backplane<F: Future>(
     name: &'static str,
     start: impl FnOnce() -> F,
 ) -> impl Future<Output = F::Output> {
-    if !enabled() {
+    if !enabled() || !in_trace() {
         return Either::Left(start());
     }
     let span = tracing::info_span!(target: TARGET, "backplane.publish", pushgate.backplane = name);
@@ -296,9 +353,10 @@ pub fn backplane<F: Future>(
 
 /// `deliver`: the hub fanning one batch out to its subscribers. A root
 /// span linked to the current span (the publish, when the batch was
-/// published on this node), so a trace does not grow with subscribers.
+/// published on this node), so a trace does not grow with subscribers;
+/// recorded when that span is.
 pub fn deliver(messages: usize) -> Option<tracing::span::EnteredSpan> {
-    if !enabled() {
+    if !enabled() || !in_trace() {
         return None;
     }
     let cause = Span::current().context().span().span_context().clone();
@@ -313,8 +371,12 @@ pub fn auth_callback(upstream: &str, client: &HeaderMap, outgoing: &mut HeaderMa
     if !enabled() {
         return None;
     }
+    let child = in_trace();
+    if !child && !wanted(client) {
+        return None;
+    }
     let span = tracing::info_span!(target: TARGET, "auth.callback", otel.kind = "client", pushgate.upstream = upstream);
-    if !Span::current().context().span().span_context().is_valid() {
+    if !child {
         adopt(&span, client);
     }
     inject(&span, outgoing);
@@ -324,10 +386,58 @@ pub fn auth_callback(upstream: &str, client: &HeaderMap, outgoing: &mut HeaderMa
 /// `webhook`: one lifecycle-events POST (a root span); the request
 /// (`outgoing`) carries its `traceparent`.
 pub fn webhook(events: usize, outgoing: &mut HeaderMap) -> Option<Span> {
-    if !enabled() {
+    if !enabled() || !sampled_root() {
         return None;
     }
     let span = tracing::info_span!(target: TARGET, parent: None, "webhook", otel.kind = "client", pushgate.events = events as u64);
     inject(&span, outgoing);
     Some(span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_traceparent(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn a_traceparent_decides_by_its_sampled_flag() {
+        let id = "0af7651916cd43dd8448eb211c80319c";
+        let parent = "b7ad6b7169203331";
+        for (flags, sampled) in [("01", true), ("00", false), ("03", true), ("02", false)] {
+            let h = with_traceparent(&format!("00-{id}-{parent}-{flags}"));
+            assert_eq!(parent_sampled(&h), Some(sampled), "{flags}");
+        }
+        for bad in [
+            "",
+            "00-xyz-b7ad6b7169203331-01".to_owned().as_str(),
+            &format!("ff-{id}-{parent}-01"),
+            &format!("00-{}-{parent}-01", "0".repeat(32)),
+            &format!("00-{id}-0000000000000000-01"),
+            &format!("00-{id}-{parent}"),
+            &format!("00-{id}-{parent}-zz"),
+        ] {
+            let h = if bad.is_empty() {
+                HeaderMap::new()
+            } else {
+                with_traceparent(bad)
+            };
+            assert_eq!(parent_sampled(&h), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_root_roll_keeps_its_ratio() {
+        assert_eq!(threshold(1.0), u64::MAX);
+        assert_eq!(threshold(0.0), 0);
+        let t = threshold(0.25);
+        let n = 100_000;
+        let hits = (0..n).filter(|_| random() < t).count();
+        // 25 % of 100,000 draws: 5 standard deviations is about 685.
+        assert!((24_300..=25_700).contains(&hits), "{hits}");
+    }
 }

@@ -379,6 +379,142 @@ fn a_bad_tracing_block_is_reported_at_its_place() {
     );
 }
 
+/// Sampling is decided before a span exists: at `sample_ratio: 0` a
+/// request without `traceparent` and one whose parent is not sampled get
+/// no span (the latter's `traceparent` reaches the upstream untouched),
+/// while a sampled parent is followed, with its children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_sampled_flag_decides_and_roots_follow_the_ratio() {
+    let (collector, spans) = receiver().await;
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let backend = support::upstream(move |r: Request<Incoming>| {
+        let record = record.clone();
+        async move {
+            let traceparent = r
+                .headers()
+                .get("traceparent")
+                .map(|v| v.to_str().unwrap().to_owned());
+            record
+                .lock()
+                .unwrap()
+                .push((r.uri().path().to_owned(), traceparent));
+            Response::new(support::body("ok"))
+        }
+    })
+    .await;
+    let dir = support::temp_dir("otel-sampling");
+    let config = dir.join("pushgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen: {{ http: ["127.0.0.1:0"] }}
+internal: {{ listen: "127.0.0.1:0" }}
+upstreams: {{ backend: {{ targets: ["http://{backend}"] }} }}
+routes:
+  - {{ name: api, match: {{ path_prefix: / }}, upstream: backend }}
+tracing:
+  otlp: {{ endpoint: "http://{collector}", sample_ratio: 0.0 }}
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(support::binary())
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (http, internal, mut logs) =
+        support::listening_addresses(child.stderr.take().unwrap()).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    let client = support::http_client();
+    let unsampled = format!("00-{SSE_TRACE}-{CLIENT_SPAN}-00");
+    let sampled = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+
+    // Not recorded: a root at ratio 0, and a parent that is not sampled.
+    for (path, traceparent) in [("/root", None), ("/unsampled", Some(&unsampled))] {
+        let mut get = client.get(format!("http://{http}{path}"));
+        let mut publish = client
+            .post(format!("http://{internal}/publish"))
+            .json(&serde_json::json!({"channel": "news", "data": path}));
+        if let Some(t) = traceparent {
+            get = get.header("traceparent", t);
+            publish = publish.header("traceparent", t);
+        }
+        assert_eq!(get.send().await.unwrap().status(), 200);
+        assert_eq!(publish.send().await.unwrap().status(), 200);
+    }
+    // Recorded: a sampled parent.
+    let r = client
+        .get(format!("http://{http}/sampled"))
+        .header("traceparent", &sampled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .post(format!("http://{internal}/publish"))
+        .header("traceparent", &sampled)
+        .json(&serde_json::json!({"channel": "news", "data": "sampled"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let proxy = span(&spans, "proxy", |_| true).await;
+    let publish = span(&spans, "publish", |_| true).await;
+    let backplane = span(&spans, "backplane.publish", |_| true).await;
+    let deliver = span(&spans, "deliver", |_| true).await;
+    // Whatever else was exported has had time to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for s in [&proxy, &publish] {
+        assert_eq!(hex(&s.trace_id), CLIENT_TRACE, "{}", s.name);
+        assert_eq!(hex(&s.parent_span_id), CLIENT_SPAN, "{}", s.name);
+    }
+    assert_eq!(backplane.parent_span_id, publish.span_id);
+    assert_eq!(deliver.links.len(), 1);
+    assert_eq!(deliver.links[0].span_id, backplane.span_id);
+    let names: Vec<String> = spans
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["backplane.publish", "deliver", "proxy", "publish"],
+        "only the sampled request's spans: {names:?}"
+    );
+
+    let traceparent_of = |path: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, t)| t.clone())
+            .expect("the backend saw the request")
+    };
+    assert_eq!(
+        traceparent_of("/root"),
+        None,
+        "no span, so no traceparent of ours"
+    );
+    assert_eq!(
+        traceparent_of("/unsampled").as_deref(),
+        Some(unsampled.as_str()),
+        "an unsampled parent passes through untouched"
+    );
+    let (trace, parent) = parse_traceparent(&traceparent_of("/sampled").unwrap());
+    assert_eq!(trace, CLIENT_TRACE);
+    assert_eq!(parent, hex(&proxy.span_id));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_changes_nothing_and_sigterm_still_exits() {
     let backend = support::upstream(|_| async { Response::new(support::body("ok")) }).await;
