@@ -31,7 +31,7 @@ use crate::hooks::{self, EndReason, Hooks};
 use crate::hub::message::{ChannelName, EventName, Payload, Publication};
 use crate::shutdown::Shutdown;
 
-pub use self::store::PresenceStore;
+pub use self::store::{Joining, PresenceStore};
 
 /// The SSE event names (and WebSocket `type`s) of presence events.
 pub const JOIN_EVENT: &str = "pushgate.join";
@@ -401,7 +401,14 @@ pub async fn run(
                 } => {
                     let first = match &store {
                         None => Ok(true),
-                        Some(s) => s.join(&channel, &sub, connections, since).await,
+                        Some(s) => {
+                            let member = Joining {
+                                sub: &sub,
+                                connections,
+                                since,
+                            };
+                            s.join(&channel, member).await
+                        }
                     };
                     match first {
                         Ok(first) => {

@@ -5,112 +5,46 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use support::backplane::{
     self, config, datas, has_gap, nodes, publish, ready, sse_collect, wait_ready,
 };
+use support::servers::{self, Server};
 use support::{Pushgate, SseClient, within};
-
-struct NatsServer {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl NatsServer {
-    fn free_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    }
-
-    async fn start() -> Self {
-        let mut server = Self {
-            port: Self::free_port(),
-            dir: support::temp_dir("nats"),
-            child: None,
-        };
-        server.spawn().await;
-        server
-    }
-
-    /// Starts (again) on the same port and store directory.
-    async fn spawn(&mut self) {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .arg("-sd")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (.ci/run installs it)");
-        self.child = Some(child);
-        within("nats-server to accept", async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-    }
-
-    /// Stops the server (by its PID).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_deliver_every_message_once_in_one_order() {
-    let nats = NatsServer::start().await;
+    let nats = Server::nats().await;
     backplane::three_nodes_deliver_every_message_once_in_one_order(&nats.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_from_one_node_resumes_on_another_on_every_transport() {
-    let nats = NatsServer::start().await;
+    let nats = Server::nats().await;
     backplane::an_id_from_one_node_resumes_on_another_on_every_transport(&nats.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_publishes_once_across_nodes() {
-    let nats = NatsServer::start().await;
+    let nats = Server::nats().await;
     backplane::an_idempotency_key_publishes_once_across_nodes(&nats.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_loses_nothing() {
-    let nats = NatsServer::start().await;
+    let nats = Server::nats().await;
     backplane::a_restarted_node_loses_nothing(&nats.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_sse_stream_learns_its_real_id_before_any_message() {
-    let nats = NatsServer::start().await;
+    let nats = Server::nats().await;
     backplane::a_new_sse_stream_learns_its_real_id_before_any_message(&nats.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stopped_and_restarted_keeps_subscribers_and_history() {
-    let mut nats = NatsServer::start().await;
+    let mut nats = Server::nats().await;
     let nodes = nodes(&nats.url(), 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut sse = SseClient::connect(&b.url("/live/feed"), None).await;
@@ -150,7 +84,7 @@ async fn nats_stopped_and_restarted_keeps_subscribers_and_history() {
 
 #[tokio::test]
 async fn an_unreachable_nats_at_start_leaves_the_node_up_but_not_ready() {
-    let port = NatsServer::free_port();
+    let port = servers::free_port();
     let node = Pushgate::start(&config(&format!("nats://127.0.0.1:{port}"))).await;
     assert!(!ready(&node).await);
     let (status, body) = publish(&node, json!({"channel": "c", "data": 1})).await;
@@ -209,8 +143,8 @@ fn a_comma_separated_server_list_passes_check_as_one_list_per_server() {
 /// other one and carry messages between them.
 #[tokio::test]
 async fn two_servers_of_which_the_first_is_down_start_and_deliver() {
-    let nats = NatsServer::start().await;
-    let closed = NatsServer::free_port();
+    let nats = Server::nats().await;
+    let closed = servers::free_port();
     let url = format!("nats://127.0.0.1:{closed},{}", nats.url());
     let nodes = nodes(&url, 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -223,7 +157,7 @@ async fn two_servers_of_which_the_first_is_down_start_and_deliver() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_publishes_share_one_epoch() {
-    let nats = NatsServer::start().await;
+    let nats = Server::nats().await;
     let nodes = nodes(&nats.url(), 3).await;
     for c in 0..20 {
         let channel = format!("first{c}");

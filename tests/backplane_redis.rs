@@ -4,73 +4,15 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use support::backplane::{
     self, config, datas, has_gap, nodes, publish, ready, sse_collect, wait_ready,
 };
+use support::servers::{self, Server};
 use support::{Pushgate, SseClient, within};
 
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    fn free_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    }
-
-    async fn start() -> Self {
-        let mut server = Self {
-            port: Self::free_port(),
-            child: None,
-        };
-        server.spawn().await;
-        server
-    }
-
-    /// Starts (again) on the same port, with an empty dataset.
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        self.child = Some(child);
-        within("redis-server to answer", async {
-            loop {
-                if let Ok(mut c) = self.connection().await
-                    && redis::cmd("PING")
-                        .query_async::<String>(&mut c)
-                        .await
-                        .is_ok()
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-    }
-
-    /// Stops the server (by its PID).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
+/// Redis's own client, for what the tests do behind pushgate's back.
+impl Server {
     async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         redis::Client::open(self.url())?
             .get_multiplexed_async_connection()
@@ -87,33 +29,27 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_deliver_every_message_once_in_one_order() {
-    let redis = RedisServer::start().await;
+    let redis = Server::redis().await;
     backplane::three_nodes_deliver_every_message_once_in_one_order(&redis.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_from_one_node_resumes_on_another_on_every_transport() {
-    let redis = RedisServer::start().await;
+    let redis = Server::redis().await;
     backplane::an_id_from_one_node_resumes_on_another_on_every_transport(&redis.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_publishes_once_across_nodes() {
-    let redis = RedisServer::start().await;
+    let redis = Server::redis().await;
     backplane::an_idempotency_key_publishes_once_across_nodes(&redis.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_and_restarted_keeps_subscribers_and_signals_the_lost_data() {
-    let mut redis = RedisServer::start().await;
+    let mut redis = Server::redis().await;
     let nodes = nodes(&redis.url(), 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut sse = SseClient::connect(&b.url("/live/feed"), None).await;
@@ -153,7 +89,7 @@ async fn redis_stopped_and_restarted_keeps_subscribers_and_signals_the_lost_data
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_lost_its_connection_catches_up_from_history_without_a_gap() {
-    let redis = RedisServer::start().await;
+    let redis = Server::redis().await;
     let nodes = nodes(&redis.url(), 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut sse = SseClient::connect(&b.url("/live/ticks"), None).await;
@@ -194,7 +130,7 @@ async fn a_node_that_lost_its_connection_catches_up_from_history_without_a_gap()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushall_gives_a_new_epoch_and_a_gap_never_silent_loss() {
-    let redis = RedisServer::start().await;
+    let redis = Server::redis().await;
     let nodes = nodes(&redis.url(), 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut sse = SseClient::connect(&b.url("/live/f"), None).await;
@@ -214,13 +150,13 @@ async fn flushall_gives_a_new_epoch_and_a_gap_never_silent_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_loses_nothing() {
-    let redis = RedisServer::start().await;
+    let redis = Server::redis().await;
     backplane::a_restarted_node_loses_nothing(&redis.url()).await;
 }
 
 #[tokio::test]
 async fn an_unreachable_redis_at_start_leaves_the_node_up_but_not_ready() {
-    let port = RedisServer::free_port();
+    let port = servers::free_port();
     let node = Pushgate::start(&config(&format!("redis://127.0.0.1:{port}/0"))).await;
     let r = node
         .client()
@@ -301,13 +237,13 @@ fn the_two_node_example_config_is_valid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_sse_stream_learns_its_real_id_before_any_message() {
-    let redis = RedisServer::start().await;
+    let redis = Server::redis().await;
     backplane::a_new_sse_stream_learns_its_real_id_before_any_message(&redis.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_answering_errors_fails_the_whole_batch_and_publishes_nothing() {
-    let redis = RedisServer::start().await;
+    let redis = Server::redis().await;
     let nodes = nodes(&redis.url(), 1).await;
     let a = &nodes[0];
     let mut sse = SseClient::connect(&a.url("/live/ok"), None).await;

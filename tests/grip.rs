@@ -13,7 +13,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use support::held::Held;
+use support::held::{self, Held};
+use support::servers::{Kind, Server};
 use support::{Pushgate, WAIT, body, upstream, within};
 
 /// Every WebSocket-over-HTTP request the origin saw: (path,
@@ -327,10 +328,7 @@ async fn a_held_stream_gets_http_stream_content_and_closes_on_close() {
 #[tokio::test]
 async fn a_held_response_is_answered_by_http_response() {
     let pg = start().await;
-    let client = pg.client().clone();
-    let url = pg.url("/response?poll");
-    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
-    pg.wait_subscribers("poll", 1).await;
+    let waiting = held::waiting_response(&pg, "/response?poll", "poll", 1).await;
     // A stream item does not answer a held response.
     publish_ok(
         &pg,
@@ -353,10 +351,7 @@ async fn a_held_response_is_answered_by_http_response() {
     pg.wait_subscribers("poll", 0).await;
 
     // "body" as text, code defaulting to 200, headers as an object.
-    let client = pg.client().clone();
-    let url = pg.url("/response?poll");
-    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
-    pg.wait_subscribers("poll", 1).await;
+    let waiting = held::waiting_response(&pg, "/response?poll", "poll", 1).await;
     publish_ok(
         &pg,
         json!([{"channel": "poll", "formats": {"http-response": {
@@ -420,10 +415,7 @@ async fn an_instruct_body_holds_and_keeps_alive() {
 #[tokio::test]
 async fn instruct_response_mode_is_the_default_mode() {
     let pg = start().await;
-    let client = pg.client().clone();
-    let url = pg.url("/instruct-response?ir");
-    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
-    pg.wait_subscribers("ir", 1).await;
+    let waiting = held::waiting_response(&pg, "/instruct-response?ir", "ir", 1).await;
     publish_ok(
         &pg,
         json!([{"channel": "ir", "formats": {"http-response": {"body": "now"}}}]),
@@ -482,10 +474,7 @@ async fn prev_id_orders_items_and_a_stale_hold_ends() {
     assert_eq!(response.text().await.unwrap(), "fresh: seq; last-id=2");
     // So does one whose next item does not follow it (no-seq skips the
     // sequencer, so the item reaches the hold out of order).
-    let client = pg.client().clone();
-    let url = pg.url("/prev-response?channel=seq&prev=3");
-    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
-    pg.wait_subscribers("seq", 2).await;
+    let waiting = held::waiting_response(&pg, "/prev-response?channel=seq&prev=3", "seq", 2).await;
     publish_ok(
         &pg,
         json!([{"channel": "seq", "id": "6", "prev-id": "5", "no-seq": true,
@@ -513,9 +502,7 @@ async fn prev_id_orders_items_and_a_stale_hold_ends() {
 #[tokio::test]
 async fn a_malformed_item_is_a_400_naming_it_and_nothing_is_published() {
     let pg = start().await;
-    let mut held = Held::open(&pg, "/stream?bad").await;
-    held.read_until("start\n").await;
-    pg.wait_subscribers("bad", 1).await;
+    let mut held = Held::started(&pg, "/stream?bad", "start\n", "bad").await;
     let (status, text) = grip_publish(
         &pg,
         json!([
@@ -687,10 +674,7 @@ async fn shutdown_ends_held_streams_and_answers_held_responses() {
     let mut pg = start().await;
     let mut held = Held::open(&pg, "/stream?sd").await;
     held.read_until("start\n").await;
-    let client = pg.client().clone();
-    let url = pg.url("/response?sd2");
-    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
-    pg.wait_subscribers("sd2", 1).await;
+    let waiting = held::waiting_response(&pg, "/response?sd2", "sd2", 1).await;
     let drained = pg.drain(WAIT).await;
     assert!(drained, "drain did not finish within the grace");
     assert_eq!(held.read_to_end().await, "");
@@ -725,9 +709,7 @@ async fn a_held_stream_that_falls_behind_its_queue_ends() {
         "realtime: { queue: 4, on_lag: disconnect }",
     ))
     .await;
-    let mut held = Held::open(&pg, "/stream?lag").await;
-    held.read_until("start\n").await;
-    pg.wait_subscribers("lag", 1).await;
+    let mut held = Held::started(&pg, "/stream?lag", "start\n", "lag").await;
     // One batch of ten lands in the queue at once: four fit, then the
     // queue overflows and the stream ends after what it holds.
     let items: Vec<Value> = (0..10)
@@ -978,70 +960,6 @@ async fn a_websocket_over_http_connection_counts_against_max_connections() {
 
 // === GRIP across nodes: a publish on one node reaches holds on another ===
 
-/// A real `redis-server` or `nats-server -js` on a free loopback port,
-/// stopped by PID when dropped.
-struct BackplaneServer {
-    child: std::process::Child,
-    yaml: String,
-}
-
-impl BackplaneServer {
-    async fn start(kind: &str) -> Self {
-        use std::process::{Command, Stdio};
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let (mut command, yaml) = match kind {
-            "redis" => {
-                let mut c = Command::new("redis-server");
-                c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--save", "", "--appendonly", "no"]);
-                (
-                    c,
-                    format!(
-                        "backplane: {{ type: redis, url: \"redis://127.0.0.1:{port}/0\", prefix: \"g\" }}\n"
-                    ),
-                )
-            }
-            _ => {
-                let mut c = Command::new("nats-server");
-                c.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-                    .arg(support::temp_dir("grip-nats"));
-                (
-                    c,
-                    format!(
-                        "backplane: {{ type: nats, url: \"nats://127.0.0.1:{port}\", prefix: \"g\" }}\n"
-                    ),
-                )
-            }
-        };
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server and nats-server are installed (scripts/test installs them)");
-        within(&format!("{kind} to accept"), async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        Self { child, yaml }
-    }
-}
-
-impl Drop for BackplaneServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn wait_ready(node: &Pushgate) {
     within("the node to be ready", async {
         while !node
@@ -1077,17 +995,20 @@ async fn publish_until<F: std::future::Future<Output = bool>>(
 }
 
 async fn grip_across_nodes(kind: &str) {
-    let server = BackplaneServer::start(kind).await;
+    let server = Server::start(match kind {
+        "redis" => Kind::Redis,
+        _ => Kind::Nats,
+    })
+    .await;
+    let yaml = server.yaml("g");
     let origin = upstream(origin).await;
-    let a = Pushgate::start(&config(origin, &server.yaml)).await;
-    let b = Pushgate::start(&config(origin, &server.yaml)).await;
+    let a = Pushgate::start(&config(origin, &yaml)).await;
+    let b = Pushgate::start(&config(origin, &yaml)).await;
     wait_ready(&a).await;
     wait_ready(&b).await;
 
     // A held stream on B gets an http-stream item published on A.
-    let mut held = Held::open(&b, "/stream?news").await;
-    assert_eq!(held.read_until("start\n").await, "start\n");
-    b.wait_subscribers("news", 1).await;
+    let mut held = Held::started(&b, "/stream?news", "start\n", "news").await;
     let got = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<u8>::new()));
     let reader = {
         let got = got.clone();
@@ -1120,10 +1041,7 @@ async fn grip_across_nodes(kind: &str) {
     b.wait_subscribers("news", 0).await;
 
     // A held response on B is answered by an http-response item from A.
-    let client = b.client().clone();
-    let url = b.url("/response?poll");
-    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
-    b.wait_subscribers("poll", 1).await;
+    let waiting = held::waiting_response(&b, "/response?poll", "poll", 1).await;
     publish_until(
         &a,
         json!([{"channel": "poll", "formats": {"http-response": {

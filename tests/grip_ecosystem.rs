@@ -14,7 +14,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use support::held::Held;
+use support::held::{self, Held};
 use support::{Pushgate, within};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -171,10 +171,7 @@ async fn gripcontrol_instruct_holds_with_prev_id_and_a_response_hold() {
     assert_eq!(held.read_until("third\n").await, "second\nthird\n");
 
     // create_hold_response: a long-poll answered by publish_http_response.
-    let client = pg.client().clone();
-    let url = pg.url("/response/poll");
-    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
-    pg.wait_subscribers("poll", 1).await;
+    let waiting = held::waiting_response(&pg, "/response/poll", "poll", 1).await;
     gripcontrol_publish(&python, &pg, &["poll", "response", "result\n"]).await;
     let response = within("the held response", waiting).await.unwrap();
     assert_eq!(response.status().as_u16(), 201);
@@ -246,9 +243,7 @@ async fn pushpin_publish_reaches_held_streams_and_responses() {
     // pushpin-publish sends credentials over https only: no tokens here
     // (the internal listener is loopback-only without them).
     let pg = Pushgate::start(&config(port, false)).await;
-    let mut held = Held::open(&pg, "/stream/cli").await;
-    held.read_until("stream open\n").await;
-    pg.wait_subscribers("cli", 1).await;
+    let mut held = Held::started(&pg, "/stream/cli", "stream open\n", "cli").await;
     pushpin_publish_run(&cli, &pg, &["cli", "hello", "--id", "1"]).await;
     assert_eq!(
         held.read_until("hello\n").await,
@@ -267,10 +262,7 @@ async fn pushpin_publish_reaches_held_streams_and_responses() {
     pushpin_publish_run(&cli, &pg, &["--close", "cli"]).await;
     assert_eq!(held.read_to_end().await, "");
 
-    let client = pg.client().clone();
-    let url = pg.url("/response/cli2");
-    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
-    pg.wait_subscribers("cli2", 1).await;
+    let waiting = held::waiting_response(&pg, "/response/cli2", "cli2", 1).await;
     pushpin_publish_run(
         &cli,
         &pg,

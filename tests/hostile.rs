@@ -9,7 +9,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -29,7 +28,6 @@ struct Server {
     http: SocketAddr,
     internal: SocketAddr,
     client: reqwest::Client,
-    _dir: std::path::PathBuf,
 }
 
 const BASE: &str = r#"
@@ -59,11 +57,9 @@ routes:
 
 impl Server {
     async fn start(yaml: &str, upstream: Option<SocketAddr>, nofile: Option<u32>) -> Self {
-        let dir = support::temp_dir("hostile");
-        let config = dir.join("pushgate.yaml");
         let upstream = upstream.map_or("127.0.0.1:9".to_owned(), |a| a.to_string());
-        std::fs::write(&config, yaml.replace("{upstream}", &upstream)).unwrap();
-        let mut command = match nofile {
+        let config = support::config_file("hostile", &yaml.replace("{upstream}", &upstream));
+        let command = match nofile {
             // A low RLIMIT_NOFILE for this process only (util-linux prlimit).
             Some(n) => {
                 let mut c = tokio::process::Command::new("prlimit");
@@ -72,15 +68,7 @@ impl Server {
             }
             None => tokio::process::Command::new(support::binary()),
         };
-        let mut child = command
-            .args(["--log-format", "json", "--config"])
-            .arg(&config)
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let (http, internal, mut logs) =
-            support::listening_addresses(child.stderr.take().unwrap()).await;
+        let (child, http, internal, mut logs) = support::spawn_command(command, &config).await;
         // Keep draining the log so the server never blocks on stderr.
         tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
         Self {
@@ -88,7 +76,6 @@ impl Server {
             http,
             internal,
             client: support::http_client(),
-            _dir: dir,
         }
     }
 
@@ -205,18 +192,7 @@ async fn ws_connect(addr: SocketAddr, channel: &str, recv_buffer: Option<u32>) -
         socket.set_recv_buffer_size(size).unwrap();
     }
     let mut tcp = within("connect", socket.connect(addr)).await.unwrap();
-    let request = format!(
-        "GET /live/{channel} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = within("the 101", tcp.read(&mut byte)).await.unwrap();
-        assert_eq!(n, 1, "closed during the handshake");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    support::ws_handshake(&mut tcp, &format!("/live/{channel}")).await;
     tcp
 }
 
@@ -250,18 +226,7 @@ fn raise_nofile(want: u64) {
 /// lost: for peers that only count).
 async fn ws_connect_quick(addr: SocketAddr, channel: &str) -> TcpStream {
     let mut tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
-    let request = format!(
-        "GET /live/{channel} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = within("the 101", tcp.read(&mut chunk)).await.unwrap();
-        assert!(n > 0, "closed during the handshake");
-        head.extend_from_slice(&chunk[..n]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    support::ws_handshake(&mut tcp, &format!("/live/{channel}")).await;
     tcp
 }
 

@@ -8,7 +8,7 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,14 +94,9 @@ fn parse_traceparent(value: &str) -> (String, String) {
     (parts[1].to_owned(), parts[2].to_owned())
 }
 
-const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-const SSE_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_reach_the_collector_with_parents_links_and_propagation() {
-    let (collector, spans) = receiver().await;
-    // The backend: every request's path and traceparent recorded.
+/// A backend recording every request's path and `traceparent`; it
+/// authorizes `news` at `/authorize` and answers `ok` elsewhere.
+async fn recording_backend() -> (SocketAddr, Seen) {
     let seen: Seen = Arc::default();
     let record = seen.clone();
     let backend = support::upstream(move |r: Request<Incoming>| {
@@ -121,6 +116,17 @@ async fn spans_reach_the_collector_with_parents_links_and_propagation() {
         }
     })
     .await;
+    (backend, seen)
+}
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+const SSE_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_collector_with_parents_links_and_propagation() {
+    let (collector, spans) = receiver().await;
+    let (backend, seen) = recording_backend().await;
     let traceparent_of = |path: &str| {
         seen.lock()
             .unwrap()
@@ -129,11 +135,9 @@ async fn spans_reach_the_collector_with_parents_links_and_propagation() {
             .map(|(_, t)| t.clone().expect("a traceparent"))
     };
 
-    let dir = support::temp_dir("otel");
-    let config = dir.join("pushgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = support::config_file(
+        "otel",
+        &format!(
             r#"
 listen: {{ http: ["127.0.0.1:0"] }}
 internal: {{ listen: "127.0.0.1:0" }}
@@ -149,17 +153,9 @@ tracing:
   otlp: {{ endpoint: "http://{collector}", sample_ratio: 1.0 }}
 "#
         ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(support::binary())
-        .args(["--log-format", "json", "--config"])
-        .arg(&config)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (http, internal, _logs) = support::listening_addresses(child.stderr.take().unwrap()).await;
+    );
+    let (mut child, http, internal, _logs) =
+        support::spawn_binary(&config, &[("OTEL_BSP_SCHEDULE_DELAY", "50")]).await;
     let client = support::http_client();
 
     // A proxied request carrying the client's traceparent.
@@ -338,13 +334,10 @@ fn a_bad_tracing_block_is_reported_at_its_place() {
         ("tracing: {}\n", "FILE:3:10: tracing needs an otlp block"),
     ];
     for (yaml, expected) in cases {
-        let dir = support::temp_dir("otel-check");
-        let path = dir.join("pushgate.yaml");
-        std::fs::write(
-            &path,
-            format!("listen: {{ http: [\"127.0.0.1:0\"] }}\n\n{yaml}"),
-        )
-        .unwrap();
+        let path = support::config_file(
+            "otel-check",
+            &format!("listen: {{ http: [\"127.0.0.1:0\"] }}\n\n{yaml}"),
+        );
         let out = Command::new(support::binary())
             .args(["check", "--config"])
             .arg(&path)
@@ -360,13 +353,10 @@ fn a_bad_tracing_block_is_reported_at_its_place() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     // A good block passes.
-    let dir = support::temp_dir("otel-check");
-    let path = dir.join("pushgate.yaml");
-    std::fs::write(
-        &path,
+    let path = support::config_file(
+        "otel-check",
         "listen: { http: [\"127.0.0.1:0\"] }\ntracing:\n  otlp: { endpoint: \"https://collector.example/otlp\", sample_ratio: 0.01 }\n",
-    )
-    .unwrap();
+    );
     let out = Command::new(support::binary())
         .args(["check", "--config"])
         .arg(&path)
@@ -379,6 +369,31 @@ fn a_bad_tracing_block_is_reported_at_its_place() {
     );
 }
 
+/// The binary proxying everything to `backend`, with `tail` appended to its
+/// configuration, exporting batches every 50 ms; its log is drained.
+async fn proxy_node(
+    backend: SocketAddr,
+    tail: &str,
+) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    let config = support::config_file(
+        "otel-proxy",
+        &format!(
+            r#"
+listen: {{ http: ["127.0.0.1:0"] }}
+internal: {{ listen: "127.0.0.1:0" }}
+upstreams: {{ backend: {{ targets: ["http://{backend}"] }} }}
+routes:
+  - {{ name: api, match: {{ path_prefix: / }}, upstream: backend }}
+{tail}
+"#
+        ),
+    );
+    let (child, http, internal, mut logs) =
+        support::spawn_binary(&config, &[("OTEL_BSP_SCHEDULE_DELAY", "50")]).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    (child, http, internal)
+}
+
 /// Sampling is decided before a span exists: at `sample_ratio: 0` a
 /// request without `traceparent` and one whose parent is not sampled get
 /// no span (the latter's `traceparent` reaches the upstream untouched),
@@ -386,51 +401,12 @@ fn a_bad_tracing_block_is_reported_at_its_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callers_sampled_flag_decides_and_roots_follow_the_ratio() {
     let (collector, spans) = receiver().await;
-    let seen: Seen = Arc::default();
-    let record = seen.clone();
-    let backend = support::upstream(move |r: Request<Incoming>| {
-        let record = record.clone();
-        async move {
-            let traceparent = r
-                .headers()
-                .get("traceparent")
-                .map(|v| v.to_str().unwrap().to_owned());
-            record
-                .lock()
-                .unwrap()
-                .push((r.uri().path().to_owned(), traceparent));
-            Response::new(support::body("ok"))
-        }
-    })
-    .await;
-    let dir = support::temp_dir("otel-sampling");
-    let config = dir.join("pushgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen: {{ http: ["127.0.0.1:0"] }}
-internal: {{ listen: "127.0.0.1:0" }}
-upstreams: {{ backend: {{ targets: ["http://{backend}"] }} }}
-routes:
-  - {{ name: api, match: {{ path_prefix: / }}, upstream: backend }}
-tracing:
-  otlp: {{ endpoint: "http://{collector}", sample_ratio: 0.0 }}
-"#
-        ),
+    let (backend, seen) = recording_backend().await;
+    let (_child, http, internal) = proxy_node(
+        backend,
+        &format!("tracing: {{ otlp: {{ endpoint: \"http://{collector}\", sample_ratio: 0.0 }} }}"),
     )
-    .unwrap();
-    let mut child = tokio::process::Command::new(support::binary())
-        .args(["--log-format", "json", "--config"])
-        .arg(&config)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (http, internal, mut logs) =
-        support::listening_addresses(child.stderr.take().unwrap()).await;
-    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    .await;
     let client = support::http_client();
     let unsampled = format!("00-{SSE_TRACE}-{CLIENT_SPAN}-00");
     let sampled = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
@@ -523,33 +499,11 @@ async fn a_collector_that_is_down_changes_nothing_and_sigterm_still_exits() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let dir = support::temp_dir("otel-down");
-    let config = dir.join("pushgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen: {{ http: ["127.0.0.1:0"] }}
-internal: {{ listen: "127.0.0.1:0" }}
-upstreams: {{ backend: {{ targets: ["http://{backend}"] }} }}
-routes:
-  - {{ name: api, match: {{ path_prefix: / }}, upstream: backend }}
-tracing: {{ otlp: {{ endpoint: "http://{down}" }} }}
-shutdown_grace: 2s
-"#
-        ),
+    let (mut child, http, _) = proxy_node(
+        backend,
+        &format!("tracing: {{ otlp: {{ endpoint: \"http://{down}\" }} }}\nshutdown_grace: 2s"),
     )
-    .unwrap();
-    let mut child = tokio::process::Command::new(support::binary())
-        .args(["--log-format", "json", "--config"])
-        .arg(&config)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (http, _, mut logs) = support::listening_addresses(child.stderr.take().unwrap()).await;
-    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    .await;
     let client = support::http_client();
     for _ in 0..20 {
         let r = client

@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
+use support::servers::Server;
 use support::{Pushgate, SseClient, WAIT, WsClient, body, within};
 
 const SECRET: &str = "presence-secret-0123456789abcdef";
@@ -528,80 +529,6 @@ async fn a_down_upstream_costs_connections_nothing() {
 
 // === many nodes ===
 
-/// A backplane server (redis-server, nats-server -js) on a free loopback
-/// port, stopped by its PID.
-struct Server {
-    port: u16,
-    child: std::process::Child,
-    _dir: Option<std::path::PathBuf>,
-}
-
-impl Server {
-    fn free_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    }
-
-    async fn redis() -> Self {
-        let port = Self::free_port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test installs it)");
-        let server = Self {
-            port,
-            child,
-            _dir: None,
-        };
-        server.wait_port().await;
-        server
-    }
-
-    async fn nats() -> Self {
-        let port = Self::free_port();
-        let dir = support::temp_dir("nats");
-        let child = std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (scripts/test installs it)");
-        let server = Self {
-            port,
-            child,
-            _dir: Some(dir),
-        };
-        server.wait_port().await;
-        server
-    }
-
-    async fn wait_port(&self) {
-        within("the backplane server to listen", async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = &self._dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 fn cluster_config(backplane: &str) -> String {
     format!(
         "{}\npresence: {{ refresh: 300ms }}\n{backplane}\n",
@@ -635,18 +562,8 @@ async fn spawn_binary(
     std::net::SocketAddr,
     std::net::SocketAddr,
 ) {
-    let dir = support::temp_dir("node");
-    let path = dir.join("pushgate.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut child = tokio::process::Command::new(support::binary())
-        .args(["--log-format", "json", "--config"])
-        .arg(&path)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (http, internal, mut lines) =
-        support::listening_addresses(child.stderr.take().unwrap()).await;
+    let path = support::config_file("node", yaml);
+    let (child, http, internal, mut lines) = support::spawn_binary(&path, &[]).await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, http, internal)
 }

@@ -6,7 +6,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -333,15 +332,7 @@ routes:
   - { name: live, match: { path: "/live/{channel}" }, realtime: { channels: ["{channel}"] } }
 "#;
     std::fs::write(&path, good).unwrap();
-    let mut child = tokio::process::Command::new(support::binary())
-        .args(["--log-format", "json", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (http, _internal, mut logs) =
-        support::listening_addresses(child.stderr.take().unwrap()).await;
+    let (mut child, http, _internal, mut logs) = support::spawn_binary(&path, &[]).await;
     let hup = || {
         let pid = child.id().unwrap().to_string();
         assert!(

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::Response;
@@ -23,11 +22,9 @@ async fn sigterm_drains_politely_and_exits_zero() {
         }
     })
     .await;
-    let dir = support::temp_dir("sigterm");
-    let config = dir.join("pushgate.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = support::config_file(
+        "sigterm",
+        &format!(
             r#"
 listen: {{ http: ["127.0.0.1:0"] }}
 internal: {{ listen: "127.0.0.1:0" }}
@@ -39,17 +36,8 @@ shutdown_grace: 8s
 drain_window: 0s   # all at once: this test is about the order
 "#
         ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(support::binary())
-        .args(["--log-format", "json", "--config"])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (http, internal, mut logs) =
-        support::listening_addresses(child.stderr.take().unwrap()).await;
+    );
+    let (mut child, http, internal, mut logs) = support::spawn_binary(&config, &[]).await;
     let client = support::http_client();
 
     let mut sse = SseClient::connect(&format!("http://{http}/live/a"), None).await;

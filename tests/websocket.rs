@@ -322,14 +322,7 @@ async fn websocket_upgrade_on_a_reused_keep_alive_connection() {
     let n = tcp.read(&mut buf).await.unwrap();
     let first = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    tcp.write_all(
-        b"GET /live/k HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let n = tcp.read(&mut buf).await.unwrap();
-    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    let answer = support::ws_handshake(&mut tcp, "/live/k").await;
     assert!(
         answer
             .to_ascii_lowercase()

@@ -31,23 +31,7 @@ routes:
 /// Opens a WebSocket on `/any` by hand; returns the split socket.
 async fn open(pg: &Pushgate) -> (OwnedReadHalf, OwnedWriteHalf) {
     let mut tcp = TcpStream::connect(pg.http).await.unwrap();
-    tcp.write_all(
-        b"GET /any HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
-          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    // Read the 101 head byte by byte: nothing of what follows is consumed.
-    let mut head = Vec::new();
-    support::within("the 101 answer", async {
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            tcp.read_exact(&mut b).await.unwrap();
-            head.push(b[0]);
-        }
-    })
-    .await;
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    support::ws_handshake(&mut tcp, "/any").await;
     tcp.into_split()
 }
 

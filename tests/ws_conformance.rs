@@ -377,24 +377,11 @@ struct RawClient {
 impl RawClient {
     async fn connect(pg: &Pushgate, channel: &str) -> Self {
         let mut tcp = TcpStream::connect(pg.http).await.unwrap();
-        let request = format!(
-            "GET /live/{channel} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
-        );
-        tcp.write_all(request.as_bytes()).await.unwrap();
+        support::ws_handshake(&mut tcp, &format!("/live/{channel}")).await;
         let mut client = Self {
             tcp,
             buf: Vec::new(),
         };
-        let end = loop {
-            if let Some(i) = client.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let filled = within("the handshake", client.fill()).await;
-            assert!(filled, "closed during the handshake");
-        };
-        let head = String::from_utf8_lossy(&client.buf[..end]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        client.buf.drain(..end);
         let subscribed = within("subscribed", client.frame())
             .await
             .expect("a subscribed frame");

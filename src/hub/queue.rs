@@ -171,17 +171,7 @@ impl Queue {
         {
             return;
         }
-        let mut state = self.lock();
-        if state.closed.is_some() {
-            return;
-        }
-        if matches!(item, Item::Message(_)) {
-            state.messages += 1;
-        }
-        state.items.push_back(item);
-        let waiter = state.waiter.take();
-        drop(state);
-        wake(waiter);
+        self.push_all(std::iter::once(item));
     }
 
     /// Pushes `items` in order under one lock, so a consumer draining at

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
-use super::store::{ChannelEntries, PresenceStore, StoreFuture};
+use super::store::{ChannelEntries, Joining, PresenceStore, StoreFuture};
 use super::{Snapshot, now_ms};
 use crate::backplane::Error;
 use crate::hub::message::ChannelName;
@@ -153,19 +153,14 @@ fn parse(value: &[u8]) -> Entries {
 }
 
 impl PresenceStore for NatsPresence {
-    fn join<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-        sub: &'a str,
-        connections: u32,
-        since: u64,
-    ) -> StoreFuture<'a, bool> {
+    fn join<'a>(&'a self, channel: &'a ChannelName, member: Joining<'a>) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let own = format!("{}|{sub}", self.node);
+            let own = format!("{}|{}", self.node, member.sub);
             let ttl = self.ttl.as_millis() as u64;
             self.modify(channel, |entries, now| {
-                let seen = others(entries, &own, sub, now);
-                entries.insert(own.clone(), [u64::from(connections), since, now + ttl]);
+                let seen = others(entries, &own, member.sub, now);
+                let entry = [u64::from(member.connections), member.since, now + ttl];
+                entries.insert(own.clone(), entry);
                 !seen
             })
             .await

@@ -15,7 +15,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::Snapshot;
-use super::store::{ChannelEntries, PresenceStore, StoreFuture};
+use super::store::{ChannelEntries, Joining, PresenceStore, StoreFuture};
 use crate::backplane::Error;
 use crate::backplane::redis::RedisBackplane;
 use crate::hub::message::ChannelName;
@@ -169,20 +169,14 @@ impl RedisPresence {
 }
 
 impl PresenceStore for RedisPresence {
-    fn join<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-        sub: &'a str,
-        connections: u32,
-        since: u64,
-    ) -> StoreFuture<'a, bool> {
+    fn join<'a>(&'a self, channel: &'a ChannelName, member: Joining<'a>) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut inv = self.join.prepare_invoke();
             inv.key(self.key(channel))
                 .arg(&*self.node)
-                .arg(sub)
-                .arg(connections)
-                .arg(since)
+                .arg(member.sub)
+                .arg(member.connections)
+                .arg(member.since)
                 .arg(self.ttl_ms());
             let joined: i64 = self.invoke(inv).await?;
             Ok(joined == 1)

@@ -17,6 +17,16 @@ use crate::hub::message::ChannelName;
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
+/// One user of a channel on this node, as a join records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Joining<'a> {
+    pub sub: &'a str,
+    /// This node's connections of the user in the channel.
+    pub connections: u32,
+    /// When the user's first connection here joined, in Unix ms.
+    pub since: u64,
+}
+
 /// One channel's entries of this node, for a refresh.
 #[derive(Debug, Clone)]
 pub struct ChannelEntries {
@@ -29,16 +39,9 @@ pub struct ChannelEntries {
 }
 
 pub trait PresenceStore: Send + Sync + 'static {
-    /// Records `sub` on this node (with its connections here and since
-    /// when); `true` when no live entry of another node had it (the user
-    /// joined).
-    fn join<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-        sub: &'a str,
-        connections: u32,
-        since: u64,
-    ) -> StoreFuture<'a, bool>;
+    /// Records the member on this node; `true` when no live entry of
+    /// another node had its sub (the user joined).
+    fn join<'a>(&'a self, channel: &'a ChannelName, member: Joining<'a>) -> StoreFuture<'a, bool>;
 
     /// Removes this node's entry of `sub`; `true` when no live entry of
     /// another node has it (the user left).

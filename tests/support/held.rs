@@ -31,6 +31,17 @@ impl Held {
         }
     }
 
+    /// Opens a held stream on `path` whose origin writes `first` first,
+    /// reads that, and waits until `channel` has the hold as its only
+    /// subscriber: what is published next reaches it.
+    pub async fn started(pg: &Pushgate, path: &str, first: &str, channel: &str) -> Self {
+        let mut held = Self::open(pg, path).await;
+        assert_eq!(held.status, 200, "{path}");
+        assert_eq!(held.read_until(first).await, first);
+        pg.wait_subscribers(channel, 1).await;
+        held
+    }
+
     /// Reads until the body so far ends with `expected`; returns it all.
     pub async fn read_until(&mut self, expected: &str) -> String {
         within(&format!("{expected:?} on the held stream"), async {
@@ -58,4 +69,20 @@ impl Held {
         .await;
         String::from_utf8(std::mem::take(&mut self.buffer)).unwrap()
     }
+}
+
+/// A GET of `path` under way in a task, returned once `channel` has
+/// `subscribers` holds (this one included): what is published next
+/// answers it.
+pub async fn waiting_response(
+    pg: &Pushgate,
+    path: &str,
+    channel: &str,
+    subscribers: usize,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let client = pg.client().clone();
+    let url = pg.url(path);
+    let waiting = tokio::spawn(async move { client.get(url).send().await.unwrap() });
+    pg.wait_subscribers(channel, subscribers).await;
+    waiting
 }

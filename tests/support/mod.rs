@@ -5,6 +5,7 @@
 
 pub mod backplane;
 pub mod held;
+pub mod servers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -64,6 +65,14 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A fresh directory holding `pushgate.yaml` with `yaml` in it; the path of
+/// the file.
+pub fn config_file(name: &str, yaml: &str) -> PathBuf {
+    let path = temp_dir(name).join("pushgate.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
 }
 
 impl Pushgate {
@@ -601,6 +610,64 @@ impl WsClient {
 
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_pushgate")
+}
+
+pub type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// Starts the binary with `--log-format json --config CONFIG` and `envs`
+/// (see [`spawn_command`]).
+pub async fn spawn_binary(
+    config: &Path,
+    envs: &[(&str, &str)],
+) -> (tokio::process::Child, SocketAddr, SocketAddr, LogLines) {
+    let mut command = tokio::process::Command::new(binary());
+    command.envs(envs.iter().copied());
+    spawn_command(command, config).await
+}
+
+/// Runs `command` (the binary, or a wrapper such as `prlimit` whose last
+/// argument so far is the binary) with `--log-format json --config CONFIG`,
+/// stderr piped and killed on drop; returns once the http and internal
+/// listeners logged their addresses, with the rest of the log.
+pub async fn spawn_command(
+    mut command: tokio::process::Command,
+    config: &Path,
+) -> (tokio::process::Child, SocketAddr, SocketAddr, LogLines) {
+    let mut child = command
+        .args(["--log-format", "json", "--config"])
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (http, internal, logs) = listening_addresses(child.stderr.take().unwrap()).await;
+    (child, http, internal, logs)
+}
+
+/// Sends a WebSocket upgrade for `path` on `tcp`, written by hand (the
+/// raw-socket tests own every byte after it), and reads the answer's head
+/// byte by byte, so nothing after it is consumed. Panics unless it is a
+/// `101`; returns the head.
+pub async fn ws_handshake(tcp: &mut TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    within("the 101 answer", async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = tcp.read(&mut byte).await.unwrap();
+            assert_eq!(n, 1, "closed during the handshake: {head:?}");
+            head.push(byte[0]);
+        }
+    })
+    .await;
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    head
 }
 
 /// Reads the binary's JSON log lines until every listener has reported
