@@ -236,7 +236,7 @@ impl Reads {
 
 /// A positioned message another node published: `ms` is its publish time
 /// (Unix ms, the publisher's or the server's clock), `event` absent or
-/// empty for none, `data` its JSON. `None` when a field is malformed.
+/// empty for none, `data` its body in [`Payload::wire`] form. `None` when a field is malformed.
 fn remote_message(
     channel: &ChannelName,
     position: Position,
@@ -252,7 +252,7 @@ fn remote_message(
         channel.clone(),
         position,
         event,
-        Payload::from_json_bytes(data)?,
+        Payload::from_wire(data)?,
         instant_from_unix_ms(ms),
     ))
 }

@@ -178,6 +178,18 @@ pub struct StaticSettings {
     pub index: Option<String>,
 }
 
+/// The largest `max_message` of the realtime defaults and every realtime
+/// route: what the publish API accepts.
+pub fn largest_max_message(routes: &[RouteSettings], realtime: &RealtimeSettings) -> usize {
+    routes
+        .iter()
+        .filter_map(|r| match &r.action {
+            RouteAction::Realtime(rt) => Some(rt.settings.max_message),
+            _ => None,
+        })
+        .fold(realtime.max_message, usize::max)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,

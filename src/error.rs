@@ -38,7 +38,7 @@ pub enum ErrorCode {
     InvalidBody,
     NoChannel,
     UnknownType,
-    BinaryNotSupported,
+    BinaryNotAllowed,
     NotSubscribed,
     TooManySubscriptions,
     Unauthorized,
@@ -88,7 +88,7 @@ impl ErrorCode {
         Self::InvalidBody,
         Self::NoChannel,
         Self::UnknownType,
-        Self::BinaryNotSupported,
+        Self::BinaryNotAllowed,
         Self::NotSubscribed,
         Self::TooManySubscriptions,
         Self::Unauthorized,
@@ -136,7 +136,7 @@ impl ErrorCode {
             Self::InvalidBody => "invalid_body",
             Self::NoChannel => "no_channel",
             Self::UnknownType => "unknown_type",
-            Self::BinaryNotSupported => "binary_not_supported",
+            Self::BinaryNotAllowed => "binary_not_allowed",
             Self::NotSubscribed => "not_subscribed",
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::Unauthorized => "unauthorized",
@@ -185,7 +185,7 @@ impl ErrorCode {
             | Self::InvalidBody
             | Self::NoChannel
             | Self::UnknownType
-            | Self::BinaryNotSupported
+            | Self::BinaryNotAllowed
             | Self::NotSubscribed
             | Self::TooManySubscriptions => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -67,16 +67,7 @@ pub(crate) fn build_admin(
     shared: &Shared,
     control: Weak<dyn admin::Reload>,
 ) -> Admin {
-    let max_message = config
-        .routes
-        .iter()
-        .filter_map(|r| match &r.action {
-            RouteAction::Realtime(rt) => Some(rt.settings.max_message),
-            _ => None,
-        })
-        .chain([config.realtime.max_message])
-        .max()
-        .unwrap_or(config.realtime.max_message);
+    let max_message = crate::config::largest_max_message(&config.routes, &config.realtime);
     Admin {
         ready: shared.ready.clone(),
         backplane: shared.backplane.clone(),

@@ -17,6 +17,8 @@ Usage:
   pushgate check --config FILE                           validate a config and exit
   pushgate publish [--url URL] [--token T] [--event E] [--json] CHANNEL DATA|-
                                                          publish one message (DATA `-` = stdin)
+  pushgate publish [--url URL] [--token T] [--event E] --binary CHANNEL FILE|-
+                                                         publish a file's bytes (`-` = stdin)
   pushgate --version | --help
 ";
 
@@ -33,6 +35,7 @@ struct Args {
     token: Option<String>,
     event: Option<String>,
     json_data: bool,
+    binary: bool,
     positional: Vec<String>,
 }
 
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             "--token" => args.token = Some(value("--token")?),
             "--event" => args.event = Some(value("--event")?),
             "--json" => args.json_data = true,
+            "--binary" => args.binary = true,
             "-" => args.positional.push(a),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             _ if args.command.is_none()
@@ -284,28 +288,51 @@ fn publish(args: &Args) -> ExitCode {
         eprintln!("pushgate publish: give CHANNEL and DATA (or - for stdin)\n\n{USAGE}");
         return ExitCode::from(EXIT_USAGE);
     };
-    let data = if data == "-" {
-        let mut s = String::new();
-        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
-            eprintln!("pushgate publish: cannot read stdin: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-        s.strip_suffix('\n').map(str::to_owned).unwrap_or(s)
-    } else {
-        data.clone()
-    };
-    let data: serde_json::Value = if args.json_data {
-        match serde_json::from_str(&data) {
-            Ok(v) => v,
+    if args.binary && args.json_data {
+        eprintln!("pushgate publish: --binary and --json exclude each other\n\n{USAGE}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let mut body = if args.binary {
+        let bytes = if data == "-" {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+        } else {
+            std::fs::read(data)
+        };
+        let bytes = match bytes {
+            Ok(b) => b,
             Err(e) => {
-                eprintln!("pushgate publish: --json data is not JSON: {e}");
-                return ExitCode::from(EXIT_USAGE);
+                eprintln!("pushgate publish: cannot read {data}: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
             }
-        }
+        };
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        serde_json::json!({ "channel": channel, "data_base64": b64 })
     } else {
-        serde_json::Value::String(data)
+        let data = if data == "-" {
+            let mut s = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+                eprintln!("pushgate publish: cannot read stdin: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+            s.strip_suffix('\n').map(str::to_owned).unwrap_or(s)
+        } else {
+            data.clone()
+        };
+        let data: serde_json::Value = if args.json_data {
+            match serde_json::from_str(&data) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("pushgate publish: --json data is not JSON: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        } else {
+            serde_json::Value::String(data)
+        };
+        serde_json::json!({ "channel": channel, "data": data })
     };
-    let mut body = serde_json::json!({ "channel": channel, "data": data });
     if let Some(e) = &args.event {
         body["event"] = e.clone().into();
     }

@@ -63,6 +63,7 @@ pub struct Metrics {
     pub sessions: Family<TransportLabels, Gauge>,
     pub sessions_ended: Family<EndLabels, Counter>,
     pub delivered: Counter,
+    pub delivered_bytes: Counter,
     pub delivery_latency: Histogram,
     pub auth_failures: Family<AuthFailureLabels, Counter>,
     pub limits: crate::limits::LimitMetrics,
@@ -113,6 +114,12 @@ impl Metrics {
             "Messages written to subscriber connections",
             delivered.clone(),
         );
+        let delivered_bytes = Counter::default();
+        registry.register(
+            "pushgate_message_bytes_delivered",
+            "Payload bytes of the messages written to subscriber connections (a binary message's bytes, a text message's compact JSON data; no framing)",
+            delivered_bytes.clone(),
+        );
         // 50 µs .. ~3 s
         let delivery_latency = Histogram::new(exponential_buckets(0.00005, 2.0, 17));
         registry.register(
@@ -160,6 +167,7 @@ impl Metrics {
             sessions,
             sessions_ended,
             delivered,
+            delivered_bytes,
             delivery_latency,
             auth_failures,
             limits,

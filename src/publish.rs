@@ -2,9 +2,10 @@
 //! single, multi-channel or batch body, validate all of it, then hand it to
 //! the backplane. Nothing is published from a request that fails.
 //!
-//! * `POST /publish` — `{"channel"|"channels", "data", "event"?, "idempotency_key"?}`
+//! * `POST /publish` — `{"channel"|"channels", "data"|"data_base64", "event"?, "idempotency_key"?}`
 //!   or `{"messages": [...]}`; answers `{"results": [{"channel","id","subscribers"}]}`.
 
+pub mod binary;
 pub mod client;
 
 use std::sync::Arc;
@@ -235,7 +236,7 @@ fn message(
     if let Some(k) = m.keys().find(|k| {
         !matches!(
             k.as_str(),
-            "channel" | "channels" | "data" | "event" | "idempotency_key"
+            "channel" | "channels" | "data" | "data_base64" | "event" | "idempotency_key"
         )
     }) {
         return Err(bad(format!("unknown field {k:?}")));
@@ -263,14 +264,34 @@ fn message(
         }
         (None, None) => return Err(bad("missing \"channel\"".into())),
     }
-    let content = Content::validate(
-        m.get("data"),
+    let content = Content::new(
+        body(m.get("data"), m.get("data_base64"))?,
         m.get("event"),
         m.get("idempotency_key"),
         max_message,
     )?;
     out.extend(channels.into_iter().map(|c| content.publication(c, now)));
     Ok(())
+}
+
+/// A message's body: `data` (any JSON value) or `data_base64` (bytes,
+/// SPEC §12), exactly one of them.
+pub fn body(data: Option<&Value>, data_base64: Option<&Value>) -> Result<Payload, HttpError> {
+    let bad = |message: String| HttpError::new(ErrorCode::InvalidRequest, message);
+    match (data, data_base64) {
+        (Some(data), None) => Ok(Payload::from_json(data)),
+        (None, Some(Value::String(text))) => match binary::decode(text) {
+            Ok(bytes) => Ok(Payload::from_bytes(bytes)),
+            Err(e) => Err(bad(format!(
+                "\"data_base64\" is not base64 at byte {}: {}",
+                e.position, e.what
+            ))
+            .with("position", e.position.into())),
+        },
+        (None, Some(_)) => Err(bad("\"data_base64\" must be a base64 string".into())),
+        (Some(_), Some(_)) => Err(bad("give \"data\" or \"data_base64\", not both".into())),
+        (None, None) => Err(bad("missing \"data\" (or \"data_base64\")".into())),
+    }
 }
 
 /// A channel name from a client, or `invalid_channel`.
@@ -303,7 +324,23 @@ impl Content {
     ) -> Result<Self, HttpError> {
         let bad = |message: String| HttpError::new(ErrorCode::InvalidRequest, message);
         let data = data.ok_or_else(|| bad("missing \"data\"".into()))?;
-        let payload = Payload::from_json(data);
+        Self::new(
+            Payload::from_json(data),
+            event,
+            idempotency_key,
+            max_message,
+        )
+    }
+
+    /// Validates a body already decoded (`data` or `data_base64`, or a
+    /// binary WebSocket message) with the `event` and `idempotency_key`.
+    pub fn new(
+        payload: Payload,
+        event: Option<&Value>,
+        idempotency_key: Option<&Value>,
+        max_message: usize,
+    ) -> Result<Self, HttpError> {
+        let bad = |message: String| HttpError::new(ErrorCode::InvalidRequest, message);
         if payload.len() > max_message {
             return Err(HttpError::new(
                 ErrorCode::MessageTooLarge,
@@ -421,7 +458,10 @@ mod tests {
             err(r#"{"channel":"a b","data":1}"#).code.as_str(),
             "invalid_channel"
         );
-        assert_eq!(err(r#"{"channel":"a"}"#).message, "missing \"data\"");
+        assert_eq!(
+            err(r#"{"channel":"a"}"#).message,
+            "missing \"data\" (or \"data_base64\")"
+        );
         assert_eq!(
             err(r#"{"channel":"a","data":1,"x":1}"#).message,
             "unknown field \"x\""

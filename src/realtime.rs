@@ -145,6 +145,21 @@ impl Realtime {
             )
             .into());
         }
+        let binary_frames = match query.get("binary") {
+            None | Some("base64") => false,
+            Some("frames") => true,
+            Some(other) => {
+                return Err(HttpError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("invalid ?binary={other:?}: frames or base64"),
+                )
+                .into());
+            }
+        };
+        let publish_to = match query.get("publish") {
+            None => None,
+            Some(c) => Some(crate::publish::channel(c)?),
+        };
         let websocket = transport == Transport::Websocket;
         let access = match &route.auth {
             None => Access::Open,
@@ -164,6 +179,8 @@ impl Realtime {
             settings: route.settings,
             access,
             permit: None,
+            binary_frames,
+            publish_to,
         }))
     }
 

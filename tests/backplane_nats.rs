@@ -25,6 +25,12 @@ async fn an_id_from_one_node_resumes_on_another_on_every_transport() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_messages_cross_nodes_byte_for_byte() {
+    let nats = Server::nats().await;
+    backplane::binary_messages_cross_nodes_byte_for_byte(&nats.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_publishes_once_across_nodes() {
     let nats = Server::nats().await;
     backplane::an_idempotency_key_publishes_once_across_nodes(&nats.url()).await;

@@ -42,6 +42,12 @@ async fn an_id_from_one_node_resumes_on_another_on_every_transport() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_messages_cross_nodes_byte_for_byte() {
+    let redis = Server::redis().await;
+    backplane::binary_messages_cross_nodes_byte_for_byte(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_publishes_once_across_nodes() {
     let redis = Server::redis().await;
     backplane::an_idempotency_key_publishes_once_across_nodes(&redis.url()).await;

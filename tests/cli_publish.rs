@@ -1,5 +1,6 @@
 //! `pushgate publish` against a running pushgate: success, a wrong token,
-//! a bad channel, and data from stdin.
+//! a bad channel, data from stdin, and bytes (`--binary`) from a file or
+//! stdin.
 
 mod support;
 
@@ -50,11 +51,68 @@ async fn publishes_and_prints_the_receipt() {
         pg.internal,
         &["--json", "news", "-"],
         Some("s3cret"),
-        Some("{\"n\": 1}\n"),
+        Some(b"{\"n\": 1}\n"),
     )
     .await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(sse.next_message().await.data, r#"{"n":1}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_publishes_a_files_or_stdins_bytes_unchanged() {
+    use base64::Engine as _;
+    let pg = Pushgate::start(CONFIG).await;
+    let all: Vec<u8> = (0..=255).collect();
+    let file = support::temp_dir("cli-binary").join("bytes.bin");
+    std::fs::write(&file, &all).unwrap();
+    let path: &'static str = Box::leak(file.to_string_lossy().into_owned().into_boxed_str());
+    let args: &'static [&'static str] =
+        Box::leak(vec!["--token", "s3cret", "--binary", "files", path].into_boxed_slice());
+    let (code, stdout, stderr) = run(pg.internal, args, None, None).await;
+    assert_eq!(code, 0, "{stderr}");
+    let receipt: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let first = receipt["results"][0]["id"].as_str().unwrap().to_owned();
+    // Stdin is taken as it is: the trailing newline is one of the bytes.
+    let (code, _, stderr) = run(
+        pg.internal,
+        &["--binary", "--event", "raw", "files", "-"],
+        Some("s3cret"),
+        Some(b"\xff\x00\n"),
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let start = format!("{}-0", first.split('-').next().unwrap());
+    let answer = pg
+        .get_json(pg.url(&format!("/live/files?transport=longpoll&since={start}")))
+        .await;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    assert_eq!(answer["messages"][0]["data_base64"], b64(&all));
+    assert_eq!(answer["messages"][1]["data_base64"], b64(b"\xff\x00\n"));
+    assert_eq!(answer["messages"][1]["event"], "raw");
+
+    let (code, _, stderr) = run(
+        pg.internal,
+        &["--binary", "--json", "files", "-"],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 2, "--binary with --json is a usage error: {stderr}");
+    let (code, _, stderr) = run(
+        pg.internal,
+        &[
+            "--token",
+            "s3cret",
+            "--binary",
+            "files",
+            "/nonexistent/file",
+        ],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/nonexistent/file"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +161,7 @@ fn cli(
     internal: SocketAddr,
     args: &[&str],
     token_env: Option<&str>,
-    stdin: Option<&str>,
+    stdin: Option<&[u8]>,
 ) -> (i32, String, String) {
     let mut cmd = Command::new(support::binary());
     cmd.arg("publish")
@@ -120,7 +178,7 @@ fn cli(
     let mut child = cmd.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
+        input.write_all(s).unwrap();
     }
     drop(input);
     let out = child.wait_with_output().unwrap();
@@ -136,7 +194,7 @@ async fn run(
     internal: SocketAddr,
     args: &'static [&'static str],
     token_env: Option<&'static str>,
-    stdin: Option<&'static str>,
+    stdin: Option<&'static [u8]>,
 ) -> (i32, String, String) {
     tokio::task::spawn_blocking(move || cli(internal, args, token_env, stdin))
         .await

@@ -800,6 +800,16 @@ async fn websocket_over_http_events_meta_and_control_messages() {
     )
     .await;
     assert_eq!(frame(&mut client).await, (OpCode::Binary, vec![0, 1, 2]));
+    // content-bin without a type is binary too (Pushpin, gripcontrol).
+    publish_ok(
+        &pg,
+        json!([{"channel": "room", "formats": {"ws-message": {"content-bin": "/wD+"}}}]),
+    )
+    .await;
+    assert_eq!(
+        frame(&mut client).await,
+        (OpCode::Binary, vec![0xff, 0, 0xfe])
+    );
     publish_ok(
         &pg,
         json!([{"channel": "room", "formats": {"ws-message": {"type": "ping"}}}]),

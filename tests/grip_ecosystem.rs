@@ -306,6 +306,13 @@ async fn gripcontrol_websocket_over_http_backend() {
     assert_eq!(ws_text(&mut client).await, "user=alice");
     gripcontrol_publish(&python, &pg, &["chat", "ws-text", "from the publisher"]).await;
     assert_eq!(ws_text(&mut client).await, "from the publisher");
+    // gripcontrol's binary format is content-bin without a type: a binary
+    // frame, whatever the bytes (as Pushpin does).
+    gripcontrol_publish(&python, &pg, &["chat", "ws-bytes", "ff00fe"]).await;
+    assert_eq!(
+        ws_message(&mut client).await,
+        (false, vec![0xff, 0x00, 0xfe])
+    );
     client.send_text("leave").await;
     pg.wait_subscribers("chat", 0).await;
     client.send_text("bye").await;

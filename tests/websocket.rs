@@ -200,7 +200,7 @@ async fn bad_input_gets_error_frames_and_the_connection_survives() {
         .write_frame(Frame::binary(Payload::Owned(vec![1, 2, 3])))
         .await
         .unwrap();
-    assert_eq!(ws.expect("error").await["code"], "binary_not_supported");
+    assert_eq!(ws.expect("error").await["code"], "binary_not_allowed");
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.expect("pong").await, json!({"type": "pong"}));
 }

@@ -149,10 +149,11 @@ fn cases() -> Vec<Case> {
         case("1", "text, 126 bytes (16-bit length)", vec![f(TEXT, json_ping(126))], Replies(vec!["pong"])),
         case("1", "text, 65535 bytes", vec![f(TEXT, json_ping(65535))], Replies(vec!["pong"])),
         case("1", "text, 65536 bytes (64-bit length)", vec![f(TEXT, json_ping(65536))], Replies(vec!["pong"])),
-        case("1", "binary frame", vec![f(BINARY, vec![0xfe; 16])], Replies(vec!["binary_not_supported"])),
-        case("1", "binary frame, empty", vec![f(BINARY, "")], Replies(vec!["binary_not_supported"])),
+        case("1", "binary frame", vec![f(BINARY, vec![0xfe; 16])], Replies(vec!["binary_not_allowed"])),
+        case("1", "binary frame, empty", vec![f(BINARY, "")], Replies(vec!["binary_not_allowed"])),
         case("1", "unmasked client frame (RFC 6455 §5.1)", vec![f(TEXT, ping()).unmasked()], Close(1002)),
         case("1", "unmasked client ping", vec![f(PING, "x").unmasked()], Close(1002)),
+        case("1", "text of exactly max_message", vec![f(TEXT, json_ping(MAX_MESSAGE))], Replies(vec!["pong"])),
         case("1", "text over max_message", vec![f(TEXT, vec![b' '; MAX_MESSAGE + 1])], Close(1009)),
         // 2 Pings and pongs.
         case("2", "ping, empty", vec![f(PING, "")], pongs(&[b""])),

@@ -67,6 +67,11 @@ export function tokenExp(token) {
   }
 }
 
+/** Bytes from standard base64 (a binary message's `data_base64`). */
+export function fromBase64(text) {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+
 function withQuery(url, params) {
   const u = new URL(url, globalThis.location ? globalThis.location.href : "http://localhost/");
   for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== "") u.searchParams.set(k, v);
@@ -115,10 +120,12 @@ export class SseParser {
 
 /**
  * Subscribes to a realtime route.
- * options: transports, since, onMessage({channel, id, event, data, transport}),
+ * options: transports, since, onMessage({channel, id, event, data, transport})
+ * (data: a Uint8Array for a binary message, else the text or JSON value),
  * onGap(channels), onStatus({state, transport}), onJoin({channel, sub}) and
  * onLeave({channel, sub}) (routes with presence events), openTimeout (ms),
- * upgradeInterval (ms), token (a string, or an async function called
+ * upgradeInterval (ms), publish (the channel binary publishes go to, as
+ * ?publish=), token (a string, or an async function called
  * before each connect; over WebSocket it is also called to refresh the
  * token before its `exp`).
  */
@@ -321,9 +328,12 @@ class Subscription {
   }
 
   openWs(conn, alive, fail) {
-    const u = withQuery(this.url, { since: this.ids.since() });
+    const u = withQuery(this.url, { since: this.ids.since(), binary: "frames", publish: this.o.publish });
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     const ws = new this.env.WebSocket(u.href);
+    ws.binaryType = "arraybuffer";
+    // A binary message: its header frame, then its bytes.
+    let header = null;
     let ping = null;
     conn.ws = ws;
     conn.close = () => {
@@ -346,11 +356,20 @@ class Subscription {
     ws.onmessage = (e) => {
       alive();
       let f;
-      try {
-        f = JSON.parse(e.data);
-      } catch {
-        return;
+      if (typeof e.data !== "string") {
+        f = header;
+        header = null;
+        if (f) f.data = new Uint8Array(e.data);
+      } else {
+        try {
+          f = JSON.parse(e.data);
+        } catch {
+          return;
+        }
+        if (f.type === "message" && typeof f.binary === "number") return void (header = f);
+        if ("data_base64" in f) f.data = fromBase64(f.data_base64);
       }
+      if (!f) return;
       if (f.type === "message" || f.type === "join" || f.type === "leave") {
         this.ids.position(f.channel, f.id);
         const join = f.type === "message" ? f.event : "pushgate." + f.type;
@@ -402,7 +421,9 @@ class Subscription {
         fail();
       } else {
         try {
-          this.deliver({ id: ev.id, event: ev.event, data: ev.data, transport: "sse" });
+          // A binary message: `pushgate.binary[.EVENT]`, base64 data.
+          const b = /^pushgate\.binary(?:\.(.+))?$/.exec(ev.event);
+          this.deliver({ id: ev.id, event: b ? b[1] : ev.event, data: b ? fromBase64(ev.data) : ev.data, transport: "sse" });
         } catch {}
       }
     });
@@ -441,7 +462,7 @@ class Subscription {
         alive(wait);
         if (body.gap) this.gap(body.gap);
         for (const m of body.messages || []) {
-          this.deliver({ channel: m.channel, id: m.id, event: m.event, data: m.data, transport: "longpoll" });
+          this.deliver({ channel: m.channel, id: m.id, event: m.event, data: "data_base64" in m ? fromBase64(m.data_base64) : m.data, transport: "longpoll" });
         }
         this.ids.connectionId(body.last_id);
       }
@@ -449,18 +470,29 @@ class Subscription {
     loop().catch(() => stopped || fail());
   }
 
-  // Sends a request frame over the WebSocket; its answer settles it.
+  // Sends a request frame (or a binary message) over the WebSocket; its
+  // answer settles it.
   ask(frame, what) {
     const ws = this.conn && this.conn.ws;
     if (!ws || ws.readyState !== 1) return Promise.reject(new Error(`${what} needs an open websocket transport`));
     return new Promise((resolve, reject) => {
       this.pending.push({ resolve, reject });
-      ws.send(JSON.stringify(frame));
+      ws.send(frame instanceof Uint8Array ? frame : JSON.stringify(frame));
     });
   }
 
-  /** Publishes over the WebSocket (routes with client_publish). */
+  /**
+   * Publishes over the WebSocket (routes with client_publish). Bytes
+   * (Uint8Array or ArrayBuffer) go as a binary message, to options.publish
+   * or else the connection's one channel, which `channel` must name.
+   */
   publish(channel, data, event) {
+    if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {
+      // The channels this subscription has positions on (WebSocket).
+      const on = [...this.ids.positions.keys()];
+      if (channel !== (this.o.publish || (on.length === 1 && on[0])) || event) return Promise.reject(new Error("binary publish goes to options.publish or the one channel, without an event"));
+      return this.ask(new Uint8Array(data.buffer || data, data.byteOffset, data.byteLength), "publish");
+    }
     return this.ask(event ? { type: "publish", channel, data, event } : { type: "publish", channel, data }, "publish");
   }
 

@@ -292,7 +292,7 @@ impl Shared {
             if let Some(key) = &p.idempotency_key {
                 headers.insert("Nats-Msg-Id", format!("{}:{}", p.channel, key).as_str());
             }
-            let payload = p.payload.json().clone();
+            let payload = p.payload.wire();
             let ack = match self
                 .js
                 .publish_with_headers(subject.clone(), headers.clone(), payload.clone())

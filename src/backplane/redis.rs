@@ -258,7 +258,7 @@ impl Shared {
                 .arg(limits.messages)
                 .arg(age_ms)
                 .arg(p.event.as_ref().map_or("", |e| e.as_str()))
-                .arg(p.payload.json().as_ref())
+                .arg(p.payload.wire().as_ref())
                 .arg(self.pubsub_name(&p.channel))
                 .arg(meta_ttl(limits.max_age));
         }

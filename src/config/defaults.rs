@@ -48,13 +48,23 @@ impl Default for RealtimeSettings {
     }
 }
 
+/// The default `limits.max_body`: room for the base64 of a
+/// `max_message`-sized binary payload (`data_base64`, 4/3 of it) and 64 KiB
+/// of JSON around it; at least 1 MiB. 1,463,640 bytes for the default
+/// 1 MiB `max_message`.
+pub(super) fn max_body(max_message: usize) -> usize {
+    (max_message.div_ceil(3).saturating_mul(4))
+        .saturating_add(64 << 10)
+        .max(1 << 20)
+}
+
 /// `limits`.
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
             max_header: 16 << 10,
-            max_body: 1 << 20,
+            max_body: max_body(RealtimeSettings::default().max_message),
             header_read_timeout: Duration::from_secs(10),
         }
     }

@@ -83,7 +83,7 @@ impl<'a> Validator<'a> {
         let upstreams = self.upstreams(&file.upstreams);
         let realtime = resolve_realtime(RealtimeSettings::default(), &file.realtime);
         let routes = self.routes(&file.routes, &file.realtime, &upstreams, &realtime);
-        let limits = self.limits(&file.limits);
+        let limits = self.limits(&file.limits, super::largest_max_message(&routes, &realtime));
         let rate_limits = self.rate_limits(&file.limits);
         let backplane = self.backplane(&file.backplane);
         let shutdown_grace = file
@@ -264,7 +264,9 @@ impl<'a> Validator<'a> {
     }
 
     /// `limits` (the rates and caps of SPEC §9 are `rate_limits`).
-    fn limits(&mut self, file: &LimitsConfig) -> Limits {
+    /// `max_message`: the largest a publish may carry, which the default
+    /// `max_body` leaves room for.
+    fn limits(&mut self, file: &LimitsConfig, max_message: usize) -> Limits {
         let limits = Limits::default();
         let max_header = match &file.max_header {
             Some(s) if s.value.0 < 8192 => {
@@ -277,7 +279,9 @@ impl<'a> Validator<'a> {
         Limits {
             max_connections: file.max_connections.unwrap_or(limits.max_connections),
             max_header,
-            max_body: file.max_body.map_or(limits.max_body, |b| b.0),
+            max_body: file
+                .max_body
+                .map_or_else(|| defaults::max_body(max_message), |b| b.0),
             header_read_timeout: file
                 .header_read_timeout
                 .map_or(limits.header_read_timeout, |d| d.0),

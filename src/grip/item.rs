@@ -335,6 +335,9 @@ fn ws_message(v: &Value) -> Result<Option<WsMessage>, HttpError> {
     match action(m, &["send", "close", "hint", "refresh"])? {
         Some(Action::Send) => {
             let kind = match optional_string(m, "type")? {
+                // As in Pushpin and gripcontrol: `content-bin` without a
+                // type is a binary frame.
+                None if m.get("content-bin").is_some_and(|v| !v.is_null()) => WsType::Binary,
                 None | Some("text") => WsType::Text,
                 Some("binary") => WsType::Binary,
                 Some("ping") => WsType::Ping,

@@ -113,19 +113,27 @@ impl fmt::Debug for EventName {
     }
 }
 
-/// A message body in the two forms transports need, both computed once at
-/// publish time and shared by every delivery.
+/// A message body in the forms transports need, all computed once at
+/// publish time and shared by every delivery. A body is JSON `data` (text)
+/// or bytes (binary, SPEC §12).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload {
-    /// Compact JSON of the published `data` value.
+    /// Text: compact JSON of the published `data` value. Binary: the JSON
+    /// string of the bytes' base64 (standard alphabet, padded), which is
+    /// what JSON transports put in `"data_base64"`.
     json: Bytes,
-    /// What text transports (SSE) carry: a JSON string's raw text, any other
-    /// value as compact JSON (SPEC §1).
+    /// Text: what text transports (SSE) carry: a JSON string's raw text,
+    /// any other value as compact JSON (SPEC §1). Binary: the bytes.
     text: Bytes,
+    binary: bool,
     /// A GRIP item's formats (`POST /publish/`); `None` for native
     /// messages. Only GRIP subscribers take messages that carry them.
     grip: Option<Arc<super::grip::Formats>>,
 }
+
+/// What starts a binary payload's backplane form ([`Payload::wire`]): no
+/// JSON text starts with a NUL byte.
+const WIRE_BINARY: u8 = 0;
 
 impl Payload {
     /// Builds a payload from a parsed JSON value.
@@ -139,17 +147,35 @@ impl Payload {
         Self {
             json,
             text,
+            binary: false,
+            grip: None,
+        }
+    }
+
+    /// A binary payload: `bytes` as published (any length, 0 included).
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        use base64::Engine as _;
+        let mut json = Vec::with_capacity(bytes.len().div_ceil(3) * 4 + 2);
+        json.push(b'"');
+        let at = json.len();
+        json.resize(at + bytes.len().div_ceil(3) * 4, 0);
+        // The buffer is exactly the padded length, so this cannot fail.
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&bytes, &mut json[at..])
+            .unwrap_or(0);
+        json.truncate(at + written);
+        json.push(b'"');
+        Self {
+            json: Bytes::from(json),
+            text: bytes,
+            binary: true,
             grip: None,
         }
     }
 
     /// A GRIP item's payload: its formats, no native body.
     pub fn from_grip(formats: super::grip::Formats) -> Self {
-        Self {
-            json: Bytes::new(),
-            text: Bytes::new(),
-            grip: Some(Arc::new(formats)),
-        }
+        Self::with_grip(Arc::new(formats))
     }
 
     pub fn grip(&self) -> Option<&Arc<super::grip::Formats>> {
@@ -161,47 +187,97 @@ impl Payload {
         Self {
             json: Bytes::new(),
             text: Bytes::new(),
+            binary: false,
             grip: Some(formats),
         }
     }
 
-    /// Rebuilds a payload from its compact JSON (as a backplane stores it).
-    /// `None` when `json` is not valid JSON.
-    pub fn from_json_bytes(json: Bytes) -> Option<Self> {
-        if json.first() == Some(&b'"') {
-            let text: String = serde_json::from_slice(&json).ok()?;
-            return Some(Self {
-                json,
-                text: Bytes::from(text.into_bytes()),
-                grip: None,
-            });
+    /// The body as a backplane carries it between nodes: a text body's
+    /// compact JSON, or a NUL byte and a binary body's bytes.
+    pub fn wire(&self) -> Bytes {
+        if !self.binary {
+            return self.json.clone();
         }
-        serde_json::from_slice::<serde::de::IgnoredAny>(&json).ok()?;
-        Some(Self {
-            text: json.clone(),
-            json,
-            grip: None,
-        })
+        let mut out = Vec::with_capacity(1 + self.text.len());
+        out.push(WIRE_BINARY);
+        out.extend_from_slice(&self.text);
+        Bytes::from(out)
     }
 
+    /// Rebuilds a payload from its [`Payload::wire`] form. `None` when a
+    /// text body is not valid JSON.
+    pub fn from_wire(wire: Bytes) -> Option<Self> {
+        match wire.first() {
+            Some(&WIRE_BINARY) => Some(Self::from_bytes(wire.slice(1..))),
+            Some(b'"') => {
+                let text: String = serde_json::from_slice(&wire).ok()?;
+                Some(Self {
+                    json: wire,
+                    text: Bytes::from(text.into_bytes()),
+                    binary: false,
+                    grip: None,
+                })
+            }
+            _ => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&wire).ok()?;
+                Some(Self {
+                    text: wire.clone(),
+                    json: wire,
+                    binary: false,
+                    grip: None,
+                })
+            }
+        }
+    }
+
+    /// Whether the body is bytes (SPEC §12) rather than JSON `data`.
+    pub fn is_binary(&self) -> bool {
+        self.binary
+    }
+
+    /// Text: the compact JSON of `data`. Binary: the JSON string of the
+    /// base64 (what follows `"data_base64":`).
     pub fn json(&self) -> &Bytes {
         &self.json
     }
 
+    /// Text: what SSE carries. Binary: the bytes.
     pub fn text(&self) -> &Bytes {
         &self.text
     }
 
-    /// Size used for `max_message` checks: the larger of the two forms.
+    /// A binary body's base64 text (standard alphabet, padded), without
+    /// quotes; empty for a text body.
+    pub fn base64(&self) -> Bytes {
+        if self.binary && self.json.len() >= 2 {
+            self.json.slice(1..self.json.len() - 1)
+        } else {
+            Bytes::new()
+        }
+    }
+
+    /// Size used for `max_message` checks: a binary body's bytes, else the
+    /// larger of the two forms.
     pub fn len(&self) -> usize {
         match &self.grip {
             Some(formats) => formats.size(),
+            None if self.binary => self.text.len(),
             None => self.json.len().max(self.text.len()),
         }
     }
 
+    /// The payload bytes a delivery carries (the delivered-bytes
+    /// counters): a binary body's bytes, a text body's compact JSON.
+    pub fn delivered_len(&self) -> usize {
+        if self.binary {
+            self.text.len()
+        } else {
+            self.json.len()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.json.is_empty()
+        self.len() == 0
     }
 }
 
@@ -247,7 +323,7 @@ pub fn instant_from_unix_ms(ms: u64) -> Instant {
 
 /// How many transport encodings a message can cache. Slots are assigned by
 /// the transports (`realtime::encoding`); the hub only stores them.
-pub const ENCODING_SLOTS: usize = 2;
+pub const ENCODING_SLOTS: usize = 3;
 
 /// A published message, as stored in history and queued for subscribers.
 pub struct Message {
@@ -299,6 +375,13 @@ impl Message {
             self.payload.text.len() + ALLOC + SHARED
         };
         let event = self.event.as_ref().map_or(0, |e| e.as_str().len() + ALLOC);
+        // The last slot is WebSocket's `?binary=frames` form, which only a
+        // binary message fills.
+        let slots = if self.payload.binary {
+            ENCODING_SLOTS
+        } else {
+            ENCODING_SLOTS - 1
+        };
         let encoding = json.max(self.payload.text.len())
             + self.channel.as_str().len()
             + event
@@ -313,7 +396,7 @@ impl Message {
             + SHARED
             + text
             + event
-            + ENCODING_SLOTS * encoding
+            + slots * encoding
     }
 
     /// The cached encoding in `slot`, computed by `encode` on first use.
@@ -328,7 +411,8 @@ impl fmt::Debug for Message {
             .field("channel", &self.channel)
             .field("position", &self.position)
             .field("event", &self.event)
-            .field("bytes", &self.payload.json.len())
+            .field("bytes", &self.payload.len())
+            .field("binary", &self.payload.binary)
             .finish()
     }
 }
@@ -388,5 +472,28 @@ mod tests {
         assert_eq!(p.json().as_ref(), br#""line1\nline2""#);
         let p = Payload::from_json(&serde_json::json!({"a": [1, 2]}));
         assert_eq!(p.text().as_ref(), br#"{"a":[1,2]}"#);
+    }
+
+    #[test]
+    fn binary_payloads_keep_their_bytes_through_the_wire_form() {
+        let all: Vec<u8> = (0..=255).collect();
+        for bytes in [Vec::new(), vec![0], b"\xff\xfe".to_vec(), all] {
+            let p = Payload::from_bytes(Bytes::from(bytes.clone()));
+            assert!(p.is_binary());
+            assert_eq!(p.len(), bytes.len());
+            assert_eq!(p.text().as_ref(), &bytes[..]);
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            assert_eq!(p.base64().as_ref(), b64.as_bytes());
+            assert_eq!(p.json().as_ref(), format!("\"{b64}\"").as_bytes());
+            let back = Payload::from_wire(p.wire()).unwrap();
+            assert_eq!(back, p);
+        }
+        // Text bodies keep their JSON form on the wire.
+        let t = Payload::from_json(&serde_json::json!("hi"));
+        assert_eq!(t.wire().as_ref(), br#""hi""#);
+        assert_eq!(Payload::from_wire(t.wire()).unwrap(), t);
+        assert!(!t.is_binary());
+        assert!(Payload::from_wire(Bytes::from_static(b"{nope")).is_none());
     }
 }

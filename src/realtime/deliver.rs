@@ -45,6 +45,7 @@ impl Session {
         }
         let now = Instant::now();
         let mut delivered = 0;
+        let mut bytes = 0;
         for item in &items {
             match item {
                 Item::Message(m) => {
@@ -56,6 +57,7 @@ impl Session {
                         continue;
                     }
                     delivered += 1;
+                    bytes += m.payload.delivered_len() as u64;
                     encoder.message(self, m);
                 }
                 Item::Gap(channel) => encoder.gap(channel),
@@ -68,6 +70,7 @@ impl Session {
             }
         }
         metrics.delivered.inc_by(delivered);
+        metrics.delivered_bytes.inc_by(bytes);
         drained
     }
 

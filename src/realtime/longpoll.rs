@@ -81,8 +81,13 @@ impl Answer {
                 out.push_str(",\"event\":");
                 out.push_str(&quote(e.as_str()));
             }
-            out.push_str(",\"data\":");
-            // Compact JSON produced by serde at publish time.
+            // Compact JSON produced by serde at publish time (a binary
+            // message's: its base64 as a JSON string).
+            out.push_str(if m.payload.is_binary() {
+                ",\"data_base64\":"
+            } else {
+                ",\"data\":"
+            });
             out.push_str(std::str::from_utf8(m.payload.json()).unwrap_or("null"));
             out.push('}');
         }

@@ -22,6 +22,11 @@ pub struct Plan {
     pub access: Access,
     /// The request's share of the per-address connection cap.
     pub permit: Option<ConnPermit>,
+    /// WebSocket `?binary=frames`: a binary message as a header frame and
+    /// a binary frame (default `base64`: `data_base64` in the JSON frame).
+    pub binary_frames: bool,
+    /// WebSocket `?publish=C`: where the client's binary messages go.
+    pub publish_to: Option<ChannelName>,
 }
 
 /// What a realtime request asks for.

@@ -311,15 +311,28 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The event type of a binary message without an event (SPEC §12); one
+/// with event `E` is `pushgate.binary.E`. Published events cannot start
+/// with `pushgate.`, so neither can be mistaken for a text message.
+pub const BINARY_EVENT: &str = "pushgate.binary";
+
 /// `id`, optional `event`, one `data:` line per payload line, blank line.
+/// A binary message is its base64 on one `data:` line, under
+/// [`BINARY_EVENT`].
 pub fn event_bytes(id: &str, message: &Message) -> Bytes {
+    let event = message.event.as_ref().map(|e| e.as_str());
+    if message.payload.is_binary() {
+        let data = message.payload.base64();
+        let mut out = BytesMut::with_capacity(data.len() + id.len() + 96);
+        let event = match event {
+            None => BINARY_EVENT.to_owned(),
+            Some(e) => format!("{BINARY_EVENT}.{e}"),
+        };
+        encode_event(&mut out, Some(id), Some(&event), &data);
+        return out.freeze();
+    }
     let mut out = BytesMut::with_capacity(message.payload.text().len() + id.len() + 32);
-    encode_event(
-        &mut out,
-        Some(id),
-        message.event.as_ref().map(|e| e.as_str()),
-        message.payload.text(),
-    );
+    encode_event(&mut out, Some(id), event, message.payload.text());
     out.freeze()
 }
 
@@ -401,6 +414,28 @@ mod tests {
         );
         assert_eq!(encoded(None, None, ""), "data: \n\n");
         assert_eq!(encoded(None, None, "x\n"), "data: x\ndata: \n\n");
+    }
+
+    #[test]
+    fn binary_messages_are_base64_under_their_own_event_type() {
+        use crate::hub::message::{EventName, Payload};
+        let message = |event: Option<&str>| {
+            Message::new(
+                ChannelName::parse("c").unwrap(),
+                Position { epoch: 1, seq: 2 },
+                event.map(|e| EventName::parse(e).unwrap()),
+                Payload::from_bytes(Bytes::from_static(b"\n\r\x00\xff")),
+                std::time::Instant::now(),
+            )
+        };
+        assert_eq!(
+            event_bytes("7", &message(None)),
+            "id: 7\nevent: pushgate.binary\ndata: Cg0A/w==\n\n"
+        );
+        assert_eq!(
+            event_bytes("7", &message(Some("chunk.v2"))),
+            "id: 7\nevent: pushgate.binary.chunk.v2\ndata: Cg0A/w==\n\n"
+        );
     }
 
     #[test]

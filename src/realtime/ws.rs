@@ -28,3 +28,6 @@ pub use self::protocol::{ClientFrame, FrameError, parse_client_frame};
 
 /// Cache slot of a message's encoded WebSocket frame in `Message`.
 pub const ENCODING_SLOT: usize = 1;
+/// A binary message's `?binary=frames` pair (the hub's last slot, which
+/// only binary messages fill).
+pub const FRAMES_SLOT: usize = 2;

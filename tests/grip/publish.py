@@ -2,7 +2,7 @@
 GripPubControl (on pubcontrol), exactly as a Pushpin user's backend does.
 
 usage: publish.py CONTROL_URI KEY CHANNEL KIND [CONTENT] [ID] [PREV_ID]
-KIND: stream | stream-bin | close | response | ws-text | ws-binary | ws-close
+KIND: stream | stream-bin | close | response | ws-text | ws-binary | ws-bytes (hex) | ws-close
 KEY "-" means no key (no Authorization header).
 """
 
@@ -44,6 +44,9 @@ elif kind == "ws-text":
     pub.publish(channel, Item(WebSocketMessageFormat(content)), blocking=True)
 elif kind == "ws-binary":
     pub.publish(channel, Item(WebSocketMessageFormat(content.encode(), binary=True)), blocking=True)
+elif kind == "ws-bytes":
+    # CONTENT in hex; gripcontrol exports binary as content-bin, no type.
+    pub.publish(channel, Item(WebSocketMessageFormat(bytes.fromhex(content), binary=True)), blocking=True)
 elif kind == "ws-close":
     pub.publish(
         channel,

@@ -487,6 +487,13 @@ pub struct WsClient {
     pub ws: WebSocket<TokioIo<Upgraded>>,
 }
 
+/// A WebSocket message: a JSON text frame or a binary one.
+#[derive(Debug, PartialEq)]
+pub enum WsMessage {
+    Text(serde_json::Value),
+    Binary(Vec<u8>),
+}
+
 /// What a WebSocket read produced.
 #[derive(Debug)]
 pub enum WsEvent {
@@ -593,6 +600,39 @@ impl WsClient {
                 return v;
             }
         }
+    }
+
+    /// The next text or binary message (text as JSON), answering pings.
+    pub async fn message(&mut self) -> WsMessage {
+        within("a WebSocket message", async {
+            loop {
+                let frame = self.ws.read_frame().await.expect("WebSocket read");
+                match frame.opcode {
+                    OpCode::Text => {
+                        return WsMessage::Text(
+                            serde_json::from_slice(&frame.payload).expect("JSON text frame"),
+                        );
+                    }
+                    OpCode::Binary => return WsMessage::Binary(frame.payload.to_vec()),
+                    OpCode::Close => panic!("unexpected close"),
+                    OpCode::Ping => {
+                        self.ws
+                            .write_frame(Frame::pong(Payload::Owned(vec![])))
+                            .await
+                            .unwrap();
+                    }
+                    _ => continue,
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws
+            .write_frame(Frame::binary(Payload::Owned(bytes.to_vec())))
+            .await
+            .unwrap();
     }
 
     /// Reads until the server closes; returns the close code.

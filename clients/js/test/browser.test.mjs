@@ -32,6 +32,7 @@ routes:
   - { name: nows, match: { path: "/nows/{channel}" }, realtime: { channels: ["{channel}"], transports: [sse, longpoll] } }
   - { name: poll, match: { path: "/poll/{channel}" }, realtime: { channels: ["{channel}"], transports: [longpoll], longpoll_timeout: 2s } }
   - { name: chat, match: { path: "/chat/{room}" }, realtime: { channels: ["chat:{room}"], client_publish: ["chat:{room}"] } }
+  - { name: forced, match: { path: "/forced/{channel}" }, realtime: { channels: ["{channel}"], longpoll_timeout: 2s } }
   - { name: files, match: { path_prefix: "/" }, static: { dir: public, index: index.html } }
 `;
 }
@@ -198,6 +199,83 @@ test("kill and restart pushgate mid-stream: the page reconnects and reports a ga
     assert.ok(reconnects >= 1);
   } finally {
     await page.close();
+    stop(pg);
+  }
+});
+
+async function publishBytes(pg, channel, bytes, event) {
+  const r = await fetch(`${pg.internal}/publish`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ channel, data_base64: Buffer.from(bytes).toString("base64"), ...(event ? { event } : {}) }),
+  });
+  assert.equal(r.status, 200);
+  return (await r.json()).results[0].id;
+}
+
+/** window.log's messages with binary data as {bytes: [...]} (a Uint8Array
+ * does not survive page.evaluate's serialisation as one). */
+const messagesOf = (page) =>
+  page.evaluate(() =>
+    window.log.messages.map((m) => ({ ...m, data: m.data instanceof Uint8Array ? { bytes: Array.from(m.data) } : m.data })),
+  );
+
+const ALL_BYTES = Array.from({ length: 256 }, (_, i) => i);
+
+for (const transport of ["websocket", "sse", "longpoll"]) {
+  test(`binary messages arrive as a Uint8Array over ${transport}, text as before`, async () => {
+    const pg = await startPushgate();
+    try {
+      const page = await subscribedPage(pg.base, `/forced/bin-${transport}`, { transports: [transport] });
+      assert.equal(await eventually("open", () => openOn(page)), transport);
+      await sleep(300);
+      const channel = `bin-${transport}`;
+      await publishBytes(pg, channel, ALL_BYTES);
+      await publish(pg, channel, { text: "between" });
+      await publishBytes(pg, channel, [], "empty");
+      const got = await eventually("three messages", async () => {
+        const m = await messagesOf(page);
+        return m.length >= 3 && m;
+      });
+      // SSE carries text as text (and names the default event "message").
+      const sse = transport === "sse";
+      assert.deepEqual(
+        got.map((m) => [m.event ?? null, m.data, m.transport]),
+        [
+          [null, { bytes: ALL_BYTES }, transport],
+          [sse ? "message" : null, sse ? '{"text":"between"}' : { text: "between" }, transport],
+          ["empty", { bytes: [] }, transport],
+        ],
+      );
+      await page.close();
+    } finally {
+      stop(pg);
+    }
+  });
+}
+
+test("sub.publish sends bytes as a binary WebSocket message", async () => {
+  const pg = await startPushgate();
+  try {
+    const alice = await subscribedPage(pg.base, "/chat/bytes");
+    const bob = await subscribedPage(pg.base, "/chat/bytes");
+    await eventually("both open", async () => (await openOn(alice)) && (await openOn(bob)));
+    await sleep(200);
+    const receipt = await alice.evaluate(() => window.sub.publish("chat:bytes", new Uint8Array([0, 255, 1, 254]).buffer));
+    assert.equal(receipt.type, "published");
+    assert.equal(receipt.channel, "chat:bytes");
+    const m = await eventually("bob gets the bytes", async () => (await messagesOf(bob))[0]);
+    assert.deepEqual(m.data, { bytes: [0, 255, 1, 254] });
+    const view = await alice.evaluate(() => window.sub.publish("chat:bytes", new Uint8Array([9, 8, 7, 6]).subarray(1, 3)));
+    assert.equal(view.type, "published");
+    const second = await eventually("bob gets the view's bytes", async () => (await messagesOf(bob))[1]);
+    assert.deepEqual(second.data, { bytes: [8, 7] });
+    // Another channel: refused in the client, nothing sent.
+    const refused = await alice.evaluate(() => window.sub.publish("chat:other", new Uint8Array([1])).then(() => "sent", (e) => e.message));
+    assert.match(refused, /binary publish goes to/);
+    await alice.close();
+    await bob.close();
+  } finally {
     stop(pg);
   }
 });

@@ -2,7 +2,7 @@
 // transport choice, in Node with faked timers and fake transports.
 import { test, mock } from "node:test";
 import assert from "node:assert/strict";
-import { backoffDelay, chooseTransports, IdTracker, SseParser, subscribe } from "../pushgate.js";
+import { backoffDelay, chooseTransports, fromBase64, IdTracker, SseParser, subscribe } from "../pushgate.js";
 
 test("backoff doubles from 1 s to 30 s with ±25 % jitter", () => {
   const mid = () => 0.5;
@@ -10,6 +10,13 @@ test("backoff doubles from 1 s to 30 s with ±25 % jitter", () => {
   assert.equal(backoffDelay(0, () => 0), 750);
   assert.equal(backoffDelay(0, () => 1), 1250);
   assert.equal(backoffDelay(10, () => 0), 22500);
+});
+
+test("fromBase64 decodes every byte value", () => {
+  const all = Uint8Array.from({ length: 256 }, (_, i) => i);
+  assert.deepEqual(fromBase64(Buffer.from(all).toString("base64")), all);
+  assert.deepEqual(fromBase64(""), new Uint8Array(0));
+  assert.deepEqual(fromBase64("/wD+"), new Uint8Array([255, 0, 254]));
 });
 
 test("transport choice keeps the caller's order and the route's set", () => {

@@ -86,6 +86,8 @@ pub(super) fn run<S: RawIo>(
         expires,
         pending,
         presence: settings.presence,
+        binary_frames: plan.binary_frames,
+        publish_to: plan.publish_to,
         _slot: slot,
     };
     tracker.spawn(connection.run(io, greeting));
@@ -132,7 +134,9 @@ fn reader<S: RawIo>(read: ReadHalf<S>, max_message: usize) -> Reader<S> {
         fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     reader.set_auto_close(false);
     reader.set_auto_pong(false);
-    reader.set_max_message_size(max_message.max(125));
+    // fastwebsockets refuses a frame of `max_message_size` bytes or more;
+    // a message of exactly `max_message` is allowed (checked again below).
+    reader.set_max_message_size(max_message.max(125) + 1);
     reader
 }
 
@@ -250,6 +254,10 @@ struct Connection {
     /// The client publish budget, from the first publish on.
     budget: Option<Box<PublishBudget>>,
     presence: crate::config::PresenceSettings,
+    /// `?binary=frames`: binary messages as a header and a binary frame.
+    binary_frames: bool,
+    /// `?publish=C`: where a binary message from the client goes.
+    publish_to: Option<ChannelName>,
     _slot: Arc<ConnSlot>,
 }
 
@@ -407,7 +415,7 @@ impl Connection {
     /// Everything queued as frames, after `greeting`: the bytes to write,
     /// and whether the queue closed under `on_lag: disconnect`.
     fn outgoing(&mut self, greeting: Option<Bytes>) -> (Bytes, bool) {
-        let mut frames = WsEncoder(Coalesce::default());
+        let mut frames = WsEncoder(Coalesce::default(), self.binary_frames);
         if let Some(greeting) = greeting {
             frames.0.push(greeting);
         }
@@ -503,10 +511,14 @@ impl Connection {
             return Next::End(EndReason::TooBig);
         }
         if complete.opcode == OpCode::Binary {
-            self.reply(error_json(
-                ErrorCode::BinaryNotSupported,
-                "send JSON text frames",
-            ));
+            if self.pending.is_some() {
+                self.reply(error_json(
+                    ErrorCode::BinaryNotAllowed,
+                    "the first frame is the JSON auth frame",
+                ));
+            } else {
+                self.publish_binary(complete.data.freeze()).await;
+            }
             return Next::Continue;
         }
         match std::str::from_utf8(&complete.data) {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use fastwebsockets::{Frame, Payload};
 
-use super::ENCODING_SLOT;
 use super::protocol::{gap_json, subscribed_json};
+use super::{ENCODING_SLOT, FRAMES_SLOT};
 use crate::hub::message::{ChannelName, Message, Position};
 use crate::realtime::deliver::Encoder;
 use crate::realtime::{Coalesce, Session, cursor};
@@ -19,11 +19,18 @@ fn quoted(out: &mut BytesMut, s: &str) {
 }
 
 /// The frames for drained items, joined (one write for a burst).
-pub(super) struct WsEncoder(pub(super) Coalesce);
+/// `binary_frames`: the connection asked for `?binary=frames`, so a binary
+/// message is a header and a binary frame rather than base64 in JSON.
+pub(super) struct WsEncoder(pub(super) Coalesce, pub(super) bool);
 
 impl Encoder for WsEncoder {
     fn message(&mut self, _: &Session, m: &Arc<Message>) {
-        self.0.push(m.encoded(ENCODING_SLOT, message_frame));
+        if self.1 && m.payload.is_binary() {
+            // One buffer for the pair: nothing can come between them.
+            self.0.push(m.encoded(FRAMES_SLOT, binary_frames));
+        } else {
+            self.0.push(m.encoded(ENCODING_SLOT, message_frame));
+        }
     }
 
     fn gap(&mut self, channel: &ChannelName) {
@@ -44,7 +51,8 @@ pub fn message_frame(m: &Message) -> Bytes {
     text_frame(&message_json(m))
 }
 
-/// `{"type":"message","channel":C,"id":ID,"event":E,"data":D}`
+/// `{"type":"message","channel":C,"id":ID,"event":E,"data":D}`, or
+/// `"data_base64":B` for a binary message.
 pub fn message_json(m: &Message) -> Bytes {
     let mut out = BytesMut::with_capacity(m.payload.json().len() + 96);
     if crate::presence::is_presence_event(m.event.as_ref()) && m.payload.json().starts_with(b"{") {
@@ -55,18 +63,45 @@ pub fn message_json(m: &Message) -> Bytes {
         out.put_slice(&m.payload.json()[1..]);
         return out.freeze();
     }
+    envelope(&mut out, m);
+    if m.payload.is_binary() {
+        out.put_slice(br#","data_base64":"#);
+    } else {
+        out.put_slice(br#","data":"#);
+    }
+    out.put_slice(m.payload.json());
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+/// `{"type":"message","channel":C,"id":ID,"event":E` (event when set).
+fn envelope(out: &mut BytesMut, m: &Message) {
     out.put_slice(br#"{"type":"message","channel":"#);
-    quoted(&mut out, m.channel.as_str());
+    quoted(out, m.channel.as_str());
     out.put_slice(br#","id":""#);
-    cursor_into(&mut out, m.position);
+    cursor_into(out, m.position);
     out.put_u8(b'"');
     if let Some(event) = &m.event {
         out.put_slice(br#","event":"#);
-        quoted(&mut out, event.as_str());
+        quoted(out, event.as_str());
     }
-    out.put_slice(br#","data":"#);
-    out.put_slice(m.payload.json());
-    out.put_u8(b'}');
+}
+
+/// A binary message under `?binary=frames` (SPEC §12): the text frame
+/// `{"type":"message","channel":C,"id":ID,"event":E?,"binary":N}`, then one
+/// binary frame of the N bytes, in one buffer.
+pub(super) fn binary_frames(m: &Message) -> Bytes {
+    let bytes = m.payload.text();
+    let mut header = BytesMut::with_capacity(128);
+    envelope(&mut header, m);
+    header.put_slice(br#","binary":"#);
+    header.put_slice(bytes.len().to_string().as_bytes());
+    header.put_u8(b'}');
+    let header = text_frame(&header);
+    let data = frame_bytes(Frame::binary(Payload::Borrowed(bytes)));
+    let mut out = BytesMut::with_capacity(header.len() + data.len());
+    out.put_slice(&header);
+    out.put_slice(&data);
     out.freeze()
 }
 
@@ -114,6 +149,33 @@ mod tests {
         assert_eq!(frame[0], 0x81, "FIN + text, one frame");
         assert_eq!(usize::from(frame[1]), json.len(), "unmasked, short length");
         assert_eq!(&frame[2..], &json[..]);
+    }
+
+    #[test]
+    fn binary_messages_are_base64_in_json_or_a_header_and_a_binary_frame() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let m = Message::new(
+            ChannelName::parse("files").unwrap(),
+            Position { epoch: 35, seq: 36 },
+            None,
+            MessagePayload::from_bytes(Bytes::from(bytes.clone())),
+            Instant::now(),
+        );
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let v: serde_json::Value = serde_json::from_slice(&message_json(&m)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"message","channel":"files","id":"z-10","data_base64":b64})
+        );
+        let pair = binary_frames(&m);
+        let header = br#"{"type":"message","channel":"files","id":"z-10","binary":256}"#;
+        assert_eq!(pair[0], 0x81, "FIN + text");
+        assert_eq!(usize::from(pair[1]), header.len());
+        assert_eq!(&pair[2..2 + header.len()], header);
+        let data = &pair[2 + header.len()..];
+        assert_eq!(&data[..4], &[0x82, 126, 1, 0], "FIN + binary, 256 bytes");
+        assert_eq!(&data[4..], &bytes[..]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::Connection;
 use crate::error::ErrorCode;
-use crate::hub::message::ChannelName;
+use crate::hub::message::{ChannelName, Payload};
 use crate::publish::Content;
 use crate::realtime::cursor;
 use crate::realtime::ws::protocol::{
@@ -121,19 +121,61 @@ impl Connection {
         data: Option<serde_json::Value>,
         event: Option<serde_json::Value>,
     ) {
-        if !self.grants.may_publish(&channel) {
-            let why = if self.grants.publish_enabled() {
-                format!("publishing to {channel} is not allowed on this route")
-            } else {
-                "client publish is disabled on this route".to_owned()
-            };
-            return self.reply(error_json(ErrorCode::Forbidden, &why));
+        if let Err(json) = self.may_publish(&channel) {
+            return self.reply(json);
         }
-        let content = match Content::validate(data.as_ref(), event.as_ref(), None, self.max_message)
-        {
-            Ok(content) => content,
-            Err(e) => return self.reply(error_json(e.code, &e.message)),
+        match Content::validate(data.as_ref(), event.as_ref(), None, self.max_message) {
+            Ok(content) => self.send_publication(channel, content).await,
+            Err(e) => self.reply(error_json(e.code, &e.message)),
+        }
+    }
+
+    /// A binary message from the client (SPEC §12): its bytes published
+    /// to `?publish=C`, else to the connection's one channel. Anywhere
+    /// else it is refused with `binary_not_allowed` and the socket stays.
+    pub(super) async fn publish_binary(&mut self, bytes: Bytes) {
+        let refuse = |why| error_json(ErrorCode::BinaryNotAllowed, why);
+        if !self.grants.publish_enabled() {
+            return self.reply(refuse(
+                "client publish is disabled on this route; send JSON text frames",
+            ));
+        }
+        let channel = match (&self.publish_to, &self.session.channels[..]) {
+            (Some(c), _) => c.clone(),
+            (None, [only]) => only.clone(),
+            (None, _) => {
+                return self.reply(refuse(
+                    "a binary message goes to the connection's only channel; with more or none, connect with ?publish=CHANNEL",
+                ));
+            }
         };
+        if let Err(json) = self.may_publish(&channel) {
+            return self.reply(json);
+        }
+        let payload = Payload::from_bytes(bytes);
+        match Content::new(payload, None, None, self.max_message) {
+            Ok(content) => self.send_publication(channel, content).await,
+            Err(e) => self.reply(error_json(e.code, &e.message)),
+        }
+    }
+
+    /// The `forbidden` frame when this connection may not publish to
+    /// `channel`.
+    fn may_publish(&self, channel: &ChannelName) -> Result<(), Bytes> {
+        if self.grants.may_publish(channel) {
+            return Ok(());
+        }
+        let why = if self.grants.publish_enabled() {
+            format!("publishing to {channel} is not allowed on this route")
+        } else {
+            "client publish is disabled on this route".to_owned()
+        };
+        Err(error_json(ErrorCode::Forbidden, &why))
+    }
+
+    /// Publishes a checked client publication under the connection's
+    /// budget; answers `published` or the error.
+    async fn send_publication(&mut self, channel: ChannelName, content: Content) {
         let limiter = &self.realtime.limiter;
         if !self
             .budget
