@@ -1,5 +1,7 @@
 //! The publish body decoder (`publish::decode`): one message, a fan-in
-//! message to several channels, and a batch, as `/publish` receives them.
+//! message to several channels, a batch, and 1 KiB of text `data` against
+//! 1 KiB of bytes in `data_base64` (decoded, then re-encoded once for the
+//! JSON transports), as `/publish` receives them.
 
 use std::time::Duration;
 
@@ -25,6 +27,18 @@ fn channels() -> Vec<u8> {
     .unwrap()
 }
 
+/// 1 KiB of text `data`, and the same size of bytes as `data_base64`.
+fn text_1k() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"channel": "files", "data": "x".repeat(1024)})).unwrap()
+}
+
+fn binary_1k() -> Vec<u8> {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = (0..1024).map(|i| (i % 256) as u8).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    serde_json::to_vec(&serde_json::json!({"channel": "files", "data_base64": b64})).unwrap()
+}
+
 fn batch(n: usize) -> Vec<u8> {
     let messages: Vec<_> = (0..n)
         .map(|i| serde_json::json!({"channel": format!("room-{i}"), "data": {"seq": i}}))
@@ -41,6 +55,8 @@ fn decode(c: &mut Criterion) {
         ("single", single()),
         ("channels_8", channels()),
         ("batch_100", batch(100)),
+        ("text_1k", text_1k()),
+        ("binary_1k", binary_1k()),
     ];
     for (name, body) in &bodies {
         group.throughput(Throughput::Bytes(body.len() as u64));

@@ -496,4 +496,26 @@ mod tests {
         assert!(!t.is_binary());
         assert!(Payload::from_wire(Bytes::from_static(b"{nope")).is_none());
     }
+
+    #[test]
+    fn a_binary_message_accounts_for_its_bytes_its_base64_and_its_frames() {
+        let message = |payload| {
+            Message::new(
+                ChannelName::parse("c").unwrap(),
+                Position { epoch: 1, seq: 1 },
+                None,
+                payload,
+                Instant::now(),
+            )
+        };
+        let binary = message(Payload::from_bytes(Bytes::from(vec![0xa5; 3000])));
+        let text = message(Payload::from_json(&serde_json::json!("x".repeat(3000))));
+        // The bytes (3,000), their base64 (4,002 with quotes) and three
+        // cached encodings of about the base64 each: above 3,000 + 4,002
+        // + 3 × 4,002, below twice that.
+        let held = binary.held_bytes();
+        assert!((19_000..38_000).contains(&held), "{held}");
+        // A text message of the same size has two encodings, no third.
+        assert!(text.held_bytes() < held, "{} vs {held}", text.held_bytes());
+    }
 }
