@@ -4,7 +4,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod backplane;
+pub mod fleet;
 pub mod held;
+pub mod history;
 pub mod servers;
 
 use std::convert::Infallible;
