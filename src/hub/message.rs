@@ -155,16 +155,10 @@ impl Payload {
     /// A binary payload: `bytes` as published (any length, 0 included).
     pub fn from_bytes(bytes: Bytes) -> Self {
         use base64::Engine as _;
-        let mut json = Vec::with_capacity(bytes.len().div_ceil(3) * 4 + 2);
-        json.push(b'"');
-        let at = json.len();
-        json.resize(at + bytes.len().div_ceil(3) * 4, 0);
-        // The buffer is exactly the padded length, so this cannot fail.
-        let written = base64::engine::general_purpose::STANDARD
-            .encode_slice(&bytes, &mut json[at..])
-            .unwrap_or(0);
-        json.truncate(at + written);
-        json.push(b'"');
+        let mut json = String::with_capacity(bytes.len().div_ceil(3) * 4 + 2);
+        json.push('"');
+        base64::engine::general_purpose::STANDARD.encode_string(&bytes, &mut json);
+        json.push('"');
         Self {
             json: Bytes::from(json),
             text: bytes,

@@ -324,11 +324,15 @@ pub fn event_bytes(id: &str, message: &Message) -> Bytes {
     if message.payload.is_binary() {
         let data = message.payload.base64();
         let mut out = BytesMut::with_capacity(data.len() + id.len() + 96);
+        let named;
         let event = match event {
-            None => BINARY_EVENT.to_owned(),
-            Some(e) => format!("{BINARY_EVENT}.{e}"),
+            None => BINARY_EVENT,
+            Some(e) => {
+                named = format!("{BINARY_EVENT}.{e}");
+                &named
+            }
         };
-        encode_event(&mut out, Some(id), Some(&event), &data);
+        encode_event(&mut out, Some(id), Some(event), &data);
         return out.freeze();
     }
     let mut out = BytesMut::with_capacity(message.payload.text().len() + id.len() + 32);

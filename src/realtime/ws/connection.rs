@@ -87,7 +87,7 @@ pub(super) fn run<S: RawIo>(
         pending,
         presence: settings.presence,
         binary_frames: plan.binary_frames,
-        publish_to: plan.publish_to,
+        publish_to: plan.publish_to.map(Box::new),
         _slot: slot,
     };
     tracker.spawn(connection.run(io, greeting));
@@ -256,8 +256,9 @@ struct Connection {
     presence: crate::config::PresenceSettings,
     /// `?binary=frames`: binary messages as a header and a binary frame.
     binary_frames: bool,
-    /// `?publish=C`: where a binary message from the client goes.
-    publish_to: Option<ChannelName>,
+    /// `?publish=C`: where a binary message from the client goes. Boxed
+    /// like `pending`: rare, and every idle connection keeps this field.
+    publish_to: Option<Box<ChannelName>>,
     _slot: Arc<ConnSlot>,
 }
 
@@ -415,12 +416,15 @@ impl Connection {
     /// Everything queued as frames, after `greeting`: the bytes to write,
     /// and whether the queue closed under `on_lag: disconnect`.
     fn outgoing(&mut self, greeting: Option<Bytes>) -> (Bytes, bool) {
-        let mut frames = WsEncoder(Coalesce::default(), self.binary_frames);
+        let mut frames = WsEncoder {
+            frames: Coalesce::default(),
+            binary_frames: self.binary_frames,
+        };
         if let Some(greeting) = greeting {
-            frames.0.push(greeting);
+            frames.frames.push(greeting);
         }
         let drained = self.session.deliver(&self.realtime.metrics, &mut frames);
-        (frames.0.finish(), drained == Err(Closed::Lagged))
+        (frames.frames.finish(), drained == Err(Closed::Lagged))
     }
 
     /// The timer fired: the token's expiry, the peer's silence, or a ping

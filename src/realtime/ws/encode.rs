@@ -19,30 +19,34 @@ fn quoted(out: &mut BytesMut, s: &str) {
 }
 
 /// The frames for drained items, joined (one write for a burst).
-/// `binary_frames`: the connection asked for `?binary=frames`, so a binary
-/// message is a header and a binary frame rather than base64 in JSON.
-pub(super) struct WsEncoder(pub(super) Coalesce, pub(super) bool);
+pub(super) struct WsEncoder {
+    pub(super) frames: Coalesce,
+    /// The connection asked for `?binary=frames`: a binary message is a
+    /// header and a binary frame rather than base64 in JSON.
+    pub(super) binary_frames: bool,
+}
 
 impl Encoder for WsEncoder {
     fn message(&mut self, _: &Session, m: &Arc<Message>) {
-        if self.1 && m.payload.is_binary() {
+        if self.binary_frames && m.payload.is_binary() {
             // One buffer for the pair: nothing can come between them.
-            self.0.push(m.encoded(FRAMES_SLOT, binary_frames));
+            self.frames.push(m.encoded(FRAMES_SLOT, binary_frames));
         } else {
-            self.0.push(m.encoded(ENCODING_SLOT, message_frame));
+            self.frames.push(m.encoded(ENCODING_SLOT, message_frame));
         }
     }
 
     fn gap(&mut self, channel: &ChannelName) {
-        self.0.push(text_frame(&gap_json(channel)));
+        self.frames.push(text_frame(&gap_json(channel)));
     }
 
     fn subscribed(&mut self, _: &Session, channel: &ChannelName, position: Position, _: bool) {
-        self.0.push(text_frame(&subscribed_json(channel, position)));
+        self.frames
+            .push(text_frame(&subscribed_json(channel, position)));
     }
 
     fn reply(&mut self, json: &Bytes) {
-        self.0.push(text_frame(json));
+        self.frames.push(text_frame(json));
     }
 }
 

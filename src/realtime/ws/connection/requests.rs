@@ -141,7 +141,7 @@ impl Connection {
             ));
         }
         let channel = match (&self.publish_to, &self.session.channels[..]) {
-            (Some(c), _) => c.clone(),
+            (Some(c), _) => ChannelName::clone(c),
             (None, [only]) => only.clone(),
             (None, _) => {
                 return self.reply(refuse(
